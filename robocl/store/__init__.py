@@ -1,0 +1,19 @@
+"""robocl's trajectory store: one zarr v3 format for simulated rollouts and real-robot demonstrations."""
+
+from robocl.store.format import Episode, EpisodeWriter, StoreView, TrajectoryStore
+from robocl.store.locks import StoreLockedError
+from robocl.store.replay import OnlineReplay
+from robocl.store.sampler import WindowSampler
+from robocl.store.schema import EpisodeMeta, Feature
+
+__all__ = [
+    "Episode",
+    "EpisodeMeta",
+    "EpisodeWriter",
+    "Feature",
+    "OnlineReplay",
+    "StoreLockedError",
+    "StoreView",
+    "TrajectoryStore",
+    "WindowSampler",
+]

@@ -1,0 +1,801 @@
+"""The trajectory store: one zarr v3 group for simulated rollouts and real-robot demonstrations.
+
+Layout (drawn as zarr keys)::
+
+    <root>/zarr.json              attrs: "robocl" (format version, features, fps, meta) and "commit"
+    <root>/data/<feature>          (N, *shape)  every step of every episode, time-major, episodes concatenated
+    <root>/episodes/<column>       (E,)         the episode table: start, length, task_index, success, ...
+    <root>/episodes/final/<obs>    (E, *shape)  the observation after each episode's last action
+
+The ``commit`` attribute (episode and step counts, the task/source/tag vocabularies and the statistics) is
+the only truth about what exists. An append writes step data first, then the episode rows, and the commit
+record last, in one atomic write of the group's metadata; readers clip every array to the committed
+counts, and opening for writing cuts the arrays back to them. A writer killed at any moment therefore loses
+at most the episodes it had not committed. This is diffusion_policy's ``episode_ends`` idea with the commit
+moved to the end, where a crash cannot leave arrays that disagree with it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from robocl.store import stats as stats_lib
+from robocl.store.locks import LocalLock, MemoryLock, ObjectStoreLock, WriterLock
+from robocl.store.schema import EpisodeMeta, Feature, coerce_steps
+
+FORMAT_VERSION = 1
+#: Low-dimensional arrays are chunked along time only, about this many bytes per chunk (see README's
+#: store benchmark: ~1 MB chunks keep the file count small and a full read at disk speed).
+LOWDIM_CHUNK_BYTES = 1 << 20
+#: Images: one frame per chunk (random access decodes one frame), grouped in shards of this many frames
+#: so a store of 40k frames is ~600 files rather than 40k.
+FRAMES_PER_SHARD = 64
+EPISODE_ROWS_PER_CHUNK = 4096
+MAX_TAGS = 64  # tags are a uint64 bitmask per episode
+
+EPISODE_COLUMNS: dict[str, str] = {
+    "start": "int64",
+    "length": "int64",
+    "task_index": "int32",  # -1: no task
+    "success": "bool",
+    "return": "float64",
+    "terminated": "bool",
+    "truncated": "bool",
+    "has_final_obs": "bool",  # False: the final observation repeats the last step's
+    "source_index": "int32",
+    "source_episode": "int64",
+    "tags": "uint64",
+}
+
+Location = str | Path | zarr.abc.store.Store
+
+
+def _compressor() -> BloscCodec:
+    # zstd + bit shuffle measured smallest at equal read speed among blosc-lz4, blosc-zstd and plain zstd
+    # on rendered frames and on float state (benchmarks/store_sampling.py prints the numbers).
+    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+
+
+@dataclass
+class Episode:
+    """One committed episode: its steps, final observation and table row."""
+
+    index: int
+    steps: dict[str, np.ndarray]
+    final_obs: dict[str, np.ndarray]
+    task: str | None
+    success: bool
+    terminated: bool
+    truncated: bool
+    episode_return: float
+    source: str
+    source_episode: int
+    tags: tuple[str, ...]
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.steps[key]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.steps.values())))
+
+
+def _open_location(location: Location, storage_options: Mapping[str, Any] | None) -> tuple[Any, str, Any]:
+    """Return (zarr store, kind, (sync filesystem, path) or None); kind is local | memory | remote."""
+    if isinstance(location, zarr.storage.MemoryStore):
+        return location, "memory", None
+    if isinstance(location, zarr.storage.LocalStore):
+        return location, "local", None
+    if isinstance(location, zarr.abc.store.Store):
+        return location, "remote", None
+    text = str(location)
+    if "://" in text and not text.startswith("file://"):
+        import fsspec
+
+        options = dict(storage_options or {})
+        store = zarr.storage.FsspecStore.from_url(text, storage_options=options)
+        # zarr's filesystem is asynchronous and bound to zarr's event loop; locks and sizes use a sync twin.
+        return store, "remote", fsspec.core.url_to_fs(text, **options)
+    return zarr.storage.LocalStore(text.removeprefix("file://")), "local", None
+
+
+class TrajectoryStore:
+    """A zarr-backed store of episodes. Create with :meth:`create`, open with :meth:`open`."""
+
+    def __init__(
+        self, store: Any, kind: str, mode: Literal["r", "a"], *, remote: Any = None, break_lock: bool = False
+    ) -> None:
+        self._zstore = store
+        self._kind = kind
+        self._remote = remote  # (sync fsspec filesystem, path) for URLs
+        self.mode = mode
+        self._lock: WriterLock | None = None
+        if mode == "a":
+            self._lock = self._take_lock(break_lock)
+        try:
+            self._root = zarr.open_group(store, mode="r" if mode == "r" else "r+", zarr_format=3)
+            self._load_header()
+            if mode == "a":
+                self._truncate_uncommitted()
+        except Exception:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def create(
+        cls,
+        location: Location,
+        features: Mapping[str, Feature | Mapping[str, Any]],
+        *,
+        fps: float,
+        meta: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> TrajectoryStore:
+        """Create an empty store and return it open for appending.
+
+        features: name -> :class:`Feature` (or its dict form); fps: control rate of the recorded steps;
+        meta: free-form robot/env metadata (JSON-serialisable), e.g. ``{"robot": "panda", "env_id": ...}``.
+        """
+        feats = {k: v if isinstance(v, Feature) else Feature.from_dict(v) for k, v in features.items()}
+        if not feats:
+            raise ValueError("a store needs at least one feature")
+        if not fps > 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        store, kind, remote = _open_location(location, storage_options)
+        if kind == "local":
+            path = Path(str(store.root))
+            if path.exists() and any(path.iterdir()):
+                if not overwrite:
+                    raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+                shutil.rmtree(path)
+        root = zarr.open_group(store, mode="w" if overwrite or kind != "local" else "w-", zarr_format=3)
+        data, episodes = root.require_group("data"), root.require_group("episodes")
+        final = episodes.require_group("final")
+        for key, feat in feats.items():
+            _create_step_array(data, key, feat)
+            if feat.is_observation:
+                _create_step_array(final, key, feat)
+        for col, dtype in EPISODE_COLUMNS.items():
+            episodes.create_array(
+                col,
+                shape=(0,),
+                dtype=dtype,
+                chunks=(EPISODE_ROWS_PER_CHUNK,),
+                compressors=[_compressor()],
+                fill_value=0,
+            )
+        header = {
+            "format_version": FORMAT_VERSION,
+            "features": {k: f.to_dict() for k, f in feats.items()},
+            "fps": float(fps),
+            "meta": dict(meta or {}),
+        }
+        root.update_attributes({"robocl": header, "commit": _empty_commit()})
+        return cls(store, kind, "a", remote=remote)
+
+    @classmethod
+    def open(
+        cls,
+        location: Location,
+        mode: Literal["r", "a"] = "r",
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+        break_lock: bool = False,
+    ) -> TrajectoryStore:
+        """Open a store; ``mode="a"`` takes the writer lock and drops rows written after the last commit."""
+        if mode not in ("r", "a"):
+            raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
+        store, kind, remote = _open_location(location, storage_options)
+        if kind == "local" and not (Path(str(store.root)) / "zarr.json").exists():
+            raise FileNotFoundError(f"no robocl store at {store.root} (zarr.json missing)")
+        return cls(store, kind, mode, remote=remote, break_lock=break_lock)
+
+    def _take_lock(self, break_lock: bool) -> WriterLock:
+        if self._kind == "local":
+            return LocalLock(Path(str(self._zstore.root)))
+        if self._kind == "memory":
+            return MemoryLock(self._zstore)
+        if self._remote is None:
+            raise ValueError(f"cannot lock a {type(self._zstore).__name__} for writing; pass a path or URL")
+        return ObjectStoreLock(*self._remote, break_lock)
+
+    def _load_header(self) -> None:
+        attrs = self._root.attrs.asdict()
+        header = attrs.get("robocl")
+        if not isinstance(header, dict) or "commit" not in attrs:
+            raise ValueError(
+                f"{self.location} is a zarr group but not a robocl store (no 'robocl' attributes)"
+            )
+        if header.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{self.location} has robocl store format {header.get('format_version')}; "
+                f"this robocl reads format {FORMAT_VERSION}"
+            )
+        self.features: dict[str, Feature] = {k: Feature.from_dict(v) for k, v in header["features"].items()}
+        self.fps: float = header["fps"]
+        self.meta: dict[str, Any] = header["meta"]
+        self._commit = attrs["commit"]
+        self._stats_acc = {k: stats_lib.from_json(v) for k, v in self._commit["stats"].items()}
+        self._cache: dict[str, np.ndarray] = {}
+        self._table: dict[str, np.ndarray] | None = None
+
+    def _truncate_uncommitted(self) -> None:
+        """Cut every array back to the commit record (a crashed writer may have grown them)."""
+        for group, n in self._array_groups():
+            for _, arr in group.arrays():
+                if arr.shape[0] != n:
+                    arr.resize((n, *arr.shape[1:]))
+        if self._kind == "local":
+            # zarr writes each chunk to '<key>.<uuid>.partial' and renames it; a kill between leaves these.
+            for leftover in Path(str(self._zstore.root)).rglob("*.partial"):
+                leftover.unlink(missing_ok=True)
+
+    def _array_groups(self) -> list[tuple[Any, int]]:
+        episodes = self._root["episodes"]
+        return [
+            (self._root["data"], self.n_steps),
+            (episodes, self.n_episodes),
+            (episodes["final"], self.n_episodes),
+        ]
+
+    def refresh(self) -> None:
+        """Re-read the commit record so a reader sees episodes committed since it opened."""
+        self._root = zarr.open_group(self._zstore, mode="r" if self.mode == "r" else "r+", zarr_format=3)
+        old_steps = self.n_steps
+        self._commit = self._root.attrs["commit"]
+        self._stats_acc = {k: stats_lib.from_json(v) for k, v in self._commit["stats"].items()}
+        self._table = None
+        if self.n_steps < old_steps:  # another writer truncated or rewrote: drop the RAM copies
+            self._cache.clear()
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> TrajectoryStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def location(self) -> str:
+        if self._kind == "local":
+            return str(self._zstore.root)
+        return str(getattr(self._zstore, "path", "<in-memory store>"))
+
+    # ------------------------------------------------------------------ sizes and schema
+    @property
+    def n_episodes(self) -> int:
+        return int(self._commit["n_episodes"])
+
+    @property
+    def n_steps(self) -> int:
+        return int(self._commit["n_steps"])
+
+    def __len__(self) -> int:
+        return self.n_episodes
+
+    @property
+    def tasks(self) -> list[str]:
+        """The task table: language instructions, indexed by the episodes' ``task_index``."""
+        return list(self._commit["tasks"])
+
+    @property
+    def tag_names(self) -> list[str]:
+        return list(self._commit["tags"])
+
+    @property
+    def observation_keys(self) -> list[str]:
+        return [k for k, f in self.features.items() if f.is_observation]
+
+    def schema(self) -> dict[str, Any]:
+        """Features, fps and metadata as plain dicts (what :meth:`create` took)."""
+        return {
+            "features": {k: f.to_dict() for k, f in self.features.items()},
+            "fps": self.fps,
+            "meta": dict(self.meta),
+        }
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def episodes(self) -> dict[str, np.ndarray]:
+        """The committed episode table as numpy columns (start, length, task_index, success, ...)."""
+        if self._table is None:
+            n = self.n_episodes
+            group = self._root["episodes"]
+            self._table = {col: group[col][:n] for col in EPISODE_COLUMNS}
+        return self._table
+
+    def steps(self, key: str) -> np.ndarray:
+        """All committed steps of a feature, read once and kept in RAM (meant for low-dimensional data)."""
+        self._check_key(key)
+        n = self.n_steps
+        cached = self._cache.get(key)
+        if cached is None or len(cached) < n:
+            start = 0 if cached is None else len(cached)
+            fresh = self._root["data"][key][start:n]
+            cached = fresh if cached is None else np.concatenate([cached, fresh])
+            self._cache[key] = cached
+        return cached[:n]
+
+    def final_obs(self, key: str) -> np.ndarray:
+        """Final observation of every committed episode, (E, *shape)."""
+        self._check_key(key)
+        if not self.features[key].is_observation:
+            raise KeyError(f"{key!r} is not an observation feature, so it has no final observation")
+        return self._root["episodes"]["final"][key][: self.n_episodes]
+
+    def zarr_array(self, key: str, *, final: bool = False) -> zarr.Array:
+        """The underlying zarr array of a feature (committed rows are the first n_steps/n_episodes)."""
+        self._check_key(key)
+        return self._root["episodes"]["final"][key] if final else self._root["data"][key]
+
+    def episode(self, index: int) -> Episode:
+        """Read one committed episode (negative indices count from the end)."""
+        n = self.n_episodes
+        if not -n <= index < n:
+            raise IndexError(f"episode {index} out of range: the store has {n} committed episodes")
+        index %= n
+        row = {col: v[index] for col, v in self.episodes.items()}
+        lo, hi = int(row["start"]), int(row["start"] + row["length"])
+        steps = {}
+        for key, feat in self.features.items():
+            values = (
+                self._cache[key][lo:hi]
+                if key in self._cache and len(self._cache[key]) >= hi
+                else (self._root["data"][key][lo:hi])
+            )
+            steps[key] = self._decode_language(values) if feat.kind == "language" else values
+        final = {}
+        for key in self.observation_keys:
+            value = self._root["episodes"]["final"][key][index]
+            final[key] = self._decode_language(value) if self.features[key].kind == "language" else value
+        return Episode(
+            index=index,
+            steps=steps,
+            final_obs=final,
+            task=self.tasks[row["task_index"]] if row["task_index"] >= 0 else None,
+            success=bool(row["success"]),
+            terminated=bool(row["terminated"]),
+            truncated=bool(row["truncated"]),
+            episode_return=float(row["return"]),
+            source=self._commit["sources"][row["source_index"]],
+            source_episode=int(row["source_episode"]),
+            tags=self._tags_of(int(row["tags"])),
+        )
+
+    def __iter__(self) -> Iterator[Episode]:
+        for i in range(self.n_episodes):
+            yield self.episode(i)
+
+    def _decode_language(self, values: np.ndarray) -> np.ndarray:
+        table = np.asarray(self.tasks, dtype=object)
+        return table[np.asarray(values)]
+
+    def _tags_of(self, mask: int) -> tuple[str, ...]:
+        return tuple(name for bit, name in enumerate(self._commit["tags"]) if mask >> bit & 1)
+
+    def _check_key(self, key: str) -> None:
+        if key not in self.features:
+            raise KeyError(f"unknown feature {key!r}; the store's features are {list(self.features)}")
+
+    def nbytes_stored(self) -> int | None:
+        """Bytes the store occupies in its backend (None where the backend cannot tell)."""
+        if self._kind == "local":
+            return sum(p.stat().st_size for p in Path(str(self._zstore.root)).rglob("*") if p.is_file())
+        if self._remote is not None:
+            fs, path = self._remote
+            return int(fs.du(path))
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        """What ``robocl info`` prints: features, counts, tasks, success rate and size."""
+        table = self.episodes
+        return {
+            "location": self.location,
+            "format_version": FORMAT_VERSION,
+            "fps": self.fps,
+            "meta": self.meta,
+            "features": {k: f.to_dict() for k, f in self.features.items()},
+            "n_episodes": self.n_episodes,
+            "n_steps": self.n_steps,
+            "tasks": self.tasks,
+            "tags": self.tag_names,
+            "sources": list(self._commit["sources"]),
+            "success_rate": float(table["success"].mean()) if self.n_episodes else None,
+            "bytes_stored": self.nbytes_stored(),
+        }
+
+    @property
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per-feature mean, std, min, max and quantiles q01..q99 over all committed steps."""
+        return {k: stats_lib.public_view(self.features[k], acc) for k, acc in self._stats_acc.items()}
+
+    def view(
+        self,
+        *,
+        task: str | int | None = None,
+        success: bool | None = None,
+        tags: str | Sequence[str] | None = None,
+        episodes: Iterable[int] | None = None,
+    ) -> StoreView:
+        """The committed episodes that match every given filter (tags: all of them must be present)."""
+        return StoreView(self, np.arange(self.n_episodes)).filter(
+            task=task, success=success, tags=tags, episodes=episodes
+        )
+
+    # ------------------------------------------------------------------ writing
+    def add_episode(
+        self,
+        steps: Mapping[str, Any],
+        *,
+        task: str | None = None,
+        success: bool = False,
+        terminated: bool = False,
+        truncated: bool = False,
+        final_obs: Mapping[str, Any] | None = None,
+        source: str = "",
+        source_episode: int = -1,
+        tags: Sequence[str] = (),
+        episode_return: float | None = None,
+    ) -> int:
+        """Validate and commit one whole episode; returns its index. Nothing is written if it is invalid."""
+        meta = EpisodeMeta(
+            task=task,
+            success=success,
+            terminated=terminated,
+            truncated=truncated,
+            source=source,
+            source_episode=source_episode,
+            tags=tuple(tags),
+            episode_return=episode_return,
+        )
+        return self.add_episodes([(steps, meta, final_obs)])[0]
+
+    def add_episodes(
+        self, episodes: Sequence[tuple[Mapping[str, Any], EpisodeMeta, Mapping[str, Any] | None]]
+    ) -> list[int]:
+        """Validate several episodes and commit them together (one commit record write)."""
+        self._require_writer()
+        prepared = [self._prepare(self.n_episodes + i, *ep) for i, ep in enumerate(episodes)]
+        if not prepared:
+            return []
+        return self._write(prepared)
+
+    def episode_writer(
+        self,
+        *,
+        task: str | None = None,
+        source: str = "",
+        source_episode: int = -1,
+        tags: Sequence[str] = (),
+    ) -> EpisodeWriter:
+        """A streaming writer for one episode: ``add_step`` per control tick, then ``commit``.
+
+        Use it as a context manager: an exception inside the block discards the episode. Several writers
+        may be open at once (one per sub-environment); each buffers its episode in RAM until commit.
+        """
+        self._require_writer()
+        return EpisodeWriter(self, task=task, source=source, source_episode=source_episode, tags=tags)
+
+    def _require_writer(self) -> None:
+        if self.mode != "a" or self._lock is None:
+            raise PermissionError(f"{self.location} is open read-only (or closed); open it with mode='a'")
+
+    def _prepare(
+        self, index: int, steps: Mapping[str, Any], meta: EpisodeMeta, final_obs: Mapping[str, Any] | None
+    ) -> _Prepared:
+        where = f"episode {index}"
+        arrays = coerce_steps(self.features, steps, where=where)
+        length = len(next(iter(arrays.values())))
+        obs_keys = self.observation_keys
+        if final_obs is None:
+            final = {k: arrays[k][-1] for k in obs_keys}
+        else:
+            final = coerce_steps(
+                {k: self.features[k] for k in obs_keys}, final_obs, where=f"{where} final_obs", batched=False
+            )
+        tags = tuple(meta.tags)
+        for tag in tags:
+            if not isinstance(tag, str) or not tag or "," in tag:
+                raise ValueError(f"{where}: tag {tag!r} must be a non-empty string without commas")
+        if meta.task is not None and not isinstance(meta.task, str):
+            raise ValueError(f"{where}: task must be a string (the language instruction), got {meta.task!r}")
+        if "reward" in arrays and self.features["reward"].kind == "reward":
+            ep_return = float(np.sum(arrays["reward"], dtype=np.float64))
+        else:
+            ep_return = float(meta.episode_return) if meta.episode_return is not None else float("nan")
+        return _Prepared(
+            arrays=arrays,
+            final=final,
+            has_final=final_obs is not None,
+            length=length,
+            meta=meta,
+            tags=tags,
+            episode_return=ep_return,
+        )
+
+    def _write(self, prepared: list[_Prepared]) -> list[int]:
+        commit = dict(self._commit)
+        tasks, sources, tag_names = list(commit["tasks"]), list(commit["sources"]), list(commit["tags"])
+
+        def task_id(text: str | None) -> int:
+            if text is None:
+                return -1
+            if text not in tasks:
+                tasks.append(text)
+            return tasks.index(text)
+
+        # Map strings to indices first: a tag overflow must fail before anything is written.
+        rows: dict[str, list[Any]] = {col: [] for col in EPISODE_COLUMNS}
+        start = self.n_steps
+        for ep in prepared:
+            for tag in ep.tags:
+                if tag not in tag_names:
+                    tag_names.append(tag)
+            if len(tag_names) > MAX_TAGS:
+                raise ValueError(f"a store holds at most {MAX_TAGS} distinct tags; got {tag_names}")
+            if ep.meta.source not in sources:
+                sources.append(ep.meta.source)
+            for key, feat in self.features.items():
+                if feat.kind == "language":
+                    ep.arrays[key] = np.array([task_id(s) for s in ep.arrays[key]], dtype=np.int32)
+                    ep.final[key] = np.array(task_id(str(ep.final[key])), dtype=np.int32)
+            mask = sum(1 << tag_names.index(t) for t in set(ep.tags))
+            for col, value in [
+                ("start", start),
+                ("length", ep.length),
+                ("task_index", task_id(ep.meta.task)),
+                ("success", ep.meta.success),
+                ("return", ep.episode_return),
+                ("terminated", ep.meta.terminated),
+                ("truncated", ep.meta.truncated),
+                ("has_final_obs", ep.has_final),
+                ("source_index", sources.index(ep.meta.source)),
+                ("source_episode", ep.meta.source_episode),
+                ("tags", mask),
+            ]:
+                rows[col].append(value)
+            start += ep.length
+
+        n_steps, n_eps = self.n_steps, self.n_episodes
+        new_steps, new_eps = start, n_eps + len(prepared)
+        data, episodes = self._root["data"], self._root["episodes"]
+        # 1. step data, 2. final observations and episode rows, 3. the commit record (atomic, last).
+        for key in self.features:
+            _append_rows(data[key], n_steps, np.concatenate([ep.arrays[key] for ep in prepared]))
+        for key in self.observation_keys:
+            _append_rows(episodes["final"][key], n_eps, np.stack([ep.final[key] for ep in prepared]))
+        for col, dtype in EPISODE_COLUMNS.items():
+            _append_rows(episodes[col], n_eps, np.asarray(rows[col], dtype=dtype))
+
+        stats_acc = dict(self._stats_acc)
+        for key, feat in self.features.items():
+            if feat.kind == "language":
+                continue
+            for ep in prepared:
+                stats_acc[key] = stats_lib.merge(
+                    stats_acc.get(key), stats_lib.episode_stats(feat, ep.arrays[key])
+                )
+        commit.update(
+            n_episodes=new_eps,
+            n_steps=new_steps,
+            tasks=tasks,
+            sources=sources,
+            tags=tag_names,
+            stats={k: stats_lib.to_json(v) for k, v in stats_acc.items()},
+            commit_id=int(commit["commit_id"]) + 1,
+        )
+        self._root.update_attributes({"commit": commit})
+        self._commit, self._stats_acc, self._table = commit, stats_acc, None
+        for key, cached in list(self._cache.items()):
+            if len(cached) == n_steps:  # keep RAM copies current without re-reading
+                self._cache[key] = np.concatenate([cached, *[ep.arrays[key] for ep in prepared]])
+        return list(range(n_eps, new_eps))
+
+
+@dataclass
+class _Prepared:
+    arrays: dict[str, np.ndarray]
+    final: dict[str, np.ndarray]
+    has_final: bool
+    length: int
+    meta: EpisodeMeta
+    tags: tuple[str, ...]
+    episode_return: float
+
+
+def _empty_commit() -> dict[str, Any]:
+    return {
+        "n_episodes": 0,
+        "n_steps": 0,
+        "tasks": [],
+        "sources": [],
+        "tags": [],
+        "stats": {},
+        "commit_id": 0,
+    }
+
+
+def _create_step_array(group: Any, key: str, feat: Feature) -> None:
+    if feat.is_image:
+        group.create_array(
+            key,
+            shape=(0, *feat.shape),
+            dtype=feat.dtype,
+            chunks=(1, *feat.shape),
+            shards=(FRAMES_PER_SHARD, *feat.shape),
+            compressors=[_compressor()],
+            fill_value=0,
+        )
+    else:
+        rows = max(1, LOWDIM_CHUNK_BYTES // max(feat.step_nbytes, 1))
+        group.create_array(
+            key,
+            shape=(0, *feat.shape),
+            dtype=feat.dtype,
+            chunks=(rows, *feat.shape),
+            compressors=[_compressor()],
+            fill_value=0,
+        )
+
+
+def _append_rows(arr: zarr.Array, at: int, values: np.ndarray) -> None:
+    # Resize first, then write: a kill between the two leaves rows past the commit, which readers ignore
+    # and the next writer truncates.
+    arr.resize((at + len(values), *arr.shape[1:]))
+    arr[at : at + len(values)] = values
+
+
+class StoreView:
+    """A subset of a store's committed episodes (what samplers and exporters consume)."""
+
+    def __init__(self, store: TrajectoryStore, episode_indices: np.ndarray) -> None:
+        self.store = store
+        self.episode_indices = np.asarray(episode_indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.episode_indices)
+
+    @property
+    def n_episodes(self) -> int:
+        return len(self.episode_indices)
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.store.episodes["length"][self.episode_indices].sum())
+
+    def episode(self, i: int) -> Episode:
+        return self.store.episode(int(self.episode_indices[i]))
+
+    def __iter__(self) -> Iterator[Episode]:
+        for i in self.episode_indices:
+            yield self.store.episode(int(i))
+
+    def filter(
+        self,
+        *,
+        task: str | int | None = None,
+        success: bool | None = None,
+        tags: str | Sequence[str] | None = None,
+        episodes: Iterable[int] | None = None,
+    ) -> StoreView:
+        table, keep = self.store.episodes, self.episode_indices
+        if episodes is not None:
+            wanted = np.asarray(list(episodes), dtype=np.int64)
+            if wanted.size and (wanted.min() < 0 or wanted.max() >= self.store.n_episodes):
+                raise IndexError(f"episode indices must be in [0, {self.store.n_episodes})")
+            keep = keep[np.isin(keep, wanted)]
+        if task is not None:
+            if isinstance(task, str):
+                if task not in self.store.tasks:
+                    raise KeyError(f"unknown task {task!r}; the store's tasks are {self.store.tasks}")
+                task = self.store.tasks.index(task)
+            keep = keep[table["task_index"][keep] == task]
+        if success is not None:
+            keep = keep[table["success"][keep] == bool(success)]
+        if tags is not None:
+            for tag in [tags] if isinstance(tags, str) else tags:
+                if tag not in self.store.tag_names:
+                    keep = keep[:0]
+                    continue
+                bit = np.uint64(1 << self.store.tag_names.index(tag))
+                keep = keep[(table["tags"][keep] & bit) != 0]
+        return StoreView(self.store, keep)
+
+    def split(self, val_fraction: float, *, seed: int = 0) -> tuple[StoreView, StoreView]:
+        """Split by episode into (train, val) with a seeded permutation."""
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        order = np.random.default_rng(seed).permutation(self.episode_indices)
+        n_val = max(1, round(len(order) * val_fraction))
+        return StoreView(self.store, np.sort(order[n_val:])), StoreView(self.store, np.sort(order[:n_val]))
+
+
+class EpisodeWriter:
+    """Streams one episode into a store: ``add_step`` per tick, ``commit`` at the end."""
+
+    def __init__(
+        self,
+        store: TrajectoryStore,
+        *,
+        task: str | None,
+        source: str,
+        source_episode: int,
+        tags: Sequence[str],
+    ) -> None:
+        self.store = store
+        self.meta = EpisodeMeta(task=task, source=source, source_episode=source_episode, tags=tuple(tags))
+        self._buffers: dict[str, np.ndarray] = {}
+        self._n = 0
+        self._done = False
+        self.index: int | None = None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def add_step(self, step: Mapping[str, Any]) -> None:
+        """Append one step (the observation before the action, the action, its reward, ...)."""
+        if self._done:
+            raise RuntimeError("this episode was already committed or discarded")
+        values = coerce_steps(
+            self.store.features, step, where=f"step {self._n} of the episode being written", batched=False
+        )
+        if not self._buffers:
+            for key, feat in self.store.features.items():
+                dtype = object if feat.kind == "language" else feat.dtype
+                self._buffers[key] = np.empty((64, *feat.shape), dtype=dtype)
+        if self._n == len(next(iter(self._buffers.values()))):  # grow geometrically: O(1) amortised
+            for key, buf in self._buffers.items():
+                self._buffers[key] = np.concatenate([buf, np.empty_like(buf)])
+        for key, value in values.items():
+            # value[()] unwraps 0-d arrays, so a language step stores its string rather than an array object.
+            self._buffers[key][self._n] = value[()] if value.ndim == 0 else value
+        self._n += 1
+
+    def commit(
+        self,
+        *,
+        success: bool = False,
+        terminated: bool = False,
+        truncated: bool = False,
+        final_obs: Mapping[str, Any] | None = None,
+        episode_return: float | None = None,
+    ) -> int:
+        """Validate and commit the episode; returns its index in the store."""
+        if self._done:
+            raise RuntimeError("this episode was already committed or discarded")
+        if self._n == 0:
+            raise ValueError("cannot commit an episode with no steps")
+        self.meta.success, self.meta.terminated, self.meta.truncated = success, terminated, truncated
+        self.meta.episode_return = episode_return
+        steps = {k: v[: self._n] for k, v in self._buffers.items()}
+        self.index = self.store.add_episodes([(steps, self.meta, final_obs)])[0]
+        self._done = True
+        self._buffers = {}
+        return self.index
+
+    def discard(self) -> None:
+        self._done = True
+        self._buffers = {}
+
+    def __enter__(self) -> EpisodeWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if exc_type is not None:
+            self.discard()
+        elif not self._done:
+            self.discard()
+            raise RuntimeError("episode writer left without commit(); call commit(...) or discard()")
