@@ -27,7 +27,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 
 bench: $(VENV)/.installed
-	$(PY) benchmarks/store_sampling.py
+	$(PY) -m benchmarks.store_sampling
 
 clean-venv:
 	rm -rf $(VENV)

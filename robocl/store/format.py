@@ -17,6 +17,7 @@ moved to the end, where a crash cannot leave arrays that disagree with it.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.core.array import AsyncArray
+from zarr.core.sync import sync
 
 from robocl.store import stats as stats_lib
 from robocl.store.locks import LocalLock, MemoryLock, ObjectStoreLock, WriterLock
@@ -58,10 +61,11 @@ EPISODE_COLUMNS: dict[str, str] = {
 Location = str | Path | zarr.abc.store.Store
 
 
-def _compressor() -> BloscCodec:
-    # zstd + bit shuffle measured smallest at equal read speed among blosc-lz4, blosc-zstd and plain zstd
-    # on rendered frames and on float state (benchmarks/store_sampling.py prints the numbers).
-    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+def _compressor(image: bool = False) -> BloscCodec:
+    # Measured by benchmarks/store_sampling.py (README, "Store"): on rendered 96x96 frames lz4 + bit shuffle
+    # wrote ~1.5x and decoded ~1.2x faster than zstd-3 + bit shuffle for 15% more bytes, and sampling speed
+    # matters more than disk; low-dimensional arrays are small, so they take zstd's better ratio.
+    return BloscCodec(cname="lz4" if image else "zstd", clevel=5 if image else 3, shuffle="bitshuffle")
 
 
 @dataclass
@@ -227,6 +231,7 @@ class TrajectoryStore:
         self._stats_acc = {k: stats_lib.from_json(v) for k, v in self._commit["stats"].items()}
         self._cache: dict[str, np.ndarray] = {}
         self._table: dict[str, np.ndarray] | None = None
+        self._handles: dict[str, zarr.Array] = {}
 
     def _truncate_uncommitted(self) -> None:
         """Cut every array back to the commit record (a crashed writer may have grown them)."""
@@ -238,6 +243,13 @@ class TrajectoryStore:
             # zarr writes each chunk to '<key>.<uuid>.partial' and renames it; a kill between leaves these.
             for leftover in Path(str(self._zstore.root)).rglob("*.partial"):
                 leftover.unlink(missing_ok=True)
+
+    def _array(self, path: str) -> zarr.Array:
+        """Open arrays once: each ``group[key]`` lookup re-reads metadata from the backend."""
+        handle = self._handles.get(path)
+        if handle is None:
+            handle = self._handles[path] = self._root[path]
+        return handle
 
     def _array_groups(self) -> list[tuple[Any, int]]:
         episodes = self._root["episodes"]
@@ -254,11 +266,14 @@ class TrajectoryStore:
         self._commit = self._root.attrs["commit"]
         self._stats_acc = {k: stats_lib.from_json(v) for k, v in self._commit["stats"].items()}
         self._table = None
+        self._handles = {}  # their cached shapes predate the writer's growth
         if self.n_steps < old_steps:  # another writer truncated or rewrote: drop the RAM copies
             self._cache.clear()
 
     def close(self) -> None:
+        """Trim spare capacity (writers) and release the writer lock."""
         if self._lock is not None:
+            self._truncate_uncommitted()
             self._lock.release()
             self._lock = None
 
@@ -313,8 +328,7 @@ class TrajectoryStore:
         """The committed episode table as numpy columns (start, length, task_index, success, ...)."""
         if self._table is None:
             n = self.n_episodes
-            group = self._root["episodes"]
-            self._table = {col: group[col][:n] for col in EPISODE_COLUMNS}
+            self._table = {col: self._array(f"episodes/{col}")[:n] for col in EPISODE_COLUMNS}
         return self._table
 
     def steps(self, key: str) -> np.ndarray:
@@ -324,7 +338,7 @@ class TrajectoryStore:
         cached = self._cache.get(key)
         if cached is None or len(cached) < n:
             start = 0 if cached is None else len(cached)
-            fresh = self._root["data"][key][start:n]
+            fresh = self._array(f"data/{key}")[start:n]
             cached = fresh if cached is None else np.concatenate([cached, fresh])
             self._cache[key] = cached
         return cached[:n]
@@ -334,12 +348,12 @@ class TrajectoryStore:
         self._check_key(key)
         if not self.features[key].is_observation:
             raise KeyError(f"{key!r} is not an observation feature, so it has no final observation")
-        return self._root["episodes"]["final"][key][: self.n_episodes]
+        return self._array(f"episodes/final/{key}")[: self.n_episodes]
 
     def zarr_array(self, key: str, *, final: bool = False) -> zarr.Array:
         """The underlying zarr array of a feature (committed rows are the first n_steps/n_episodes)."""
         self._check_key(key)
-        return self._root["episodes"]["final"][key] if final else self._root["data"][key]
+        return self._array(f"episodes/final/{key}" if final else f"data/{key}")
 
     def episode(self, index: int) -> Episode:
         """Read one committed episode (negative indices count from the end)."""
@@ -354,12 +368,12 @@ class TrajectoryStore:
             values = (
                 self._cache[key][lo:hi]
                 if key in self._cache and len(self._cache[key]) >= hi
-                else (self._root["data"][key][lo:hi])
+                else (self._array(f"data/{key}")[lo:hi])
             )
             steps[key] = self._decode_language(values) if feat.kind == "language" else values
         final = {}
         for key in self.observation_keys:
-            value = self._root["episodes"]["final"][key][index]
+            value = self._array(f"episodes/final/{key}")[index]
             final[key] = self._decode_language(value) if self.features[key].kind == "language" else value
         return Episode(
             index=index,
@@ -571,14 +585,17 @@ class TrajectoryStore:
 
         n_steps, n_eps = self.n_steps, self.n_episodes
         new_steps, new_eps = start, n_eps + len(prepared)
-        data, episodes = self._root["data"], self._root["episodes"]
-        # 1. step data, 2. final observations and episode rows, 3. the commit record (atomic, last).
-        for key in self.features:
-            _append_rows(data[key], n_steps, np.concatenate([ep.arrays[key] for ep in prepared]))
-        for key in self.observation_keys:
-            _append_rows(episodes["final"][key], n_eps, np.stack([ep.final[key] for ep in prepared]))
-        for col, dtype in EPISODE_COLUMNS.items():
-            _append_rows(episodes[col], n_eps, np.asarray(rows[col], dtype=dtype))
+        # Step data, final observations and episode rows are written concurrently: none of them is visible
+        # before the commit record, which is written after all of them have landed.
+        writes = [
+            (f"data/{k}", n_steps, np.concatenate([ep.arrays[k] for ep in prepared])) for k in self.features
+        ]
+        writes += [
+            (f"episodes/final/{k}", n_eps, np.stack([ep.final[k] for ep in prepared]))
+            for k in self.observation_keys
+        ]
+        writes += [(f"episodes/{c}", n_eps, np.asarray(rows[c], dtype=d)) for c, d in EPISODE_COLUMNS.items()]
+        sync(_append_all([(self._array(path).async_array, at, v) for path, at, v in writes]))
 
         stats_acc = dict(self._stats_acc)
         for key, feat in self.features.items():
@@ -636,7 +653,7 @@ def _create_step_array(group: Any, key: str, feat: Feature) -> None:
             dtype=feat.dtype,
             chunks=(1, *feat.shape),
             shards=(FRAMES_PER_SHARD, *feat.shape),
-            compressors=[_compressor()],
+            compressors=[_compressor(image=True)],
             fill_value=0,
         )
     else:
@@ -651,11 +668,18 @@ def _create_step_array(group: Any, key: str, feat: Feature) -> None:
         )
 
 
-def _append_rows(arr: zarr.Array, at: int, values: np.ndarray) -> None:
-    # Resize first, then write: a kill between the two leaves rows past the commit, which readers ignore
-    # and the next writer truncates.
-    arr.resize((at + len(values), *arr.shape[1:]))
-    arr[at : at + len(values)] = values
+async def _append_all(writes: list[tuple[AsyncArray, int, np.ndarray]]) -> None:
+    await asyncio.gather(*[_append_rows(*w) for w in writes])
+
+
+async def _append_rows(arr: AsyncArray, at: int, values: np.ndarray) -> None:
+    # Grow first, then write: a kill between the two leaves rows past the commit, which readers ignore and
+    # the next writer truncates. Capacity doubles so that most appends rewrite no array metadata;
+    # close() trims the arrays back to the committed rows.
+    end = at + len(values)
+    if end > arr.shape[0]:
+        await arr.resize((max(end, 2 * arr.shape[0]), *arr.shape[1:]))
+    await arr.setitem(slice(at, end), values)
 
 
 class StoreView:

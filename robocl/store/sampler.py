@@ -193,9 +193,12 @@ class WindowSampler:
             steps_reader, final_reader = self._reader(key)
             flat = rows.reshape(-1)
             is_final = flat >= self._n_steps_total
-            frames = np.empty((len(flat), *steps_reader.frame_shape), dtype=steps_reader.dtype)
-            frames[~is_final] = steps_reader.gather(flat[~is_final])
-            frames[is_final] = final_reader.gather(flat[is_final] - self._n_steps_total)
+            if is_final.any():
+                frames = np.empty((len(flat), *steps_reader.frame_shape), dtype=steps_reader.dtype)
+                frames[~is_final] = steps_reader.gather(flat[~is_final])
+                frames[is_final] = final_reader.gather(flat[is_final] - self._n_steps_total)
+            else:  # the common case: one gather, no second copy
+                frames = steps_reader.gather(flat)
             out[key] = frames.reshape(*rows.shape, *steps_reader.frame_shape)
         return out
 
