@@ -1,0 +1,167 @@
+"""The shared loop: resume equals an uninterrupted run, the NaN guard, checkpoints round-trip."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import robocl
+from robocl.algos.bc import BC, BCConfig
+from robocl.checkpoint import CheckpointError, load_checkpoint
+from robocl.store import Feature, TrajectoryStore, WindowSampler
+from robocl.train import LoopConfig, TrainingDiverged, fit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def demo_store(tmp_path) -> TrajectoryStore:
+    store = TrajectoryStore.create(
+        tmp_path / "demo.zarr",
+        {
+            "observation.state": Feature("state", "float32", (4,)),
+            "action": Feature("action", "float32", (2,)),
+            "reward": Feature("reward", "float32"),
+        },
+        fps=10,
+    )
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        state = rng.normal(size=(20, 4)).astype(np.float32)
+        action = np.tanh(state[:, :2] * 2.0)  # a learnable mapping
+        store.add_episode(
+            {"observation.state": state, "action": action, "reward": np.zeros(20)}, terminated=True
+        )
+    return store
+
+
+def make(store: TrajectoryStore) -> tuple[BC, WindowSampler]:
+    config = BCConfig(n_obs=2, horizon=4, n_action_steps=2, hidden=(64, 64), lr=3e-3, seed=3)
+    return BC.from_store(config, store), WindowSampler(store, n_obs=2, horizon=4, seed=5)
+
+
+def test_resume_equals_uninterrupted_run(demo_store, tmp_path):
+    algo, sampler = make(demo_store)
+    full = fit(
+        algo,
+        sampler,
+        LoopConfig(n_updates=40, batch_size=16, checkpoint_every=10, log_every=5),
+        tmp_path / "full",
+        progress=False,
+    )
+
+    algo, sampler = make(demo_store)
+    first = fit(
+        algo,
+        sampler,
+        LoopConfig(n_updates=17, batch_size=16, checkpoint_every=10, log_every=5),
+        tmp_path / "split",
+        progress=False,
+    )
+    # A new process would rebuild everything from scratch; so do we, with different initial RNG use.
+    np.random.default_rng(99).normal(size=10)
+    algo, sampler = make(demo_store)
+    rest = fit(
+        algo,
+        sampler,
+        LoopConfig(n_updates=40, batch_size=16, checkpoint_every=10, log_every=5),
+        tmp_path / "split",
+        resume=True,
+        progress=False,
+    )
+    assert [m["loss"] for m in first + rest] == [m["loss"] for m in full]  # bit for bit
+    losses = [m["loss"] for m in full]
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])  # it learns
+    assert json.loads((tmp_path / "split" / "loop.json").read_text())["n_updates"] == 40
+    assert any((tmp_path / "split" / "tb").iterdir())
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        fit(*make(demo_store), LoopConfig(n_updates=1), tmp_path / "split", progress=False)
+
+
+class PoisonedSampler:
+    """Returns a NaN observation at the given draw, like a corrupt sensor reading."""
+
+    def __init__(self, sampler: WindowSampler, at: int) -> None:
+        self.sampler, self.at, self.draws = sampler, at, 0
+
+    def sample(self, n: int) -> dict:
+        batch = self.sampler.sample(n)
+        self.draws += 1
+        if self.draws == self.at:
+            batch["obs"]["observation.state"][0, 0, 0] = np.nan
+        return batch
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
+
+
+def test_nan_guard_stops_with_step_and_batch_and_keeps_good_weights(demo_store, tmp_path):
+    algo, sampler = make(demo_store)
+    with pytest.raises(
+        TrainingDiverged, match=r"update 4: loss is nan; batch \(episode, t\) = \[\(\d+, \d+\)"
+    ):
+        fit(
+            algo,
+            PoisonedSampler(sampler, at=4),
+            LoopConfig(n_updates=10, batch_size=8),
+            tmp_path / "run",
+            progress=False,
+        )
+    good = load_checkpoint(tmp_path / "run" / "checkpoints" / "last_good")
+    assert good.step == 3
+    assert all(np.isfinite(t.numpy()).all() for t in good.tensors.values())
+
+
+def test_checkpoint_round_trip_in_a_fresh_process(demo_store, tmp_path):
+    algo, sampler = make(demo_store)
+    fit(algo, sampler, LoopConfig(n_updates=20, batch_size=16), tmp_path / "run", progress=False)
+    ckpt = tmp_path / "run" / "checkpoints" / "last"
+    obs = np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32)
+    policy = robocl.load_policy(str(ckpt))
+    policy.reset()
+    here = np.stack([policy.predict({"observation.state": obs}) for _ in range(3)])
+    np.save(tmp_path / "obs.npy", obs)
+    code = (
+        "import numpy as np, robocl;"
+        f"p = robocl.load_policy({str(ckpt)!r}); p.reset(); o = np.load({str(tmp_path / 'obs.npy')!r});"
+        "a = np.stack([p.predict({'observation.state': o}) for _ in range(3)]);"
+        f"np.save({str(tmp_path / 'there.npy')!r}, a)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    np.testing.assert_array_equal(np.load(tmp_path / "there.npy"), here)
+    single = robocl.load_policy(str(ckpt))
+    single.reset()
+    assert single.predict({"observation.state": obs[0]}).shape == (2,)
+
+
+def test_corrupt_and_foreign_checkpoints_give_clear_errors(demo_store, tmp_path):
+    algo, sampler = make(demo_store)
+    fit(algo, sampler, LoopConfig(n_updates=2, batch_size=4), tmp_path / "run", progress=False)
+    ckpt = tmp_path / "run" / "checkpoints" / "last"
+    with pytest.raises(CheckpointError, match=r"config\.json is missing"):
+        robocl.load_policy(str(tmp_path))
+    weights = ckpt / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors is unreadable"):
+        robocl.load_policy(str(ckpt))
+    weights.write_bytes(data)
+    header = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps(header | {"robocl_version": "0.0.1"}))
+    with pytest.raises(CheckpointError, match=r"written by robocl 0\.0\.1"):
+        robocl.load_policy(str(ckpt))
+    (ckpt / "config.json").write_text(json.dumps(header | {"method": "alchemy"}))
+    with pytest.raises(ValueError, match="unknown method 'alchemy'"):
+        robocl.load_policy(str(ckpt))
+    (ckpt / "config.json").write_text(json.dumps(header))
+    (ckpt / "trainer.pt").write_bytes(b"\x00" * 10)
+    with pytest.raises(CheckpointError, match=r"trainer\.pt is unreadable"):
+        load_checkpoint(ckpt).trainer_state()
