@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from robocl import __version__
 
@@ -46,6 +48,84 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_train_bc(args: argparse.Namespace) -> int:
+    from robocl.algos.bc import BC, BCConfig
+    from robocl.config import config_from_args
+    from robocl.store import TrajectoryStore, WindowSampler
+    from robocl.train import LoopConfig, fit
+
+    config = config_from_args(BCConfig, args)
+    loop = config_from_args(LoopConfig, args)
+    with TrajectoryStore.open(args.data, "r") as store:
+        view = store.view(tags=args.tags.split(",")) if args.tags else store.view()
+        algo = BC.from_store(config, store, device=loop.device)
+        sampler = WindowSampler(
+            view,
+            n_obs=config.n_obs,
+            horizon=config.horizon,
+            obs_keys=config.obs_keys,
+            reward_key=None,
+            seed=config.seed,
+        )
+        evaluate = _periodic_eval(args) if args.eval_env else None
+        fit(algo, sampler, loop, args.run_dir, resume=args.resume, evaluate=evaluate)
+    print(f"checkpoint: {Path(args.run_dir) / 'checkpoints' / 'last'}")
+    return 0
+
+
+def _periodic_eval(args: argparse.Namespace) -> Any:
+    from robocl.eval.evaluate import evaluate
+
+    def run(algo: Any) -> dict[str, float]:
+        out = Path(args.run_dir) / "eval" / f"step_{algo.step:07d}"
+        result = evaluate(
+            algo.policy(), args.eval_env, n_episodes=args.eval_episodes, out_dir=out, progress=False
+        )
+        summary = result["summary"]
+        metrics = {"success_rate": summary["success_rate"], "mean_return": summary["mean_return"]}
+        if summary["cycle_time_mean"] is not None:
+            metrics["cycle_time"] = summary["cycle_time_mean"]
+        return metrics
+
+    return run
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from robocl.eval.evaluate import evaluate
+
+    out = (
+        Path(args.out)
+        if args.out
+        else Path(args.policy) / "eval" / f"{args.env.replace('/', '_')}_{args.positions}"
+    )
+    result = evaluate(
+        args.policy,
+        args.env,
+        n_episodes=args.episodes,
+        out_dir=out,
+        positions=args.positions,
+        num_envs=args.num_envs,
+        seed=args.seed,
+        video=args.video,
+        n_videos=args.n_videos,
+        record=args.record,
+        max_steps=args.max_steps,
+    )
+    print(result["table"])
+    print(f"wrote {out / 'eval_info.json'}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from robocl.eval.compare import compare
+
+    table, _ = compare(args.runs, out_dir=args.out)
+    print(table)
+    if args.out:
+        print(f"plots in {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="robocl",
@@ -63,6 +143,42 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("path", help="store path or URL")
     validate.add_argument("--quick", action="store_true", help="skip reading every chunk")
     validate.set_defaults(func=_cmd_validate)
+
+    from robocl.algos.bc import BCConfig
+    from robocl.config import add_config_args
+    from robocl.train import LoopConfig
+
+    train = sub.add_parser("train", help="train a policy (robocl train METHOD --help)")
+    methods = train.add_subparsers(dest="method", metavar="METHOD", required=True)
+    bc = methods.add_parser("bc", help="chunked behaviour cloning on low-dimensional observations")
+    bc.add_argument("--data", required=True, help="trajectory store to train on")
+    bc.add_argument("--run-dir", required=True, help="where checkpoints, config and TensorBoard logs go")
+    bc.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    bc.add_argument("--tags", help="train on episodes with all these comma-separated tags")
+    bc.add_argument("--eval-env", help="env id evaluated every --eval-every updates and at the end")
+    bc.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation")
+    add_config_args(bc, BCConfig)
+    add_config_args(bc, LoopConfig)
+    bc.set_defaults(func=_cmd_train_bc)
+
+    ev = sub.add_parser("eval", help="roll out a policy and report success, cycle time and returns")
+    ev.add_argument("--policy", required=True, help="checkpoint directory")
+    ev.add_argument("--env", required=True, help="gymnasium env id (robocl/... or any registered id)")
+    ev.add_argument("--episodes", type=int, default=50)
+    ev.add_argument("--positions", choices=("seen", "unseen"), default="seen")
+    ev.add_argument("--num-envs", type=int, default=1, help="parallel worker envs")
+    ev.add_argument("--video", action="store_true", help="write MP4s of the first --n-videos episodes")
+    ev.add_argument("--n-videos", type=int, default=2)
+    ev.add_argument("--record", help="also write every episode into this store (tag 'eval')")
+    ev.add_argument("--seed", type=int, default=100_000, help="episode i starts from reset(seed + i)")
+    ev.add_argument("--max-steps", type=int, help="episode length override")
+    ev.add_argument("--out", help="output folder (default: <policy>/eval/<env>_<positions>)")
+    ev.set_defaults(func=_cmd_eval)
+
+    cmp_ = sub.add_parser("compare", help="compare runs: success, cycle time, learning curves (IQM + CIs)")
+    cmp_.add_argument("runs", nargs="+", help="one folder per method (its seeds' runs below it)")
+    cmp_.add_argument("--out", help="folder for the PNG plots")
+    cmp_.set_defaults(func=_cmd_compare)
 
     import importlib.util
 

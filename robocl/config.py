@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
+import re
 import types
 import typing
 from typing import Any, TypeVar
@@ -15,11 +17,12 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, *, group: str | 
     """Add one option per field of dataclass ``cls``; defaults stay the dataclass's (argparse sees None)."""
     target = parser.add_argument_group(group or cls.__name__, (cls.__doc__ or "").strip().splitlines()[0])
     hints = typing.get_type_hints(cls)
+    docs = field_comments(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = f"(default: {default})"
+        help_text = f"{docs.get(f.name, '')} (default: {default})".strip().replace("%", "%%")
         if kind is bool:
             target.add_argument(
                 flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
@@ -33,6 +36,16 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, *, group: str | 
                 metavar=f.name.upper(),
                 help=help_text,
             )
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """The ``# comment`` after each field in the class source: robocl documents config fields that way."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    pattern = re.compile(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", re.MULTILINE)
+    return {name: text.strip() for name, text in pattern.findall(source)}
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:

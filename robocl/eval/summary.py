@@ -1,0 +1,104 @@
+"""Per-episode evaluation rows and their aggregates, as CO-RFT reports them.
+
+Cycle time is the time from the episode start until success first holds: (index of the first step whose
+outcome is a success + 1) x control period, counted for successful episodes only (CO-RFT's definition).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robocl.eval.metrics import bootstrap_ci, iqm, wilson_interval
+
+
+@dataclass
+class EpisodeResult:
+    episode: int  # index within the evaluation; the env was reset with seed + episode
+    seed: int
+    success: bool  # success held at some step of the episode
+    episode_return: float
+    length: int
+    first_success_step: int | None  # 0-based step at whose end success first held
+    cycle_time: float | None  # seconds, successful episodes only
+
+
+def episode_result(
+    episode: int, seed: int, rewards: Sequence[float], successes: Sequence[bool], control_dt: float
+) -> EpisodeResult:
+    hits = np.flatnonzero(np.asarray(successes, dtype=bool))
+    first = int(hits[0]) if hits.size else None
+    return EpisodeResult(
+        episode=episode,
+        seed=seed,
+        success=first is not None,
+        episode_return=float(np.sum(rewards, dtype=np.float64)),
+        length=len(rewards),
+        first_success_step=first,
+        cycle_time=None if first is None else (first + 1) * control_dt,
+    )
+
+
+def summarize(rows: Sequence[EpisodeResult], *, seed: int = 0) -> dict[str, Any]:
+    """Success rate with a Wilson 95% interval, mean and IQM return with bootstrap CIs, cycle time."""
+    n = len(rows)
+    successes = sum(r.success for r in rows)
+    returns = np.array([r.episode_return for r in rows])
+    cycles = np.array([r.cycle_time for r in rows if r.cycle_time is not None])
+    lo, hi = wilson_interval(successes, n)
+    return {
+        "n_episodes": n,
+        "success_rate": successes / n if n else float("nan"),
+        "success_rate_ci95": [lo, hi],
+        "mean_return": float(returns.mean()) if n else float("nan"),
+        "mean_return_ci95": list(bootstrap_ci(returns, np.mean, seed=seed)),
+        "iqm_return": iqm(returns),
+        "iqm_return_ci95": list(bootstrap_ci(returns, iqm, seed=seed)),
+        "mean_length": float(np.mean([r.length for r in rows])) if n else float("nan"),
+        "cycle_time_mean": float(cycles.mean()) if cycles.size else None,
+        "cycle_time_std": float(cycles.std()) if cycles.size else None,
+    }
+
+
+def format_table(summary: dict[str, Any], title: str = "") -> str:
+    lo, hi = summary["success_rate_ci95"]
+    cycle = (
+        f"{summary['cycle_time_mean']:.2f} ± {summary['cycle_time_std']:.2f} s"
+        if summary["cycle_time_mean"] is not None
+        else "-"
+    )
+    rows = [
+        ("episodes", f"{summary['n_episodes']}"),
+        ("success rate", f"{summary['success_rate']:.1%}  (95% CI {lo:.1%} – {hi:.1%})"),
+        (
+            "return mean",
+            f"{summary['mean_return']:.2f}  (95% CI {summary['mean_return_ci95'][0]:.2f} – "
+            f"{summary['mean_return_ci95'][1]:.2f})",
+        ),
+        (
+            "return IQM",
+            f"{summary['iqm_return']:.2f}  (95% CI {summary['iqm_return_ci95'][0]:.2f} – "
+            f"{summary['iqm_return_ci95'][1]:.2f})",
+        ),
+        ("cycle time", cycle),
+        ("mean length", f"{summary['mean_length']:.1f} steps"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [title] if title else []
+    lines += [f"  {k:<{width}}  {v}" for k, v in rows]
+    return "\n".join(lines)
+
+
+def write_eval_info(
+    path: str | Path, rows: Sequence[EpisodeResult], summary: dict[str, Any], meta: dict[str, Any]
+) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {**meta, "aggregate": summary, "episodes": [asdict(r) for r in rows]}
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
