@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,37 +155,31 @@ class TrajectoryStore:
             raise ValueError("a store needs at least one feature")
         if not fps > 0:
             raise ValueError(f"fps must be positive, got {fps}")
-        store, kind, remote = _open_location(location, storage_options)
-        if kind == "local":
-            path = Path(str(store.root))
-            if path.exists() and any(path.iterdir()):
-                if not overwrite:
-                    raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-                shutil.rmtree(path)
-        root = zarr.open_group(store, mode="w" if overwrite or kind != "local" else "w-", zarr_format=3)
-        data, episodes = root.require_group("data"), root.require_group("episodes")
-        final = episodes.require_group("final")
-        for key, feat in feats.items():
-            _create_step_array(data, key, feat)
-            if feat.is_observation:
-                _create_step_array(final, key, feat)
-        for col, dtype in EPISODE_COLUMNS.items():
-            episodes.create_array(
-                col,
-                shape=(0,),
-                dtype=dtype,
-                chunks=(EPISODE_ROWS_PER_CHUNK,),
-                compressors=[_compressor()],
-                fill_value=0,
-            )
         header = {
             "format_version": FORMAT_VERSION,
             "features": {k: f.to_dict() for k, f in feats.items()},
             "fps": float(fps),
             "meta": dict(meta or {}),
         }
-        root.update_attributes({"robocl": header, "commit": _empty_commit()})
-        return cls(store, kind, "a", remote=remote)
+        store, kind, remote = _open_location(location, storage_options)
+        if kind != "local":
+            _write_empty_store(zarr.open_group(store, mode="w", zarr_format=3), feats, header)
+            return cls(store, kind, "a", remote=remote)
+        path = Path(str(store.root))
+        if path.exists() and any(path.iterdir()):
+            if not overwrite:
+                raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+            shutil.rmtree(path)
+        # Built beside its final place and renamed in: a kill during creation leaves no half-made store.
+        tmp = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex[:8]}")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        _write_empty_store(
+            zarr.open_group(zarr.storage.LocalStore(tmp), mode="w-", zarr_format=3), feats, header
+        )
+        if path.exists():
+            path.rmdir()
+        tmp.rename(path)
+        return cls(zarr.storage.LocalStore(path), kind, "a", remote=remote)
 
     @classmethod
     def open(
@@ -307,6 +302,11 @@ class TrajectoryStore:
         return list(self._commit["tasks"])
 
     @property
+    def sources(self) -> list[str]:
+        """The source table, indexed by the episodes' ``source_index`` (e.g. "lerobot:user/dataset")."""
+        return list(self._commit["sources"])
+
+    @property
     def tag_names(self) -> list[str]:
         return list(self._commit["tags"])
 
@@ -384,7 +384,7 @@ class TrajectoryStore:
             terminated=bool(row["terminated"]),
             truncated=bool(row["truncated"]),
             episode_return=float(row["return"]),
-            source=self._commit["sources"][row["source_index"]],
+            source=self.sources[row["source_index"]],
             source_episode=int(row["source_episode"]),
             tags=self._tags_of(int(row["tags"])),
         )
@@ -426,7 +426,7 @@ class TrajectoryStore:
             "n_steps": self.n_steps,
             "tasks": self.tasks,
             "tags": self.tag_names,
-            "sources": list(self._commit["sources"]),
+            "sources": self.sources,
             "success_rate": float(table["success"].mean()) if self.n_episodes else None,
             "bytes_stored": self.nbytes_stored(),
         }
@@ -643,6 +643,25 @@ def _empty_commit() -> dict[str, Any]:
         "stats": {},
         "commit_id": 0,
     }
+
+
+def _write_empty_store(root: zarr.Group, feats: Mapping[str, Feature], header: dict[str, Any]) -> None:
+    data, episodes = root.require_group("data"), root.require_group("episodes")
+    final = episodes.require_group("final")
+    for key, feat in feats.items():
+        _create_step_array(data, key, feat)
+        if feat.is_observation:
+            _create_step_array(final, key, feat)
+    for col, dtype in EPISODE_COLUMNS.items():
+        episodes.create_array(
+            col,
+            shape=(0,),
+            dtype=dtype,
+            chunks=(EPISODE_ROWS_PER_CHUNK,),
+            compressors=[_compressor()],
+            fill_value=0,
+        )
+    root.update_attributes({"robocl": header, "commit": _empty_commit()})
 
 
 def _create_step_array(group: Any, key: str, feat: Feature) -> None:

@@ -94,7 +94,7 @@ def validate_store(
             report.problems.append(
                 f"episodes {np.flatnonzero(bad_tasks).tolist()} point outside the task table"
             )
-        if (table["source_index"] >= len(store._commit["sources"])).any():
+        if (table["source_index"] >= len(store.sources)).any():
             report.problems.append("episode source index outside the source table")
     report.checked.append("episode table: contiguous starts, lengths, task and source indices")
 
