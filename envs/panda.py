@@ -263,6 +263,7 @@ class PandaEnv(gym.Env[dict[str, Any], np.ndarray]):
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": CONTROL_HZ}
+    robot: ClassVar[str] = "panda"  # recorded in the metadata of stores collected from these tasks
     OBJECT_DIM: int = 0
     NOMINAL_ROT: np.ndarray = np.eye(3)
     Q_REST: np.ndarray = Q_READY  # posture the IK's nullspace term pulls the redundant elbow towards

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,6 +74,37 @@ def _cmd_train_bc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_co_rft(args: argparse.Namespace) -> int:
+    from robocl.algos.co_rft import CORFTConfig, train_co_rft
+    from robocl.config import config_from_args
+    from robocl.store import TrajectoryStore
+    from robocl.train import LoopConfig
+
+    if args.n_updates is not None:
+        raise ValueError("co-rft trains two stages: use --il-updates and --rl-updates, not --n-updates")
+    overrides: dict[str, Any] = {}
+    if args.images:  # every camera of the store; proprioception only, unless --state-keys says otherwise
+        with TrajectoryStore.open(args.data, "r") as store:
+            overrides["image_keys"] = tuple(k for k, f in store.features.items() if f.is_image)
+        if args.state_keys is None:
+            overrides["state_keys"] = ("observation.state",)
+    config = config_from_args(CORFTConfig, args, **overrides)
+    il_loop = config_from_args(LoopConfig, args, n_updates=args.il_updates) if args.il_updates else None
+    paths = train_co_rft(
+        config,
+        args.data,
+        args.run_dir,
+        il_loop=il_loop,
+        rl_loop=config_from_args(LoopConfig, args, n_updates=args.rl_updates),
+        init=args.init,
+        resume=args.resume,
+        tags=args.tags.split(",") if args.tags else (),
+    )
+    for stage, path in paths.items():
+        print(f"{stage} checkpoint: {path}")
+    return 0
+
+
 def _periodic_eval(args: argparse.Namespace) -> Any:
     from robocl.eval.evaluate import evaluate
 
@@ -93,11 +125,10 @@ def _periodic_eval(args: argparse.Namespace) -> Any:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from robocl.eval.evaluate import evaluate
 
-    out = (
-        Path(args.out)
-        if args.out
-        else Path(args.policy) / "eval" / f"{args.env.replace('/', '_')}_{args.positions}"
-    )
+    # Beside the checkpoint, not inside it: a later save replaces the checkpoint folder whole.
+    ckpt = Path(args.policy)
+    default = ckpt.parent / "eval" / f"{ckpt.name}_{args.env.replace('/', '_')}_{args.positions}"
+    out = Path(args.out) if args.out else default
     result = evaluate(
         args.policy,
         args.env,
@@ -161,6 +192,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(bc, LoopConfig)
     bc.set_defaults(func=_cmd_train_bc)
 
+    from robocl.algos.co_rft import CORFTConfig
+
+    corft = methods.add_parser("co-rft", help="CO-RFT: imitation, then chunked offline RL (Cal-QL + TD3+BC)")
+    corft.add_argument("--data", required=True, help="trajectory store to train on")
+    corft.add_argument("--run-dir", required=True, help="checkpoints and TensorBoard logs go to DIR/il, DIR/rl")
+    corft.add_argument("--init", help="pretrained backbone: a robocl checkpoint dir or a .safetensors file")
+    corft.add_argument("--images", action="store_true", help="use every camera of the store")
+    corft.add_argument("--il-updates", type=int, default=20_000, help="stage-1 updates; 0 skips stage 1")
+    corft.add_argument("--rl-updates", type=int, default=20_000, help="stage-2 updates")
+    corft.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    corft.add_argument("--tags", help="train on episodes with all these comma-separated tags")
+    add_config_args(corft, CORFTConfig)
+    add_config_args(corft, LoopConfig)
+    corft.set_defaults(func=_cmd_train_co_rft)
+
     ev = sub.add_parser("eval", help="roll out a policy and report success, cycle time and returns")
     ev.add_argument("--policy", required=True, help="checkpoint directory")
     ev.add_argument("--env", required=True, help="gymnasium env id (robocl/... or any registered id)")
@@ -172,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--record", help="also write every episode into this store (tag 'eval')")
     ev.add_argument("--seed", type=int, default=100_000, help="episode i starts from reset(seed + i)")
     ev.add_argument("--max-steps", type=int, help="episode length override")
-    ev.add_argument("--out", help="output folder (default: <policy>/eval/<env>_<positions>)")
+    ev.add_argument("--out", help="output folder (default: <policy>/../eval/<name>_<env>_<positions>)")
     ev.set_defaults(func=_cmd_eval)
 
     cmp_ = sub.add_parser("compare", help="compare runs: success, cycle time, learning curves (IQM + CIs)")
@@ -180,16 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--out", help="folder for the PNG plots")
     cmp_.set_defaults(func=_cmd_compare)
 
-    import importlib.util
+    from robocl import collect, convert_cli
 
-    if importlib.util.find_spec("robocl.collect"):  # TEMP until collect lands
-        from robocl import collect
-
-        collect.add_parser(sub)
+    collect.add_parser(sub)
+    convert_cli.add_parsers(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # MuJoCo picks its OpenGL backend at import; EGL renders headless (no display on servers and CI).
+    os.environ.setdefault("MUJOCO_GL", "egl")
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

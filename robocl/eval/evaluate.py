@@ -1,0 +1,119 @@
+"""``robocl eval``: roll a policy out, measure what CO-RFT measures, and leave numbers, videos and data.
+
+Rollouts come from the same engine as ``robocl collect`` (:mod:`robocl.eval.rollout`): vectorised, episode
+``i`` reset with ``seed + i`` whatever the number of workers, the real final observation kept. Any gymnasium
+id works, including one a user registers for a real robot (``--env my_pkg.robot:RealArm`` style entry points
+go through ``gymnasium.register`` first), so simulated and real rollouts are scored by one script.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robocl.eval.rollout import rollout_episodes
+from robocl.eval.summary import EpisodeResult, episode_result, format_table, summarize, write_eval_info
+from robocl.eval.video import side_by_side, write_mp4
+
+
+def evaluate(
+    policy: Any,
+    env_id: str,
+    *,
+    n_episodes: int,
+    out_dir: str | Path,
+    positions: str = "seen",
+    num_envs: int = 1,
+    seed: int = 100_000,
+    video: bool = False,
+    n_videos: int = 2,
+    record: str | Path | None = None,
+    max_steps: int | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate ``policy`` (a checkpoint path or an object with reset/predict) and write eval_info.json.
+
+    The default seed (100000) keeps evaluation starts disjoint from collection's (seed 0 upwards).
+    """
+    out_dir = Path(out_dir)
+    rows: list[EpisodeResult] = []
+    store = None
+    fps = None
+    try:
+        for ep in rollout_episodes(
+            env_id,
+            n_episodes,
+            policy=policy,
+            seed=seed,
+            num_envs=num_envs,
+            positions=positions,
+            images=video,
+            max_steps=max_steps,
+            env_kwargs=env_kwargs or {},
+            progress=progress,
+        ):
+            fps = ep.fps
+            rows.append(episode_result(ep.index, ep.seed, ep.steps["reward"], ep.steps["success"], 1.0 / fps))
+            cams = sorted(k for k in ep.steps if k.startswith("observation.images."))
+            if video and ep.index < n_videos and cams:
+                frames = [
+                    side_by_side([ep.steps[c][t] for c in cams]) for t in range(len(ep.steps["reward"]))
+                ]
+                frames.append(side_by_side([ep.final_obs[c] for c in cams]))
+                write_mp4(out_dir / "videos" / f"episode_{ep.index:03d}.mp4", frames, fps)
+            if record is not None:
+                if store is None:
+                    store = _open_record_store(record, ep, env_id)
+                store.add_episode(
+                    ep.steps,
+                    task=ep.task,
+                    success=ep.success,
+                    terminated=ep.terminated,
+                    truncated=ep.truncated,
+                    final_obs=ep.final_obs,
+                    source=f"eval:{env_id}",
+                    source_episode=ep.index,
+                    tags=("eval", positions),
+                )
+    finally:
+        if store is not None:
+            store.close()
+    summary = summarize(rows, seed=seed)
+    meta = {
+        "env_id": env_id,
+        "positions": positions,
+        "seed": seed,
+        "num_envs": num_envs,
+        "policy": str(policy) if isinstance(policy, (str, Path)) else type(policy).__name__,
+        "fps": fps,
+    }
+    write_eval_info(out_dir / "eval_info.json", rows, summary, meta)
+    return {"summary": summary, "episodes": rows, "table": format_table(summary, f"{env_id} [{positions}]")}
+
+
+def _open_record_store(path: str | Path, ep: Any, env_id: str) -> Any:
+    """Create the record store from the first episode's arrays, or append to an existing one."""
+    from robocl.store import Feature, TrajectoryStore
+
+    if Path(path).exists():
+        return TrajectoryStore.open(path, "a")
+    features = {}
+    for key, value in ep.steps.items():
+        arr = np.asarray(value)
+        if key.startswith("observation.images."):
+            kind = "rgb"
+        elif key == "action":
+            kind = "action"
+        elif key == "reward":
+            kind = "reward"
+        elif arr.dtype == bool:
+            kind = "flag"
+        else:
+            kind = "state"
+        features[key] = Feature(kind=kind, dtype=str(arr.dtype), shape=arr.shape[1:])
+    return TrajectoryStore.create(
+        path, features, fps=ep.fps, meta={"env_id": env_id, "recorded_by": "robocl eval"}
+    )

@@ -1,0 +1,571 @@
+"""The rollout engine shared by ``robocl collect`` and ``robocl eval``.
+
+Episodes run on ``num_envs`` sub-environments of a gymnasium vector env (``SyncVectorEnv`` for one,
+``AsyncVectorEnv`` worker processes for more) with autoreset disabled: each finished sub-env is reset
+explicitly with the next episode's seed, so the real final observation is recorded and episode ``i`` always
+starts from ``reset(seed=seed + i)`` with an actor seeded from that same number. Scripted experts and the
+random policy run inside the workers, beside the env they act in (an expert may read the simulator), and
+hand their next action back through ``info``. Finished episodes come out in index order, so the results are
+the same whatever ``num_envs`` is. Checkpoint or object policies get each observation batch keyed by store
+feature names plus ``"task"`` (the instruction), one instance per sub-env.
+
+Observations map to store features as follows: a flat ``Box`` observation (the half-cheetahs, gymnasium
+ids such as ``Pusher-v5``) is ``observation.state``; arm tasks' dict keys ``proprio``, ``object``,
+``image_front`` and ``image_wrist`` become ``observation.state``, ``observation.object``,
+``observation.images.front`` and ``observation.images.wrist``; their ``instruction`` is the episode's task.
+Envs without cameras of their own are rendered (``render_mode="rgb_array"``) into
+``observation.images.front`` when images are requested.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Protocol
+
+import gymnasium as gym
+import numpy as np
+import robocl_envs  # importing it registers the robocl/ task ids with gymnasium
+from gymnasium.envs.registration import load_env_creator
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
+from tqdm import tqdm
+
+import robocl
+from robocl.store import Feature
+
+LOCAL_POLICIES = ("scripted", "random")
+POSITIONS = ("seen", "unseen")
+# Arm-task observation keys -> store feature names (flat Box observations are "observation.state").
+OBS_FEATURES = {
+    "proprio": "observation.state",
+    "object": "observation.object",
+    "image_front": "observation.images.front",
+    "image_wrist": "observation.images.wrist",
+}
+INSTRUCTION_KEY = "instruction"
+ACTION_INFO_KEY = "policy_action"
+# Constructor arguments collect sets from its own options.
+RESERVED_ENV_KWARGS = frozenset(
+    {"images", "image_size", "positions", "terminate_on_success", "render_mode", "width", "height"}
+)
+# Stream id mixed into actor seeds so an expert's noise is independent of the env's own reset noise
+# even though both derive from the episode's reset seed.
+ACTOR_SEED_STREAM = 0xAC7
+
+
+def actor_seed(reset_seed: int) -> int:
+    """Seed of the policy/expert for the episode that starts from ``reset(seed=reset_seed)``."""
+    return int(np.random.SeedSequence((reset_seed, ACTOR_SEED_STREAM)).generate_state(1)[0])
+
+
+# ---------------------------------------------------------------------------------------------- env wrappers
+class _LocalActor(gym.Wrapper):
+    """Runs a scripted expert or the random policy next to its env and puts its next action in ``info``."""
+
+    def __init__(self, env: gym.Env, policy: str, noise: float, hesitation: float, detour: float) -> None:
+        super().__init__(env)
+        self._policy = policy
+        self._expert_kwargs = {"noise": noise, "hesitation": hesitation, "detour": detour}
+        self._act: Callable[[Any], np.ndarray] | None = None
+
+    def _new_actor(self, seed: int | None) -> Callable[[Any], np.ndarray]:
+        if self._policy == "random":
+            rng = np.random.default_rng(seed)
+            space = self.env.action_space
+            return lambda obs: rng.uniform(space.low, space.high).astype(space.dtype)
+        from robocl_envs.experts import make_expert
+
+        expert = make_expert(self.env, seed=seed, **self._expert_kwargs)
+        expert.reset()
+        return expert
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._act = self._new_actor(None if seed is None else actor_seed(seed))
+        return obs, {**info, ACTION_INFO_KEY: np.asarray(self._act(obs), dtype=np.float32)}
+
+    def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if not (terminated or truncated):
+            assert self._act is not None, "reset() creates the actor"
+            info = {**info, ACTION_INFO_KEY: np.asarray(self._act(obs), dtype=np.float32)}
+        return obs, reward, terminated, truncated, info
+
+
+class _FeatureObs(gym.Wrapper):
+    """Renames observations to store feature names; moves the instruction to the reset ``info``.
+
+    ``skip`` names dict-observation keys left out of the store (e.g. ``"object"``, the privileged state).
+    """
+
+    def __init__(self, env: gym.Env, render_front: bool, skip: frozenset[str]) -> None:
+        super().__init__(env)
+        self._render_front = render_front
+        space = env.observation_space
+        subspaces: dict[str, gym.Space] = {}
+        self._sources: dict[str, str] = {}  # feature name -> key of the env's dict observation
+        if isinstance(space, gym.spaces.Box):
+            # float64 states (gymnasium's MuJoCo envs) become float32 here, the dtype policies train in.
+            low, high = space.low.astype(np.float32), space.high.astype(np.float32)
+            subspaces["observation.state"] = gym.spaces.Box(low, high, space.shape, np.float32)
+            if render_front:
+                frame_shape = (env.unwrapped.height, env.unwrapped.width, 3)
+                subspaces["observation.images.front"] = gym.spaces.Box(0, 255, frame_shape, np.uint8)
+        elif isinstance(space, gym.spaces.Dict):
+            for key, sub in space.spaces.items():
+                if key == INSTRUCTION_KEY or key in skip:
+                    continue
+                if not isinstance(sub, gym.spaces.Box):
+                    raise ValueError(
+                        f"observation key {key!r} is a {type(sub).__name__}; collect stores Box keys"
+                    )
+                name = OBS_FEATURES.get(key, f"observation.{key}")
+                subspaces[name], self._sources[name] = sub, key
+        else:
+            raise ValueError(f"collect needs a Box or Dict observation space, got {type(space).__name__}")
+        self.observation_space = gym.spaces.Dict(subspaces)
+
+    def _convert(self, obs: Any) -> dict[str, np.ndarray]:
+        if isinstance(obs, Mapping):
+            return {name: obs[key] for name, key in self._sources.items()}
+        out = {"observation.state": np.asarray(obs, dtype=np.float32)}
+        if self._render_front:
+            out["observation.images.front"] = self.env.render()
+        return out
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        task = obs[INSTRUCTION_KEY] if isinstance(obs, Mapping) and INSTRUCTION_KEY in obs else None
+        return self._convert(obs), {**info, INSTRUCTION_KEY: task}
+
+    def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return self._convert(obs), reward, terminated, truncated, info
+
+
+def _accepts(env_id: str, name: str) -> bool:
+    """Whether the env constructor takes a parameter called ``name`` (a bare ``**kwargs`` does not count)."""
+    entry = gym.spec(env_id).entry_point
+    creator = load_env_creator(entry) if isinstance(entry, str) else entry
+    # Task classes forward **kwargs to their base (PickPlaceEnv -> PandaEnv), so look along the MRO.
+    inits = (
+        [c.__init__ for c in creator.__mro__ if "__init__" in vars(c)]
+        if isinstance(creator, type)
+        else [creator]
+    )
+    return any(name in inspect.signature(init).parameters for init in inits)
+
+
+def _make_env(plan: _EnvPlan, actor: tuple | None) -> gym.Env:
+    """Module-level factory so vector-env workers can rebuild the env under any start method."""
+    env = gym.make(plan.env_id, **plan.env_kwargs)
+    if actor is not None:
+        env = _LocalActor(env, *actor)
+    return _FeatureObs(env, plan.render_front, plan.skip)
+
+
+# ---------------------------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class RolloutSettings:
+    """How episodes are rolled out; the keyword arguments of :func:`rollout_episodes` and :func:`collect`."""
+
+    policy: Any = "scripted"  # "scripted" | "random" | checkpoint path | object with reset()/predict(obs)
+    noise: float = 0.0  # expert action noise std, or Gaussian noise added to a checkpoint policy's actions
+    hesitation: float = 0.0  # the scripted expert's per-step probability of starting a short pause
+    detour: float = 0.0  # the scripted expert's probability of a random waypoint on a free-space move
+    images: bool = False  # record camera frames
+    image_size: int = 96  # frame height and width in pixels (the arm tasks' default)
+    positions: str = "seen"  # "seen" | "unseen" start positions of the arm tasks
+    num_envs: int = 1  # sub-environments side by side (worker processes when > 1); data does not depend on it
+    seed: int = 0  # episode i of each env starts from reset(seed=seed + i); its actor is seeded from that
+    max_steps: int | None = None  # override of the registered episode length
+    terminate_on_success: bool = True  # end episodes at success, for tasks that have the option
+    object_state: bool = True  # record the arm tasks' privileged object state as observation.object
+    # Further constructor arguments, each given to the envs whose constructor takes it (e.g.
+    # {"planar": False} gives the pushers the 5-d action of the other arm tasks).
+    env_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {self.num_envs}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        if self.noise < 0 or not (0 <= self.hesitation <= 1 and 0 <= self.detour <= 1):
+            raise ValueError(
+                f"need noise >= 0 and hesitation, detour in [0, 1]; got {self.noise}, {self.hesitation}, "
+                f"{self.detour}"
+            )
+        name = self.policy if isinstance(self.policy, str) else None
+        if name == "random" and self.noise > 0:
+            raise ValueError("noise has no meaning for the random policy")
+        if name != "scripted" and (self.hesitation > 0 or self.detour > 0):
+            raise ValueError(
+                f"hesitation and detour belong to the scripted expert, not to policy {self.policy!r}"
+            )
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        reserved = sorted(set(self.env_kwargs) & RESERVED_ENV_KWARGS)
+        if reserved:
+            raise ValueError(f"env_kwargs {reserved} are set by collect's own options; use those")
+
+    @property
+    def local_actor(self) -> tuple[str, float, float, float] | None:
+        """Arguments of the actor that runs beside each env, or None for a checkpoint/object policy."""
+        if isinstance(self.policy, str) and self.policy in LOCAL_POLICIES:
+            return (self.policy, self.noise, self.hesitation, self.detour)
+        return None
+
+    def as_meta(self) -> dict[str, Any]:
+        """JSON-ready record of the settings for the store's metadata."""
+        meta = {f.name: getattr(self, f.name) for f in fields(self)}
+        if not isinstance(self.policy, str):
+            meta["policy"] = type(self.policy).__name__
+        meta["env_kwargs"] = dict(self.env_kwargs)
+        return meta
+
+
+def expand_env_ids(env_id: str | Sequence[str]) -> list[str]:
+    """Env ids in order; an entry ``family:NAME`` stands for that family's ids in ``robocl_envs.FAMILIES``."""
+    expanded = []
+    for item in [env_id] if isinstance(env_id, str) else env_id:
+        if item.startswith("family:"):
+            family = item.removeprefix("family:")
+            if family not in robocl_envs.FAMILIES:
+                raise ValueError(f"unknown task family {family!r}; known: {sorted(robocl_envs.FAMILIES)}")
+            expanded += robocl_envs.FAMILIES[family]
+        else:
+            expanded.append(item)
+    if not expanded:
+        raise ValueError("no env id given")
+    unknown = [i for i in expanded if i not in gym.registry]
+    if unknown:
+        raise ValueError(f"unknown env id(s) {unknown}")
+    return expanded
+
+
+@dataclass(frozen=True)
+class _EnvPlan:
+    """How to build one env id's sub-envs: constructor arguments and the observation conversion."""
+
+    env_id: str
+    env_kwargs: dict[str, Any]
+    render_front: bool  # render frames for an env without cameras of its own
+    skip: frozenset[str]  # dict-observation keys not recorded
+    positions: str
+
+    @classmethod
+    def build(cls, env_id: str, s: RolloutSettings) -> _EnvPlan:
+        kwargs = {key: value for key, value in s.env_kwargs.items() if _accepts(env_id, key)}
+        if s.max_steps is not None:
+            kwargs["max_episode_steps"] = s.max_steps
+        if _accepts(env_id, "terminate_on_success"):
+            kwargs["terminate_on_success"] = s.terminate_on_success
+        render_front = False
+        if _accepts(env_id, "images"):
+            kwargs.update(images=s.images, image_size=s.image_size)
+        elif s.images:
+            render_front = True
+            kwargs.update(render_mode="rgb_array", width=s.image_size, height=s.image_size)
+        if _accepts(env_id, "positions"):
+            kwargs["positions"] = s.positions
+        elif s.positions != "seen":
+            raise ValueError(
+                f"{env_id} has no held-out start positions, so positions={s.positions!r} is undefined"
+            )
+        skip = frozenset() if s.object_state else frozenset({"object"})
+        return cls(env_id, kwargs, render_front, skip, s.positions)
+
+
+def _features(obs_space: gym.spaces.Dict, action_space: gym.Space) -> dict[str, Feature]:
+    if not isinstance(action_space, gym.spaces.Box):
+        raise ValueError(f"collect stores Box actions, got {type(action_space).__name__}")
+    features = {}
+    for name, space in obs_space.spaces.items():
+        kind = "rgb" if name.startswith("observation.images.") else "state"
+        features[name] = Feature(kind=kind, dtype=str(space.dtype), shape=space.shape)
+    features["action"] = Feature(kind="action", dtype="float32", shape=action_space.shape)
+    features["reward"] = Feature(kind="reward", dtype="float32", shape=())
+    features["success"] = Feature(kind="flag", dtype="bool", shape=())
+    return features
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    """Everything checked before the first episode: per-env plans and the schema they share."""
+
+    envs: list[_EnvPlan]
+    features: dict[str, Feature]
+    fps: float
+    robot: str
+
+    @classmethod
+    def build(cls, env_ids: list[str], s: RolloutSettings) -> RolloutPlan:
+        envs = [_EnvPlan.build(i, s) for i in env_ids]
+        unused = sorted(k for k in s.env_kwargs if not any(_accepts(i, k) for i in env_ids))
+        if unused:
+            raise ValueError(f"env_kwargs {unused} are taken by none of {env_ids}")
+        if s.local_actor is not None and s.policy == "scripted":
+            try:
+                import robocl_envs.experts  # noqa: F401
+            except ImportError as err:
+                raise ValueError(
+                    "policy 'scripted' needs robocl_envs.experts, which failed to import"
+                ) from err
+        schema = None
+        for plan in envs:
+            # Reset once with the actor too, so a task without an expert fails before anything is written.
+            probe = _make_env(plan, s.local_actor)
+            try:
+                probe.reset(seed=s.seed)
+                features = _features(probe.observation_space, probe.action_space)
+                fps = float(probe.metadata.get("render_fps") or 1.0 / probe.unwrapped.dt)
+                robot = getattr(probe.unwrapped, "robot", None) or type(probe.unwrapped).__name__
+            finally:
+                probe.close()
+            if schema is None:
+                schema = (features, fps, robot)
+            elif (features, fps) != schema[:2]:
+                raise ValueError(
+                    f"{plan.env_id} records {features} at {fps} fps but {envs[0].env_id} records {schema[0]} "
+                    f"at {schema[1]} fps, so they cannot share one store (object_state=False drops the "
+                    "task-specific object state)"
+                )
+        assert schema is not None, "expand_env_ids returns at least one id"
+        return cls(envs, *schema)
+
+
+def make_policies(policy: Any, n: int) -> list[Any] | None:
+    """``None`` for the policies that run beside the env, else one policy instance per sub-env.
+
+    One instance per sub-env keeps per-episode state (action queues, ``reset()``) apart and makes every call
+    a batch of one, so the actions do not depend on how many sub-envs run.
+    """
+    if isinstance(policy, str):
+        if policy in LOCAL_POLICIES:
+            return None
+        load_policy = getattr(robocl, "load_policy", None)
+        if load_policy is None:
+            raise ValueError(f"policy {policy!r}: loading policies from checkpoints needs robocl.load_policy")
+        return [load_policy(policy) for _ in range(n)]
+    return [policy] + [copy.deepcopy(policy) for _ in range(n - 1)]
+
+
+def _vector_env(plan: _EnvPlan, actor: tuple | None, num_envs: int) -> gym.vector.VectorEnv:
+    factory = functools.partial(_make_env, plan, actor)
+    if num_envs == 1:
+        return SyncVectorEnv([factory], autoreset_mode=AutoresetMode.DISABLED)
+    # Spawned, not forked, workers: a fork of a process that has already rendered (an earlier collect in
+    # the same session) inherits its GL state, and rendering in the child then hangs.
+    return AsyncVectorEnv([factory] * num_envs, autoreset_mode=AutoresetMode.DISABLED, context="spawn")
+
+
+# ---------------------------------------------------------------------------------------------- rollouts
+@dataclass
+class RolloutEpisode:
+    """One finished episode: steps keyed by store feature names (observation before the action)."""
+
+    env_id: str
+    index: int  # episode number within its env's run
+    seed: int  # its reset seed
+    task: str  # the instruction, or the env id for tasks without one
+    steps: dict[str, np.ndarray]  # (T, ...) per feature
+    final_obs: dict[str, np.ndarray]  # the observation after the last action
+    success: bool  # info["success"] after the last action
+    terminated: bool
+    truncated: bool
+    fps: float
+
+
+class _Recorder(Protocol):
+    def add_step(self, step: Mapping[str, Any]) -> None: ...
+
+    def commit(
+        self, *, final_obs: Mapping[str, Any], success: bool, terminated: bool, truncated: bool
+    ) -> Any: ...
+
+    def discard(self) -> None: ...
+
+
+# (env id, episode index, reset seed, task) -> a recorder for that episode
+RecorderFactory = Callable[[str, int, int, str], _Recorder]
+
+
+class _EpisodeBuffer:
+    """A recorder that keeps the episode in memory and returns it as a :class:`RolloutEpisode`."""
+
+    def __init__(self, env_id: str, index: int, seed: int, task: str, fps: float) -> None:
+        self.head = (env_id, index, seed, task)
+        self.fps = fps
+        self.steps: list[Mapping[str, Any]] = []
+
+    def add_step(self, step: Mapping[str, Any]) -> None:
+        self.steps.append(step)
+
+    def commit(
+        self, *, final_obs: Mapping[str, Any], success: bool, terminated: bool, truncated: bool
+    ) -> RolloutEpisode:
+        stacked = {key: np.stack([step[key] for step in self.steps]) for key in self.steps[0]}
+        return RolloutEpisode(*self.head, steps=stacked, final_obs=dict(final_obs), success=success,
+                              terminated=terminated, truncated=truncated, fps=self.fps)  # fmt: skip
+
+    def discard(self) -> None:
+        self.steps = []
+
+
+@dataclass
+class _Running:
+    index: int  # episode number within this env's run; its reset seed is seed + index
+    task: str  # the instruction, given to language-conditioned policies as obs["task"]
+    recorder: _Recorder
+    rng: np.random.Generator  # exploration noise of a checkpoint policy
+
+
+class _Collector:
+    """Drives one vector env through ``n_episodes`` episodes of one env id, finishing them in index order."""
+
+    def __init__(
+        self,
+        vec: gym.vector.VectorEnv,
+        plan: _EnvPlan,
+        policies: list[Any] | None,
+        settings: RolloutSettings,
+        recorder: RecorderFactory,
+    ) -> None:
+        self.vec, self.plan, self.policies, self.recorder = vec, plan, policies, recorder
+        self.noise, self.seed = settings.noise, settings.seed
+        self.n_envs = vec.num_envs
+        self.space = vec.single_action_space
+        self.slots: list[_Running | None] = [None] * self.n_envs
+        self.finished: dict[int, tuple[_Recorder, dict[str, Any]]] = {}
+        self.next_commit = 0
+        self.next_episode = 0
+        # Idle sub-envs of a checkpoint policy keep stepping with this in-bounds filler action.
+        self.actions = np.clip(
+            np.zeros((self.n_envs, *self.space.shape), np.float32), self.space.low, self.space.high
+        )
+
+    def run(self, n_episodes: int) -> Iterator[Any]:
+        """Yield what each episode's recorder returns on commit, in episode order."""
+        self.n_episodes = n_episodes
+        obs = self._reset(np.ones(self.n_envs, dtype=bool), None)
+        while any(slot is not None for slot in self.slots):
+            next_obs, rewards, terminated, truncated, infos = self.vec.step(self.actions)
+            success = infos.get("success", np.zeros(self.n_envs, dtype=bool))
+            done = terminated | truncated
+            for k, slot in enumerate(self.slots):
+                if slot is None:
+                    continue
+                step = {key: v[k] for key, v in obs.items()}
+                step.update(action=self.actions[k].copy(), reward=rewards[k], success=success[k])
+                slot.recorder.add_step(step)
+                if done[k]:
+                    result = dict(
+                        final_obs={key: v[k] for key, v in next_obs.items()},
+                        success=bool(success[k]),
+                        terminated=bool(terminated[k]),
+                        truncated=bool(truncated[k]),
+                    )
+                    self.finished[slot.index] = (slot.recorder, result)
+                    self.slots[k] = None
+            yield from self._commit_in_order()
+            if self.next_episode == self.n_episodes and all(slot is None for slot in self.slots):
+                break
+            self._next_actions(next_obs, infos, ~done)
+            obs = self._reset(done, next_obs) if done.any() else next_obs
+
+    def _reset(self, mask: np.ndarray, obs: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+        """Reset the sub-envs in ``mask``: each gets the next episode, or idles once all are handed out."""
+        seeds: list[int | None] = [None] * self.n_envs
+        for k in np.flatnonzero(mask):
+            if self.next_episode < self.n_episodes:
+                seeds[k] = self.seed + self.next_episode
+                self.next_episode += 1
+        # An idle sub-env is still reset (unseeded): stepping a finished env is not allowed by every task.
+        reset_obs, infos = self.vec.reset(seed=seeds, options={"reset_mask": mask})
+        if obs is not None:
+            reset_obs = {
+                key: np.where(mask.reshape(-1, *[1] * (v.ndim - 1)), v, obs[key])
+                for key, v in reset_obs.items()
+            }
+        for k, reset_seed in enumerate(seeds):
+            if reset_seed is None:
+                continue
+            index = reset_seed - self.seed
+            task = infos[INSTRUCTION_KEY][k] or self.plan.env_id
+            recorder = self.recorder(self.plan.env_id, index, reset_seed, task)
+            self.slots[k] = _Running(index, task, recorder, np.random.default_rng(actor_seed(reset_seed)))
+            if self.policies is not None:
+                self.policies[k].reset()
+        self._next_actions(reset_obs, infos, mask)
+        return reset_obs
+
+    def _next_actions(self, obs: dict[str, np.ndarray], infos: dict[str, Any], rows: np.ndarray) -> None:
+        """Set the actions of the sub-envs in ``rows`` for the coming step."""
+        if not rows.any():  # every sub-env just finished; infos then has no actions at all
+            return
+        if self.policies is None:
+            self.actions[rows] = infos[ACTION_INFO_KEY][rows]
+            return
+        for k in np.flatnonzero(rows):
+            slot = self.slots[k]
+            if slot is None:
+                continue
+            batch = {key: v[k : k + 1] for key, v in obs.items()}
+            action = np.asarray(self.policies[k].predict({**batch, "task": [slot.task]}))[0]
+            if self.noise > 0:
+                action = action + self.noise * slot.rng.standard_normal(action.shape)
+            self.actions[k] = np.clip(action, self.space.low, self.space.high)
+
+    def _commit_in_order(self) -> Iterator[Any]:
+        while self.next_commit in self.finished:
+            recorder, result = self.finished.pop(self.next_commit)
+            self.next_commit += 1
+            yield recorder.commit(**result)
+
+    def discard(self) -> None:
+        for slot in self.slots:
+            if slot is not None:
+                slot.recorder.discard()
+        for recorder, _ in self.finished.values():
+            recorder.discard()
+
+
+def run_rollouts(
+    plan: RolloutPlan,
+    n_episodes: int,
+    settings: RolloutSettings,
+    policies: list[Any] | None,
+    recorder: RecorderFactory,
+    progress: bool,
+) -> Iterator[Any]:
+    with tqdm(total=n_episodes * len(plan.envs), unit="ep", disable=not progress) as bar:
+        for env_plan in plan.envs:
+            bar.set_description(env_plan.env_id)
+            vec = _vector_env(env_plan, settings.local_actor, settings.num_envs)
+            collector = _Collector(vec, env_plan, policies, settings, recorder)
+            try:
+                for result in collector.run(n_episodes):
+                    bar.update(1)
+                    yield result
+            finally:
+                collector.discard()
+                vec.close()
+
+
+def rollout_episodes(
+    env_id: str | Sequence[str], n_episodes: int, *, progress: bool = True, **settings: Any
+) -> Iterator[RolloutEpisode]:
+    """Roll out ``n_episodes`` episodes of each env and yield them in order, without storing them.
+
+    ``env_id``: one id, several, or ``family:NAME``; ``settings``: the fields of :class:`RolloutSettings`.
+    """
+    s = RolloutSettings(**settings)
+    if n_episodes < 1:
+        raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
+    plan = RolloutPlan.build(expand_env_ids(env_id), s)
+    policies = make_policies(s.policy, s.num_envs)
+    buffers = functools.partial(_EpisodeBuffer, fps=plan.fps)
+    yield from run_rollouts(plan, n_episodes, s, policies, buffers, progress)
