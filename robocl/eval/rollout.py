@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib
 import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -148,7 +149,7 @@ class _FeatureObs(gym.Wrapper):
 
 def _accepts(env_id: str, name: str) -> bool:
     """Whether the env constructor takes a parameter called ``name`` (a bare ``**kwargs`` does not count)."""
-    entry = gym.spec(env_id).entry_point
+    entry = gym.spec(_registered_id(env_id)).entry_point
     creator = load_env_creator(entry) if isinstance(entry, str) else entry
     # Task classes forward **kwargs to their base (PickPlaceEnv -> PandaEnv), so look along the MRO.
     inits = (
@@ -227,8 +228,17 @@ class RolloutSettings:
         return meta
 
 
+def _registered_id(env_id: str) -> str:
+    """The registry id of ``module:EnvId-v0`` (gymnasium's syntax for ids a module registers on import)."""
+    return env_id.rsplit(":", 1)[-1]
+
+
 def expand_env_ids(env_id: str | Sequence[str]) -> list[str]:
-    """Env ids in order; an entry ``family:NAME`` stands for that family's ids in ``robocl_envs.FAMILIES``."""
+    """Env ids in order; an entry ``family:NAME`` stands for that family's ids in ``robocl_envs.FAMILIES``.
+
+    ``module:EnvId-v0`` imports ``module`` first (gymnasium's convention), so an env a user registers for a
+    real robot is evaluated the same way as the simulated tasks; worker processes import it again.
+    """
     expanded = []
     for item in [env_id] if isinstance(env_id, str) else env_id:
         if item.startswith("family:"):
@@ -237,10 +247,16 @@ def expand_env_ids(env_id: str | Sequence[str]) -> list[str]:
                 raise ValueError(f"unknown task family {family!r}; known: {sorted(robocl_envs.FAMILIES)}")
             expanded += robocl_envs.FAMILIES[family]
         else:
+            if ":" in item:
+                module = item.rsplit(":", 1)[0]
+                try:
+                    importlib.import_module(module)
+                except ImportError as err:
+                    raise ValueError(f"env {item!r}: cannot import module {module!r}: {err}") from err
             expanded.append(item)
     if not expanded:
         raise ValueError("no env id given")
-    unknown = [i for i in expanded if i not in gym.registry]
+    unknown = [i for i in expanded if _registered_id(i) not in gym.registry]
     if unknown:
         raise ValueError(f"unknown env id(s) {unknown}")
     return expanded

@@ -77,3 +77,18 @@ def test_parallel_workers_give_the_same_numbers(tmp_path):
         "scripted", ENV, n_episodes=2, out_dir=tmp_path / "b", seed=900, num_envs=2, progress=False
     )
     assert [r.cycle_time for r in one["episodes"]] == [r.cycle_time for r in two["episodes"]]
+
+
+def test_a_user_registered_env_is_evaluated_by_module_and_id(tmp_path):
+    result = evaluate(
+        "random",
+        "tests.eval.user_robot:UserArm-v0",
+        n_episodes=2,
+        out_dir=tmp_path,
+        num_envs=2,
+        progress=False,
+    )
+    assert [r.length for r in result["episodes"]] == [15, 15]
+    assert result["summary"]["success_rate"] == 0.0  # Pendulum reports no success
+    with pytest.raises(ValueError, match="cannot import module 'no_such_pkg'"):
+        evaluate("random", "no_such_pkg:Arm-v0", n_episodes=1, out_dir=tmp_path / "x", progress=False)
