@@ -442,11 +442,12 @@ class TrajectoryStore:
         task: str | int | None = None,
         success: bool | None = None,
         tags: str | Sequence[str] | None = None,
+        source: str | None = None,
         episodes: Iterable[int] | None = None,
     ) -> StoreView:
         """The committed episodes that match every given filter (tags: all of them must be present)."""
         return StoreView(self, np.arange(self.n_episodes)).filter(
-            task=task, success=success, tags=tags, episodes=episodes
+            task=task, success=success, tags=tags, source=source, episodes=episodes
         )
 
     # ------------------------------------------------------------------ writing
@@ -732,6 +733,7 @@ class StoreView:
         task: str | int | None = None,
         success: bool | None = None,
         tags: str | Sequence[str] | None = None,
+        source: str | None = None,
         episodes: Iterable[int] | None = None,
     ) -> StoreView:
         table, keep = self.store.episodes, self.episode_indices
@@ -748,6 +750,9 @@ class StoreView:
             keep = keep[table["task_index"][keep] == task]
         if success is not None:
             keep = keep[table["success"][keep] == bool(success)]
+        if source is not None:  # e.g. "sim:robocl/Push-Density2-v0": tells tasks apart in multi-task stores
+            index = self.store.sources.index(source) if source in self.store.sources else -1
+            keep = keep[table["source_index"][keep] == index]
         if tags is not None:
             for tag in [tags] if isinstance(tags, str) else tags:
                 if tag not in self.store.tag_names:

@@ -83,6 +83,7 @@ def test_episode_table_views_and_split(filled_store):
     assert list(filled_store.view(tags="val").episode_indices) == [4]
     assert list(filled_store.view(tags=["train"], task=0).episode_indices) == [0, 2]
     assert len(filled_store.view(tags="unknown")) == 0
+    assert len(filled_store.view(source="test")) == 5 and len(filled_store.view(source="other")) == 0
     assert filled_store.view(task="task 1").n_steps == LENGTHS[1] + LENGTHS[3]
     train, val = filled_store.view().split(0.4, seed=3)
     assert sorted([*train.episode_indices, *val.episode_indices]) == [0, 1, 2, 3, 4]
