@@ -1,0 +1,117 @@
+"""Transformer pieces of the VLA-style policy: a token trunk that fuses cameras, proprioception and language,
+and a causal critic over action chunks.
+
+:class:`TokenTrunk` builds one token per low-dimensional observation and one per camera for each of the
+``n_obs`` history steps, plus one language token, adds learned time and type embeddings, and reads the
+fused state out of an extra learned token (BERT's CLS readout). :class:`ChunkCritic` is the multi-horizon
+critic of T-SAC ("Chunking the Critic", arXiv 2503.03660): tokens ``[context, a_1, ..., a_h]`` under a
+causal mask, so output j sees only ``a_1..a_j`` and estimates Q^(j)(o, a_{1..j}).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from robocl.nets.vision import ConvEncoder
+
+
+def _encoder(d_model: int, n_layers: int, n_heads: int) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(
+        d_model, n_heads, 4 * d_model, dropout=0.0, batch_first=True, norm_first=True
+    )
+    return nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+
+
+class TokenTrunk(nn.Module):
+    """(normalised low-dim history, frames per camera, language embedding) -> fused feature (B, d_model).
+
+    Inputs: ``lowdim`` (B, n_obs, D); ``images[key]`` uint8 (B, n_obs, H, W, 3) for every camera key;
+    ``lang`` (B, lang_dim) or None when built with ``lang_dim=0``.
+    """
+
+    def __init__(
+        self,
+        lowdim_dim: int,
+        camera_keys: Sequence[str],
+        lang_dim: int,
+        n_obs: int,
+        *,
+        d_model: int,
+        n_layers: int,
+        n_heads: int,
+        vision_channels: Sequence[int],
+        aug_shift: int,
+    ) -> None:
+        super().__init__()
+        self.camera_keys = list(camera_keys)
+        self.lowdim = nn.Linear(lowdim_dim, d_model) if lowdim_dim else None
+        # ModuleDict keys cannot contain dots, and store feature names do.
+        self.cameras = nn.ModuleDict(
+            {k.replace(".", "__"): ConvEncoder(d_model, vision_channels, aug_shift) for k in self.camera_keys}
+        )
+        self.lang = nn.Linear(lang_dim, d_model) if lang_dim else None
+        n_types = len(self.camera_keys) + (self.lowdim is not None)
+        if n_types == 0:
+            raise ValueError("the trunk needs a low-dimensional observation or at least one camera")
+        self.time_emb = nn.Parameter(torch.randn(n_obs, 1, d_model) * 0.02)  # broadcast over token types
+        self.type_emb = nn.Parameter(torch.randn(n_types, d_model) * 0.02)
+        self.readout = nn.Parameter(torch.randn(1, 1, d_model) * 0.02)
+        self.encoder = _encoder(d_model, n_layers, n_heads)
+        self.norm = nn.LayerNorm(d_model)
+        self.out_dim = d_model
+
+    def forward(
+        self, lowdim: torch.Tensor | None, images: Mapping[str, torch.Tensor], lang: torch.Tensor | None
+    ) -> torch.Tensor:
+        per_step: list[torch.Tensor] = []  # each (B, n_obs, d)
+        if self.lowdim is not None:
+            assert lowdim is not None
+            per_step.append(self.lowdim(lowdim))
+        for key in self.camera_keys:
+            frames = images[key]  # (B, n_obs, H, W, 3)
+            B, T = frames.shape[:2]
+            per_step.append(self.cameras[key.replace(".", "__")](frames.flatten(0, 1)).view(B, T, -1))
+        obs_tokens = torch.stack(per_step, dim=2) + self.time_emb + self.type_emb  # (B, n_obs, n_types, d)
+        tokens = [self.readout.expand(obs_tokens.shape[0], -1, -1), obs_tokens.flatten(1, 2)]
+        if self.lang is not None:
+            assert lang is not None
+            tokens.append(self.lang(lang).unsqueeze(1))
+        out = self.encoder(torch.cat(tokens, dim=1))
+        return self.norm(out[:, 0])
+
+
+class ChunkCritic(nn.Module):
+    """Q^(j)(o, a_{1..j}) for j = 1..h from a context feature (B, feat_dim) and a chunk (B, h, A).
+
+    Steps past the episode end (``is_pad``) are replaced by a learned mask token, so the critic never reads
+    the repeated actions the sampler pads chunks with as if they had been executed.
+    """
+
+    def __init__(
+        self, feat_dim: int, action_dim: int, horizon: int, *, d_model: int, n_layers: int, n_heads: int
+    ) -> None:
+        super().__init__()
+        self.context = nn.Linear(feat_dim, d_model)
+        self.action = nn.Linear(action_dim, d_model)
+        self.pad_token = nn.Parameter(torch.randn(d_model) * 0.02)
+        self.pos_emb = nn.Parameter(torch.randn(horizon + 1, d_model) * 0.02)
+        self.encoder = _encoder(d_model, n_layers, n_heads)
+        self.head = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, 1))
+        self.register_buffer(
+            "causal_mask",
+            torch.triu(torch.ones(horizon + 1, horizon + 1, dtype=torch.bool), 1),
+            persistent=False,
+        )
+
+    def forward(
+        self, feat: torch.Tensor, chunk: torch.Tensor, is_pad: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        act = self.action(chunk)  # (B, h, d)
+        if is_pad is not None:
+            act = torch.where(is_pad.unsqueeze(-1), self.pad_token, act)
+        tokens = torch.cat([self.context(feat).unsqueeze(1), act], dim=1) + self.pos_emb  # (B, h+1, d)
+        out = self.encoder(tokens, mask=self.causal_mask)
+        return self.head(out[:, 1:]).squeeze(-1)  # (B, h): position j holds Q^(j)

@@ -1,0 +1,454 @@
+"""CO-RFT: chunked targets vs brute force, loss terms by hand, a toy chain MDP, end-to-end runs."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import robocl
+from robocl.algos.co_rft import (
+    CORFT,
+    CORFTConfig,
+    chunk_bc_loss,
+    chunked_targets,
+    conservative_loss,
+    mc_returns,
+    step_rewards,
+    td3_bc_actor_loss,
+)
+from robocl.checkpoint import load_checkpoint
+from robocl.store import Feature, TrajectoryStore, WindowSampler
+from robocl.train import LoopConfig, fit, to_torch
+
+GAMMA = 0.9
+TINY = {"d_model": 16, "n_layers": 1, "n_heads": 2, "language_model": None, "seed": 1}
+
+
+def hand_store(tmp_path, *, with_flags: bool = True) -> TrajectoryStore:
+    """Three episodes; the state is the step's id so the bootstrap value V(o) = o can be checked exactly.
+    ep0: 4 steps, success at the last (terminated); ep1: 3 steps, time-out (truncated, final obs kept);
+    ep2: 6 steps, success at the last (terminated)."""
+    feats = {
+        "observation.state": Feature("state", "float32", (1,)),
+        "action": Feature("action", "float32", (1,)),
+    }
+    if with_flags:
+        feats["success"] = Feature("flag", "bool", ())
+        feats["reward"] = Feature("reward", "float32", ())
+    store = TrajectoryStore.create(tmp_path / "hand.zarr", feats, fps=10)
+    for ep, (length, success) in enumerate([(4, True), (3, False), (6, True)]):
+        flags = np.zeros(length, bool)
+        flags[-1] = success
+        steps = {
+            "observation.state": (100 * ep + np.arange(length, dtype=np.float32))[:, None],
+            "action": np.linspace(-1, 1, length, dtype=np.float32)[:, None],
+        }
+        if with_flags:
+            steps |= {"success": flags, "reward": flags.astype(np.float32) - 1}
+        store.add_episode(
+            steps,
+            success=success,
+            terminated=success,
+            truncated=not success,
+            final_obs={"observation.state": np.array([100 * ep + 50.0], np.float32)},
+        )
+    return store
+
+
+def brute_force(store: TrajectoryStore, ep: int, t: int, h: int) -> list[float | None]:
+    """y^(j) for j = 1..h straight from the episode arrays (None = masked prefix)."""
+    e = store.episode(ep)
+    state, L = e["observation.state"][:, 0], len(e)
+    rewards = e["success"].astype(float) - 1
+    out: list[float | None] = []
+    for j in range(1, h + 1):
+        if t + j > L:
+            out.append(None)
+            continue
+        ret = sum(GAMMA**k * rewards[t + k] for k in range(j))
+        at_end = t + j == L
+        value = 100 * ep + 50.0 if at_end else state[t + j]
+        out.append(ret + (0.0 if at_end and e.terminated else GAMMA**j * value))
+    return out
+
+
+@pytest.mark.parametrize("h", [1, 3, 5])
+def test_chunked_targets_equal_brute_force(tmp_path, h):
+    store = hand_store(tmp_path)
+    algo = CORFT.from_store(
+        CORFTConfig(
+            state_keys=("observation.state",), horizon=h, n_obs=2, gamma=GAMMA, gripper=False, **TINY
+        ),
+        store,
+    )
+    _, rl = algo.samplers(store)
+    batch = rl.extend(rl.sampler.get_batch(np.arange(len(rl.sampler))))
+    value = torch.as_tensor(batch["prefix_obs"]["observation.state"][:, :, -1, 0])  # V(o_{t+j}) = o_{t+j}
+    y, mask = chunked_targets(
+        torch.as_tensor(batch["reward"]),
+        torch.as_tensor(batch["action_is_pad"]),
+        torch.as_tensor(batch["done"]),
+        value,
+        GAMMA,
+    )
+    for w, (ep, t) in enumerate(zip(batch["episode"], batch["t"], strict=True)):
+        for j, want in enumerate(brute_force(store, int(ep), int(t), h)):
+            assert bool(mask[w, j]) == (want is not None), (ep, t, j)
+            if want is not None:
+                assert y[w, j].item() == pytest.approx(want, abs=1e-4), (ep, t, j + 1)
+    # The full-chunk variant keeps only j = h_eff, which is the store sampler's own n-step target.
+    plain = WindowSampler(store, n_obs=2, horizon=h, gamma=GAMMA, seed=0).get_batch(
+        np.arange(len(rl.sampler))
+    )
+    y_full, m_full = chunked_targets(
+        torch.as_tensor(batch["reward"]),
+        torch.as_tensor(batch["action_is_pad"]),
+        torch.as_tensor(batch["done"]),
+        value,
+        GAMMA,
+        per_prefix=False,
+    )
+    assert (m_full.sum(1) == 1).all()
+    boot = plain["next_obs"]["observation.state"][:, -1, 0]
+    want = plain["reward_sum"] + plain["discount"] * (1 - plain["done"]) * boot
+    np.testing.assert_allclose(y_full[m_full].numpy(), want, atol=1e-4)
+    if h == 1:  # ordinary one-step TD: y = r + gamma (1 - done) V(o_{t+1}), every window in the loss
+        assert mask.all()
+        nxt = batch["next_obs"]["observation.state"][:, -1, 0]
+        np.testing.assert_allclose(
+            y[:, 0].numpy(), batch["reward"][:, 0] + GAMMA * (1 - batch["done"]) * nxt, atol=1e-4
+        )
+
+
+def test_rewards_and_mc_returns_from_success_flags(tmp_path):
+    store = hand_store(tmp_path)
+    r = step_rewards(store, "step_penalty")
+    np.testing.assert_array_equal(r, [-1, -1, -1, 0, -1, -1, -1, -1, -1, -1, -1, -1, 0])
+    np.testing.assert_array_equal(step_rewards(store, "sparse"), np.maximum(r + 1, 0) * (r == 0))
+    mc = mc_returns(r, store.episodes, GAMMA)
+    assert mc[3] == 0.0 and mc[0] == pytest.approx(-1 - GAMMA - GAMMA**2)
+    # The time-out episode never ends: its tail continues at -1/(1-gamma) (Cal-QL's failed-episode value).
+    assert mc[6] == pytest.approx(-1 + GAMMA * (-1 / (1 - GAMMA)))
+    assert mc[4] == pytest.approx(-1 / (1 - GAMMA))
+    # No per-step flags: the episode table's success flag marks the last step.
+    bare = hand_store(tmp_path / "bare", with_flags=False)
+    np.testing.assert_array_equal(step_rewards(bare, "step_penalty"), r)
+
+
+def test_bad_data_gives_clear_errors(tmp_path):
+    feats = {
+        "observation.state": Feature("state", "float32", (1,)),
+        "action": Feature("action", "float32", (1,)),
+    }
+    store = TrajectoryStore.create(tmp_path / "bad.zarr", feats, fps=10)
+    for n in (3, 4):
+        store.add_episode({"observation.state": np.zeros((n, 1)), "action": np.zeros((n, 1))}, truncated=True)
+    cfg = {"state_keys": ("observation.state",), "gripper": False, **TINY}
+    algo = CORFT.from_store(CORFTConfig(horizon=2, **cfg), store)
+    with pytest.raises(ValueError, match=r"cannot derive rewards.*no per-step 'success' flags"):
+        algo.samplers(store)
+    with pytest.raises(ValueError, match="reward='store' but the store has no 'reward' feature"):
+        CORFT.from_store(CORFTConfig(horizon=2, reward="store", **cfg), store).samplers(store)
+    with pytest.raises(ValueError, match=r"horizon=5 is longer than every episode .the longest has 4"):
+        CORFT.from_store(CORFTConfig(horizon=5, **cfg), store).samplers(store)
+    with pytest.raises(ValueError, match=r"'observation\.object' is not a feature"):
+        CORFT.from_store(CORFTConfig(horizon=2, **{**cfg, "state_keys": ("observation.object",)}), store)
+    with pytest.raises(ValueError, match=r"conservative=.sac. must be one of"):
+        CORFTConfig(conservative="sac")  # type: ignore[arg-type]
+
+
+def test_conservative_and_actor_losses_by_hand():
+    q_data = torch.tensor([1.0])
+    q_unif, q_pi, q_next = (
+        torch.tensor([[0.0, 0.0]]),
+        torch.tensor([[-2.0, 1.0]]),
+        torch.tensor([[-3.0, 0.5]]),
+    )
+    mc = torch.tensor([-1.0])
+    calql = conservative_loss(q_data, q_unif, q_pi, q_next, mc, alpha=2.0, temperature=1.0)
+    # Policy samples floored at V_MC = -1: {-1, 1} and {-1, 0.5}.
+    want = 2.0 * (math.log(1 + 1 + math.exp(-1) + math.e + math.exp(-1) + math.exp(0.5)) - 1.0)
+    assert calql.item() == pytest.approx(want, rel=1e-6)
+    cql = conservative_loss(q_data, q_unif, q_pi, q_next, None, alpha=2.0, temperature=0.5)
+    lse = 0.5 * math.log(sum(math.exp(v / 0.5) for v in (0, 0, -2, 1, -3, 0.5)))
+    assert cql.item() == pytest.approx(2.0 * (lse - 1.0), rel=1e-6)
+    weighted = conservative_loss(
+        q_data, q_unif, q_pi, q_next, None, alpha=1.0, temperature=1.0, log_uniform_density=math.log(0.5)
+    )
+    lse = math.log(2 * math.exp(-math.log(0.5)) + sum(math.exp(v) for v in (-2, 1, -3, 0.5)))
+    assert weighted.item() == pytest.approx(lse - 1.0, rel=1e-6)
+    # Twin critics: (C, B) data and (C, B, n) samples sum the per-critic terms.
+    twin = conservative_loss(
+        q_data.expand(2, 1),
+        q_unif.expand(2, 1, 2),
+        q_pi.expand(2, 1, 2),
+        q_next.expand(2, 1, 2),
+        mc,
+        alpha=2.0,
+        temperature=1.0,
+    )
+    assert twin.item() == pytest.approx(2 * want, rel=1e-6)
+
+    q = torch.tensor([-2.0, -4.0], requires_grad=True)
+    loss, lam = td3_bc_actor_loss(q, torch.tensor(0.5), alpha_bc=2.5)
+    assert lam == pytest.approx(2.5 / 3) and loss.item() == pytest.approx(2.5 / 3 * 3 + 0.5)
+    loss.backward()
+    np.testing.assert_allclose(q.grad.numpy(), [-2.5 / 3 / 2] * 2)  # lambda is not differentiated
+
+    chunk = torch.tensor([[[0.5, 0.0], [0.0, 0.0]]])  # (1, 2 steps, arm + gripper)
+    target = torch.tensor([[[0.0, 1.0], [3.0, -1.0]]])
+    logit = torch.tensor([[0.0, 0.0]])
+    bc, parts = chunk_bc_loss(
+        chunk, logit, target, torch.tensor([[False, True]]), gripper_weight=0.1, huber_delta=1.0
+    )
+    # Step 2 is padding; step 1: Huber(0.5) = 0.125, BCE(logit 0, target 1) = log 2.
+    assert parts["bc_arm"] == pytest.approx(0.125) and parts["bc_gripper"] == pytest.approx(math.log(2))
+    assert bc.item() == pytest.approx(0.125 + 0.1 * math.log(2))
+
+
+def chain_store(tmp_path) -> TrajectoryStore:
+    """Chain MDP: position 0..5, action > 0 moves one step right, otherwise stays; reaching 5 succeeds.
+    Random behaviour (move with p=0.5) so both fast and slow chunks are in the data; 30-step time limit."""
+    feats = {
+        "observation.state": Feature("state", "float32", (1,)),
+        "action": Feature("action", "float32", (1,)),
+        "success": Feature("flag", "bool", ()),
+    }
+    store = TrajectoryStore.create(tmp_path / "chain.zarr", feats, fps=10)
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        pos, states, actions, flags = int(rng.integers(0, 4)), [], [], []
+        while len(states) < 30:
+            a = 1.0 if rng.random() < 0.5 else -1.0
+            states.append([pos])
+            actions.append([a])
+            pos += a > 0
+            flags.append(pos == 5)
+            if pos == 5:
+                break
+        store.add_episode(
+            {
+                "observation.state": np.array(states, np.float32),
+                "action": np.array(actions, np.float32),
+                "success": np.array(flags),
+            },
+            success=flags[-1],
+            terminated=flags[-1],
+            truncated=not flags[-1],
+            final_obs={"observation.state": np.array([pos], np.float32)},
+        )
+    return store
+
+
+def test_critic_ranks_faster_chunks_higher_on_a_chain(tmp_path):
+    store = chain_store(tmp_path)
+    cfg = CORFTConfig(
+        state_keys=("observation.state",),
+        horizon=2,
+        n_obs=1,
+        gripper=False,
+        gamma=0.9,
+        critic_lr=3e-3,
+        cql_alpha=0.5,
+        cql_n_samples=2,
+        **{**TINY, "d_model": 32},
+    )
+    algo = CORFT.from_store(cfg, store)
+    _, rl = algo.samplers(store)
+    algo.start_rl()
+    for _ in range(250):
+        algo.update(to_torch(rl.sample(32), "cpu"))
+    with torch.no_grad():
+        obs = {"observation.state": torch.tensor([[[2.0]]])}
+        feat = algo.policy_net.features(obs, None)
+        chunks = torch.tensor(
+            [[[1.0], [1.0]], [[1.0], [-1.0]], [[-1.0], [-1.0]]]
+        )  # move-move, move-stay, stay
+        q = algo.critics[0](feat.expand(3, -1), chunks)[:, -1]
+    # From 2, moving twice reaches 4 (3 steps from success at best): -1 - .9 - .81 ~; staying costs more.
+    assert q[0] > q[1] > q[2], q
+    assert -10.0 < q[2].item() < q[0].item() < 0.0
+
+
+@pytest.fixture(scope="module")
+def pick_place_store(tmp_path_factory):
+    from robocl.collect import collect
+
+    out = tmp_path_factory.mktemp("pp") / "demos.zarr"
+    collect("robocl/PickPlace-v0", 12, out, noise=0.1, progress=False, seed=0)
+    return TrajectoryStore.open(out)
+
+
+def test_state_only_end_to_end_pick_place(pick_place_store, tmp_path):
+    from robocl.nets.language import LanguageEncoder
+    from tests.nets.test_language import build_tiny_bert
+
+    bert = build_tiny_bert(tmp_path / "bert")
+    cfg = CORFTConfig(horizon=5, **{**TINY, "language_model": str(bert)})
+    algo = CORFT.from_store(cfg, pick_place_store, language=LanguageEncoder(str(bert)))
+    loop = {"batch_size": 32, "log_every": 5, "checkpoint_every": 100}
+    paths = algo.fit(
+        pick_place_store,
+        tmp_path / "run",
+        LoopConfig(n_updates=40, **loop),
+        LoopConfig(n_updates=10, **loop),
+        progress=False,
+    )
+    assert set(paths) == {"il", "rl"} and (tmp_path / "run" / "rl" / "tb").is_dir()
+    assert load_checkpoint(paths["il"]).spec["extra"]["stage"] == "il"
+    assert (
+        load_checkpoint(paths["rl"]).step == 10 and "critic.0.pos_emb" in load_checkpoint(paths["rl"]).tensors
+    )
+
+    env = gym.make("robocl/PickPlace-v0")
+    obs, _ = env.reset(seed=123)
+    step = {
+        "observation.state": obs["proprio"],
+        "observation.object": obs["object"],
+        "task": obs["instruction"],
+    }
+    live = algo.policy()
+    for path in paths.values():  # IL and RL checkpoints both load as policies; RL's equals the live one
+        policy = robocl.load_policy(str(path))
+        policy.reset()
+        action = policy.predict(step)
+        assert action.shape == (5,) and np.all(np.abs(action) <= 1.0 + 1e-6)
+    live.reset()
+    policy = robocl.load_policy(str(paths["rl"]))
+    policy.reset()
+    np.testing.assert_array_equal(policy.predict(step), live.predict(step))
+    for _ in range(12):  # acts in the env, one action per step from 5-step chunks
+        obs, _, terminated, truncated, _ = env.step(
+            policy.predict(
+                {
+                    "observation.state": obs["proprio"],
+                    "observation.object": obs["object"],
+                    "task": obs["instruction"],
+                }
+            )
+        )
+        assert not truncated
+        if terminated:
+            break
+    env.close()
+
+
+def image_store(tmp_path) -> TrajectoryStore:
+    feats = {
+        "observation.state": Feature("state", "float32", (3,)),
+        "action": Feature("action", "float32", (2,)),
+        "observation.images.front": Feature("rgb", "uint8", (32, 32, 3)),
+        "observation.images.wrist": Feature("rgb", "uint8", (32, 32, 3)),
+        "success": Feature("flag", "bool", ()),
+    }
+    store = TrajectoryStore.create(tmp_path / "img.zarr", feats, fps=10)
+    rng = np.random.default_rng(0)
+    for i, task in enumerate(
+        ["put the red cube on the blue plate", "put the green bar on the red plate"] * 2
+    ):
+        n = 8 + i
+        frames = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        store.add_episode(
+            {
+                "observation.state": rng.normal(size=(n, 3)),
+                "action": rng.uniform(-1, 1, (n, 2)),
+                "observation.images.front": frames,
+                "observation.images.wrist": frames[:, ::-1],
+                "success": np.arange(n) == n - 1,
+            },
+            task=task,
+            success=True,
+            terminated=True,
+        )
+    return store
+
+
+def test_image_language_policy_trains(tmp_path):
+    from robocl.nets.language import LanguageEncoder
+    from tests.nets.test_language import build_tiny_bert
+
+    store = image_store(tmp_path)
+    enc = LanguageEncoder(str(build_tiny_bert(tmp_path / "bert")))
+    cams = ("observation.images.front", "observation.images.wrist")
+    cfg = CORFTConfig(
+        state_keys=("observation.state",),
+        image_keys=cams,
+        horizon=3,
+        vision_channels=(8, 8),
+        cql_n_samples=2,
+        **{**TINY, "language_model": str(tmp_path / "bert")},
+    )
+    algo = CORFT.from_store(cfg, store, language=enc)
+    torch.testing.assert_close(algo.policy_net.task_embeddings, enc.encode(store.tasks))
+    il, rl = algo.samplers(store)
+    before = algo.policy_net.trunk.cameras["observation__images__front"].conv[0].weight.clone()
+    il_losses = [algo.update(to_torch(il.sample(8), "cpu"))["loss"] for _ in range(3)]
+    assert not torch.equal(before, algo.policy_net.trunk.cameras["observation__images__front"].conv[0].weight)
+    algo.start_rl()
+    rl_metrics = [algo.update(to_torch(rl.sample(8), "cpu")) for _ in range(2)]
+    assert (
+        all(np.isfinite(il_losses)) and "actor_loss" in rl_metrics[1] and rl_metrics[0]["conservative"] != 0
+    )
+    policy = algo.policy()
+    obs = {k: np.zeros((2, 32, 32, 3), np.uint8) for k in cams} | {"observation.state": np.zeros((2, 3))}
+    # A known instruction uses the stored embedding; an unseen one goes through the encoder.
+    new_task = "put the yellow cylinder on the green plate"
+    emb = policy.embed([store.tasks[1], new_task])
+    torch.testing.assert_close(emb, torch.stack([enc.encode([store.tasks[1]])[0], enc.encode([new_task])[0]]))
+    actions = policy.predict({**obs, "task": [store.tasks[0], new_task]})
+    assert actions.shape == (2, 2) and np.isfinite(actions).all()
+    with pytest.raises(KeyError, match="obs\\['task'\\]"):
+        policy.predict(obs)
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    store = chain_store(tmp_path)
+    cfg = CORFTConfig(state_keys=("observation.state",), horizon=3, gripper=False, **TINY)
+    loop = {"batch_size": 16, "log_every": 1, "checkpoint_every": 2}
+
+    def run(run_dir, rl_updates, resume=False):
+        algo = CORFT.from_store(cfg, store)
+        algo.fit(
+            store,
+            run_dir,
+            LoopConfig(n_updates=4, **loop),
+            LoopConfig(n_updates=rl_updates, **loop),
+            resume=resume,
+            progress=False,
+        )
+        return load_checkpoint(run_dir / "rl" / "checkpoints" / "last")
+
+    full = run(tmp_path / "full", 7)
+    run(tmp_path / "split", 3)
+    torch.manual_seed(1234)  # a new process: other RNG use before resuming must not matter
+    resumed = run(tmp_path / "split", 7, resume=True)
+    assert resumed.step == full.step == 7
+    for key, value in full.tensors.items():
+        assert torch.equal(value, resumed.tensors[key]), key
+    state_full, state_resumed = full.trainer_state()["algorithm"], resumed.trainer_state()["algorithm"]
+    for key, value in state_full["target_critics"].items():
+        assert torch.equal(value, state_resumed["target_critics"][key]), key
+
+
+def test_resume_through_shared_fit_matches_losses(tmp_path):
+    store = chain_store(tmp_path)
+    cfg = CORFTConfig(state_keys=("observation.state",), horizon=2, gripper=False, critic_loss="full", **TINY)
+
+    def rl_algo():
+        algo = CORFT.from_store(cfg, store)
+        algo.start_rl()
+        return algo, algo.samplers(store)[1]
+
+    loop = {"batch_size": 16, "log_every": 1, "checkpoint_every": 3}
+    algo, sampler = rl_algo()
+    full = fit(algo, sampler, LoopConfig(n_updates=6, **loop), tmp_path / "a", progress=False)
+    algo, sampler = rl_algo()
+    first = fit(algo, sampler, LoopConfig(n_updates=3, **loop), tmp_path / "b", progress=False)
+    algo, sampler = rl_algo()
+    rest = fit(algo, sampler, LoopConfig(n_updates=6, **loop), tmp_path / "b", resume=True, progress=False)
+    assert [m["critic_td"] for m in first + rest] == [m["critic_td"] for m in full]
+    assert [m.get("actor_loss") for m in first + rest] == [m.get("actor_loss") for m in full]
