@@ -105,6 +105,19 @@ def _cmd_train_co_rft(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_symphony(args: argparse.Namespace) -> int:
+    from robocl.algos.symphony import OnlineLoopConfig, SymphonyConfig, train_online
+    from robocl.config import config_from_args
+
+    config = config_from_args(SymphonyConfig, args)
+    loop = config_from_args(OnlineLoopConfig, args)
+    run_dir = args.run_dir or f"runs/symphony/{loop.env.replace('/', '_')}_seed{config.seed}"
+    train_online(config, loop, run_dir, resume=args.resume)
+    print(f"checkpoint: {Path(run_dir) / 'checkpoints' / 'last'}")
+    print(f"experience: {Path(run_dir) / 'replay.zarr'} (robocl info shows it)")
+    return 0
+
+
 def _periodic_eval(args: argparse.Namespace) -> Any:
     from robocl.eval.evaluate import evaluate
 
@@ -192,11 +205,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(bc, LoopConfig)
     bc.set_defaults(func=_cmd_train_bc)
 
+    from robocl.algos.symphony import OnlineLoopConfig, SymphonyConfig
+
+    sym = methods.add_parser("symphony", help="Symphony online actor-critic on a gymnasium env")
+    sym.add_argument("--run-dir", help="checkpoints, TensorBoard, eval.jsonl and the run's replay.zarr store")
+    sym.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    add_config_args(sym, OnlineLoopConfig)
+    add_config_args(sym, SymphonyConfig)
+    sym.set_defaults(func=_cmd_train_symphony)
+
     from robocl.algos.co_rft import CORFTConfig
 
     corft = methods.add_parser("co-rft", help="CO-RFT: imitation, then chunked offline RL (Cal-QL + TD3+BC)")
     corft.add_argument("--data", required=True, help="trajectory store to train on")
-    corft.add_argument("--run-dir", required=True, help="checkpoints and TensorBoard logs go to DIR/il, DIR/rl")
+    corft.add_argument("--run-dir", required=True, help="checkpoints + TensorBoard logs: DIR/il, DIR/rl")
     corft.add_argument("--init", help="pretrained backbone: a robocl checkpoint dir or a .safetensors file")
     corft.add_argument("--images", action="store_true", help="use every camera of the store")
     corft.add_argument("--il-updates", type=int, default=20_000, help="stage-1 updates; 0 skips stage 1")

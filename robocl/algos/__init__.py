@@ -7,6 +7,7 @@ from typing import Any
 
 ALGORITHMS: dict[str, str] = {
     "bc": "robocl.algos.bc:BC",
+    "symphony": "robocl.algos.symphony:Symphony",
     "co-rft": "robocl.algos.co_rft:CORFT",
 }
 

@@ -1,0 +1,158 @@
+"""Symphony learning curves beside Stable-Baselines3 SAC, same env steps, same evaluation seeds.
+
+    .venv/bin/python benchmarks/symphony.py --envs Walker2d-v5 --steps 20000 --seeds 1
+    .venv/bin/python benchmarks/symphony.py --device cuda            # the paper-sized run, on a GPU
+
+Records the deterministic evaluation return at fixed env-step marks (exploration steps included in the
+count and stated), wall time per 1k env steps, and the paper's anchor (S3 reaches an average evaluation
+return of 5,000 on Humanoid at ~240k steps, 10 seeds, Humanoid-v4). SAC needs the ``bench`` extra
+(``pip install robocl[bench]``); without it the SAC rows are skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.common import RESULTS, markdown_table, run_info, write_result
+from robocl.algos.symphony import OnlineLoopConfig, SymphonyConfig, evaluate_returns, make_env, train_online
+
+PAPER_ANCHOR = {"env": "Humanoid-v4", "return": 5000, "env_steps": 240_000, "seeds": 10}
+
+
+def run_symphony(env_id: str, seed: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    config = SymphonyConfig(seed=seed, n_explore=args.n_explore, hidden=args.hidden)
+    loop = OnlineLoopConfig(
+        env=env_id,
+        steps=args.steps,
+        eval_every=args.eval_every,
+        eval_episodes=args.eval_episodes,
+        checkpoint_every=args.steps,
+        device=args.device,
+    )
+    run_dir = root / f"symphony_{env_id}_{seed}"
+    start = time.perf_counter()
+    train_online(config, loop, run_dir, progress=False)
+    wall = time.perf_counter() - start
+    rows = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
+    curve = {r["env_step"]: r["mean_return"] for r in rows}
+    return {"curve": curve, "wall_s": wall, "exploration_steps": config.n_explore}
+
+
+class _SB3Policy:
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def reset(self) -> None:
+        """SAC's policy is memoryless."""
+
+    def predict(self, obs: np.ndarray) -> np.ndarray:
+        return self.model.predict(obs, deterministic=True)[0]
+
+
+def run_sac(env_id: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    curve: dict[int, float] = {}
+
+    class Evaluate(BaseCallback):
+        def _on_step(self) -> bool:
+            n = self.num_timesteps
+            if (args.eval_every and n % args.eval_every == 0) or n == args.steps:
+                # The same evaluation loop and seeds as Symphony's (robocl.algos.symphony.eval_seed).
+                returns = evaluate_returns(_SB3Policy(self.model), env_id, args.eval_episodes, seed)  # type: ignore[arg-type]
+                curve[n] = float(returns.mean())
+            return True
+
+    model = SAC("MlpPolicy", make_env(env_id), seed=seed, device=args.device, learning_starts=args.n_explore)
+    start = time.perf_counter()
+    model.learn(total_timesteps=args.steps, callback=Evaluate())
+    return {"curve": curve, "wall_s": time.perf_counter() - start, "exploration_steps": args.n_explore}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--envs", default="Humanoid-v5,Walker2d-v5", help="comma-separated gymnasium ids")
+    parser.add_argument("--steps", type=int, default=300_000, help="env steps per run, exploration included")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--eval-every", type=int, default=10_000, help="env steps between evaluations")
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--n-explore", type=int, default=SymphonyConfig.n_explore, help="exploration steps")
+    parser.add_argument("--hidden", type=int, default=SymphonyConfig.hidden)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--no-sac", action="store_true")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        import stable_baselines3  # noqa: F401
+
+        sac_note = None if not args.no_sac else "skipped (--no-sac)"
+    except ImportError:
+        sac_note = "skipped: stable-baselines3 is not installed (pip install robocl[bench])"
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for env_id in args.envs.split(","):
+            for seed in range(args.seeds):
+                results.setdefault(env_id, {}).setdefault("symphony", []).append(
+                    run_symphony(env_id, seed, args, Path(tmp))
+                )
+                if sac_note is None:
+                    results[env_id].setdefault("sac", []).append(run_sac(env_id, seed, args))
+    rows, marks = [], sorted({m for e in results.values() for r in e["symphony"] for m in r["curve"]})
+    for env_id, methods in results.items():
+        for method, runs in methods.items():
+            for mark in marks:
+                values = [r["curve"][mark] for r in runs if mark in r["curve"]]
+                per_1k = np.mean([1000 * r["wall_s"] / args.steps for r in runs])
+                rows.append(
+                    [env_id, method, mark, float(np.mean(values)), float(np.std(values)), len(values), per_1k]
+                )
+    headers = ["env", "method", "env steps", "mean return", "std", "seeds", "wall s / 1k steps"]
+    table = markdown_table(headers, rows)
+    payload = {
+        **run_info(0),
+        "args": vars(args),
+        "paper_anchor": PAPER_ANCHOR,
+        "exploration_steps": args.n_explore,
+        "sac": sac_note or "stable-baselines3 SAC, default hyper-parameters, learning_starts = n_explore",
+        "results": results,
+        "table": table,
+    }
+    path = write_result("symphony", payload)
+    _plot(results, RESULTS / "symphony.png")
+    print(table)
+    print(f"exploration steps (counted in env steps): {args.n_explore}; SAC: {payload['sac']}")
+    print(f"wrote {path} and {RESULTS / 'symphony.png'}")
+
+
+def _plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4), squeeze=False)
+    for ax, (env_id, methods) in zip(axes[0], results.items(), strict=True):
+        for method, runs in methods.items():
+            marks = sorted(runs[0]["curve"])
+            values = np.array([[r["curve"][m] for m in marks] for r in runs])
+            ax.plot(marks, values.mean(0), label=method)
+            ax.fill_between(marks, values.min(0), values.max(0), alpha=0.2)
+        ax.set(title=env_id, xlabel="env steps (exploration included)", ylabel="evaluation return")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()
