@@ -105,6 +105,17 @@ def _cmd_train_co_rft(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_hypercrl(args: argparse.Namespace) -> int:
+    from robocl.algos.hypercrl import HyperCRL, HyperCRLConfig
+    from robocl.config import config_from_args
+
+    algo = HyperCRL.open(config_from_args(HyperCRLConfig, args), args.run_dir)
+    metrics = algo.run(args.run_dir)
+    print(json.dumps({k: metrics[k] for k in ("after_task_matrix", "average", "forgetting_ratio")}, indent=2))
+    print(f"metrics: {Path(args.run_dir) / 'continual.json'}, curves: {Path(args.run_dir) / 'curves.png'}")
+    return 0
+
+
 def _cmd_train_symphony(args: argparse.Namespace) -> int:
     from robocl.algos.symphony import OnlineLoopConfig, SymphonyConfig, train_online
     from robocl.config import config_from_args
@@ -228,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(corft, CORFTConfig)
     add_config_args(corft, LoopConfig)
     corft.set_defaults(func=_cmd_train_co_rft)
+
+    from robocl.algos.hypercrl import HyperCRLConfig
+
+    hcrl = methods.add_parser("hypercrl", help="HyperCRL continual model-based RL (and its CL baselines)")
+    hcrl.add_argument("--run-dir", required=True, help="checkpoints, store, metrics; a killed run resumes")
+    add_config_args(hcrl, HyperCRLConfig)
+    hcrl.set_defaults(func=_cmd_train_hypercrl)
 
     ev = sub.add_parser("eval", help="roll out a policy and report success, cycle time and returns")
     ev.add_argument("--policy", required=True, help="checkpoint directory")

@@ -9,6 +9,7 @@ ALGORITHMS: dict[str, str] = {
     "bc": "robocl.algos.bc:BC",
     "symphony": "robocl.algos.symphony:Symphony",
     "co-rft": "robocl.algos.co_rft:CORFT",
+    "hypercrl": "robocl.algos.hypercrl:HyperCRL",
 }
 
 

@@ -1,0 +1,230 @@
+"""HyperCRL: generated weights, look-ahead, output regulariser, per-task statistics, the continual run."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from robocl.algos.hypercrl import (
+    HnetLearner,
+    HyperCRL,
+    HyperCRLConfig,
+    StateCodec,
+    TaskData,
+    adam_lookahead,
+    model_input,
+)
+from robocl.cli import main
+from robocl.nets import MLP
+from robocl.nets.hypernet import HyperNetwork, mlp_forward, mlp_shapes
+from robocl.store import TrajectoryStore
+
+
+def test_generated_weights_have_the_target_shapes_and_drive_an_ordinary_mlp() -> None:
+    torch.manual_seed(0)
+    shapes = mlp_shapes(5, (7, 6), 3)
+    assert shapes == [(7, 5), (7,), (6, 7), (6,), (3, 6), (3,)]
+    hnet = HyperNetwork(shapes, embedding_dim=10, hidden=(8, 8))
+    assert all(torch.equal(h.bias, torch.zeros_like(h.bias)) for h in hnet.heads)  # Xavier init, zero biases
+    bound = (6 / (8 + 42)) ** 0.5  # Xavier-uniform bound of the (6*7)-output head
+    assert hnet.heads[2].weight.abs().max() <= bound
+    weights = hnet(torch.randn(10))
+    assert [tuple(w.shape) for w in weights] == shapes
+    assert [tuple(w.shape) for w in hnet(torch.randn(4, 10))] == [(4, *s) for s in shapes]
+    mlp = MLP(5, (7, 6), 3)
+    mlp.load_state_dict(dict(zip(mlp.state_dict(), weights, strict=True)))
+    x = torch.randn(9, 5)
+    torch.testing.assert_close(mlp_forward(x, weights), mlp(x), atol=1e-6, rtol=0)
+
+
+def test_lookahead_equals_adams_next_step_and_leaves_its_state_alone() -> None:
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(4, 3))
+    opt = torch.optim.Adam([p], lr=0.01)
+    for k in range(4):  # k = 0 checks the empty-state first step
+        p.grad = torch.randn(4, 3)
+        state_before = copy.deepcopy(opt.state_dict())
+        delta = adam_lookahead(opt)[p]
+        after_lookahead = opt.state_dict()
+        if k:
+            assert torch.equal(after_lookahead["state"][0]["exp_avg"], state_before["state"][0]["exp_avg"])
+            assert torch.equal(
+                after_lookahead["state"][0]["exp_avg_sq"], state_before["state"][0]["exp_avg_sq"]
+            )
+            assert float(after_lookahead["state"][0]["step"]) == k
+        else:
+            assert after_lookahead["state"] == {}
+        start = p.detach().clone()
+        opt.step()
+        torch.testing.assert_close(p.detach() - start, delta, atol=1e-7, rtol=1e-5)
+
+
+def _drift_of_task0(beta: float) -> float:
+    """Train two tiny regression tasks; how far the generated weights of task 0 move during task 1."""
+    config = HyperCRLConfig(hidden=(16,), hnet_hidden=(16,), beta=beta, lr=3e-3, seed=0)
+    learner = HnetLearner(config, in_dim=3, out_dim=2)
+    gen = torch.Generator().manual_seed(0)
+    maps = [torch.randn(3, 2, generator=gen), torch.randn(3, 2, generator=gen)]
+
+    def batch(j: int, idx: object = None) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(32, 3, generator=gen)
+        return x, x @ maps[j]
+
+    for task in range(2):
+        learner.start_task(task, [])
+        if task == 1:
+            before = [w.detach().clone() for w in learner.weights(0)]
+        losses = [learner.train_step(batch, task)["loss"] for _ in range(150)]
+        assert losses[-1] < 0.5 * losses[0]  # both tasks are learned
+    with torch.no_grad():
+        after = learner.weights(0)
+    return float(sum(((a - b) ** 2).sum() for a, b in zip(after, before, strict=True)) ** 0.5)
+
+
+def test_output_regulariser_keeps_earlier_task_weights_fixed() -> None:
+    protected, unprotected = _drift_of_task0(beta=1.0), _drift_of_task0(beta=0.0)
+    assert protected < 0.05
+    assert unprotected > 0.3
+    assert unprotected > 10 * protected
+
+
+def test_task_statistics_normalise_the_task_they_belong_to() -> None:
+    d = TaskData(3, 1)
+    for s, a in (([0.0, 1.0, 5.0], [1.0]), ([2.0, 1.0, 7.0], [3.0]), ([4.0, 1.0, 9.0], [5.0])):
+        d.add(np.array(s), np.array(a), np.array(s) + 1, train=True)
+    codec = StateCodec("push", 3)
+    stats = d.stats(codec)
+    torch.testing.assert_close(stats["feature_mean"], torch.tensor([2.0, 1.0, 7.0]))
+    torch.testing.assert_close(stats["feature_std"], torch.tensor([2.0, 1.0, 2.0]))  # constant dim -> 1
+    torch.testing.assert_close(stats["action_std"], torch.tensor([2.0]))
+
+    config = HyperCRLConfig(n_tasks=2, hidden=(8,), hnet_hidden=(4,))
+    algo = HyperCRL(config)
+    dim = algo.codec.feature_dim
+    algo.stats = [
+        {
+            "feature_mean": torch.zeros(dim),
+            "feature_std": torch.ones(dim),
+            "action_mean": torch.zeros(2),
+            "action_std": torch.ones(2),
+        },
+        {
+            "feature_mean": torch.full((dim,), 3.0),
+            "feature_std": torch.full((dim,), 2.0),
+            "action_mean": torch.ones(2),
+            "action_std": torch.full((2,), 4.0),
+        },
+    ]
+    algo.learner.start_task(0, [])
+    algo.learner.start_task(1, [])
+    state, action = torch.randn(36), torch.randn(2)
+    for task in (0, 1):
+        weights = algo.learner.weights(task)
+        x = torch.cat(
+            [
+                (state - algo.stats[task]["feature_mean"]) / algo.stats[task]["feature_std"],
+                (action - algo.stats[task]["action_mean"]) / algo.stats[task]["action_std"],
+            ]
+        )
+        torch.testing.assert_close(model_input(algo.codec, algo.stats[task], state, action), x)
+        torch.testing.assert_close(
+            algo.predict_next(weights, task, state, action), state + mlp_forward(x, weights)
+        )
+
+
+def test_cheetah_codec_turns_the_pitch_into_cos_sin_and_predicts_velocity_as_a_value() -> None:
+    codec = StateCodec("cheetah", 18)
+    state = torch.arange(18.0)
+    feats = codec.features(state)
+    assert codec.feature_dim == 18 and feats.shape == (18,)  # drop v_x, pitch -> 2 dims
+    torch.testing.assert_close(feats[-2:], torch.tensor([np.cos(2.0), np.sin(2.0)], dtype=torch.float32))
+    assert 0.0 not in feats[:16].tolist() and 2.0 not in feats[:16].tolist()
+    nxt = state + 0.5
+    nxt[0] = 7.0
+    target = codec.target(state, nxt)
+    assert target[0] == 7.0 and torch.all(target[1:] == 0.5)
+    torch.testing.assert_close(codec.compose(state, target), nxt)
+
+
+TINY = [
+    "--family",
+    "push",
+    "--n-tasks",
+    "2",
+    "--hidden",
+    "16,16",
+    "--hnet-hidden",
+    "8,8",
+    "--n-random",
+    "12",
+    "--n-mpc",
+    "4",
+    "--retrain-every",
+    "2",
+    "--grad-steps",
+    "2",
+    "--batch-size",
+    "8",
+    "--horizon",
+    "3",
+    "--n-samples",
+    "16",
+    "--n-elites",
+    "4",
+    "--n-iters",
+    "1",
+    "--eval-every",
+    "10",
+    "--eval-episodes",
+    "1",
+    "--eval-max-steps",
+    "2",
+]
+
+
+class Killed(Exception):
+    pass
+
+
+def test_tiny_continual_run_writes_the_after_task_matrix_and_resumes_after_a_kill(tmp_path, capsys) -> None:
+    whole = tmp_path / "whole"
+    assert main(["train", "hypercrl", "--run-dir", str(whole), *TINY]) == 0
+    assert "after_task_matrix" in capsys.readouterr().out
+    result = json.loads((whole / "continual.json").read_text())
+    R = np.array(result["metrics"]["after_task_matrix"], dtype=float)
+    assert R.shape == (2, 2) and np.isnan(R[0, 1]) and np.isfinite(R[[0, 1, 1], [0, 0, 1]]).all()
+    assert len(result["metrics"]["forgetting_ratio"]) == 1
+    assert result["log"]["task_ends"] == [16, 32]  # 12 random + 4 MPC steps per task
+    assert (whole / "curves.png").stat().st_size > 0
+    assert sorted(p.name for p in (whole / "checkpoints").iterdir()) == ["task_00", "task_01"]
+    with TrajectoryStore.open(whole / "data.zarr") as store:
+        assert store.n_steps == 32
+        ids = [ep.task for ep in store]
+        assert ids[0].endswith("Density0-v0") and ids[-1].endswith("Density1-v0")
+        assert {t for ep in store for t in ep.tags} == {"task0", "task1", "hypercrl"}
+
+    from robocl.config import config_from_args
+
+    parser_args = (
+        __import__("robocl.cli", fromlist=["build_parser"])
+        .build_parser()
+        .parse_args(["train", "hypercrl", "--run-dir", str(tmp_path / "killed"), *TINY])
+    )
+    config = config_from_args(HyperCRLConfig, parser_args)
+
+    def kill(step: int, task: int) -> None:
+        if step == 22:  # inside task 1
+            raise Killed
+
+    with pytest.raises(Killed):
+        HyperCRL.open(config, tmp_path / "killed").run(tmp_path / "killed", on_step=kill)
+    resumed = HyperCRL.open(config, tmp_path / "killed")
+    assert resumed.tasks_done == 1 and resumed.step == 16  # back at the start of task 1
+    metrics = resumed.run(tmp_path / "killed")
+    np.testing.assert_array_equal(np.array(metrics["after_task_matrix"]), R)  # same as the uninterrupted run
+    with pytest.raises(ValueError, match="another config"):
+        HyperCRL.open(HyperCRLConfig(family="push", n_tasks=2, seed=1), tmp_path / "killed")
