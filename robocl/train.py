@@ -98,6 +98,15 @@ def guarded_step(
     return float(norm)
 
 
+def learning_rates(algo: Any) -> dict[str, float]:
+    """The current learning rate of every optimiser the algorithm holds as an attribute."""
+    return {
+        name: float(opt.param_groups[0]["lr"])
+        for name, opt in vars(algo).items()
+        if isinstance(opt, torch.optim.Optimizer)
+    }
+
+
 def to_torch(batch: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:
     """numpy batch (nested dicts allowed) -> tensors on ``device``; non-blocking copies from pinned memory."""
     out: dict[str, Any] = {}
@@ -187,6 +196,8 @@ def fit(
                 writer.add_scalar(
                     "perf/updates_per_s", (algo.step - tick_step) / max(now - tick, 1e-9), algo.step
                 )
+                for name, lr in learning_rates(algo).items():
+                    writer.add_scalar(f"lr/{name}", lr, algo.step)
                 tick, tick_step = now, algo.step
                 bar.set_postfix({k: f"{v:.3g}" for k, v in list(metrics.items())[:3]})
             if evaluate is not None and loop.eval_every and algo.step % loop.eval_every == 0:

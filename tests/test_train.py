@@ -78,7 +78,14 @@ def test_resume_equals_uninterrupted_run(demo_store, tmp_path):
     losses = [m["loss"] for m in full]
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])  # it learns
     assert json.loads((tmp_path / "split" / "loop.json").read_text())["n_updates"] == 40
-    assert any((tmp_path / "split" / "tb").iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "full" / "tb"))
+    events.Reload()
+    assert {"train/loss", "train/grad_norm", "perf/updates_per_s", "lr/optimizer"} <= set(
+        events.Tags()["scalars"]
+    )
+    assert [e.step for e in events.Scalars("train/loss")] == [5, 10, 15, 20, 25, 30, 35, 40]
     with pytest.raises(FileExistsError, match="already holds a run"):
         fit(*make(demo_store), LoopConfig(n_updates=1), tmp_path / "split", progress=False)
 
