@@ -52,7 +52,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_train_bc(args: argparse.Namespace) -> int:
     from robocl.algos.bc import BC, BCConfig
     from robocl.config import config_from_args
-    from robocl.store import TrajectoryStore, WindowSampler
+    from robocl.store import TrajectoryStore
     from robocl.train import LoopConfig, fit
 
     config = config_from_args(BCConfig, args)
@@ -60,16 +60,8 @@ def _cmd_train_bc(args: argparse.Namespace) -> int:
     with TrajectoryStore.open(args.data, "r") as store:
         view = store.view(tags=args.tags.split(",")) if args.tags else store.view()
         algo = BC.from_store(config, store, device=loop.device)
-        sampler = WindowSampler(
-            view,
-            n_obs=config.n_obs,
-            horizon=config.horizon,
-            obs_keys=config.obs_keys,
-            reward_key=None,
-            seed=config.seed,
-        )
         evaluate = _periodic_eval(args) if args.eval_env else None
-        fit(algo, sampler, loop, args.run_dir, resume=args.resume, evaluate=evaluate)
+        fit(algo, algo.sampler(view), loop, args.run_dir, resume=args.resume, evaluate=evaluate)
     print(f"checkpoint: {Path(args.run_dir) / 'checkpoints' / 'last'}")
     return 0
 

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from robocl.algos.bc import BC, BCConfig
     from robocl.collect import collect, load_recipe
     from robocl.eval.evaluate import evaluate
-    from robocl.store import TrajectoryStore, WindowSampler
+    from robocl.store import TrajectoryStore
     from robocl.store.validate import validate_store
     from robocl.train import LoopConfig, fit
 
@@ -62,14 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         obs_keys=("observation.state", "observation.object"), horizon=10, n_action_steps=5, seed=args.seed
     )
     algo = BC.from_store(config, store)
-    sampler = WindowSampler(
-        store,
-        n_obs=config.n_obs,
-        horizon=config.horizon,
-        obs_keys=config.obs_keys,
-        reward_key=None,
-        seed=args.seed,
-    )
+    sampler = algo.sampler(store)
     resume = (run_dir / "checkpoints" / "last").exists()
     fit(
         algo,

@@ -20,7 +20,7 @@ from torch import nn
 from robocl.checkpoint import Checkpoint
 from robocl.nets import MLP, Normalizer
 from robocl.policy import ChunkExecutor, ObsHistory, batch_size_of
-from robocl.store import TrajectoryStore
+from robocl.store import StoreView, TrajectoryStore, WindowSampler
 from robocl.train import guarded_step
 
 
@@ -105,6 +105,17 @@ class BC:
         algo = cls(config, PolicySpec.from_store(store, config.obs_keys), device)
         algo.net.normalizer.load_stats(store.stats)
         return algo
+
+    def sampler(self, data: TrajectoryStore | StoreView) -> WindowSampler:
+        """Windows shaped for this policy (history, chunk length, observation keys), seeded from config."""
+        return WindowSampler(
+            data,
+            n_obs=self.config.n_obs,
+            horizon=self.config.horizon,
+            obs_keys=self.config.obs_keys,
+            reward_key=None,
+            seed=self.config.seed,
+        )
 
     def update(self, batch: Mapping[str, Any]) -> dict[str, float]:
         pred = self.net(batch["obs"])
