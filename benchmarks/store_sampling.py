@@ -313,8 +313,9 @@ def main() -> None:
         )
     )
     print(
-        f"\nonline replay: {replay['adds_per_s_including_persistence']:,.0f} transitions/s (348-d obs, "
-        f"{replay['persisted_episodes']} episodes of 1,000 steps committed to the store)"
+        f"\nonline replay (348-d obs): add {replay['adds_per_s']:,.0f}/s into RAM, persist "
+        f"{replay['flush_transitions_per_s']:,.0f}/s, "
+        f"both {replay['adds_per_s_including_persistence']:,.0f}/s"
     )
     print(f"\nwrote {path}")
 
