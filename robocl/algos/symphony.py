@@ -452,7 +452,10 @@ class SymphonyPolicy:
         """Symphony's policy is memoryless."""
 
     @torch.no_grad()
-    def predict(self, obs: np.ndarray) -> np.ndarray:
+    def predict(self, obs: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
+        """A flat observation, or the rollout engine's dict keyed by store feature names."""
+        if isinstance(obs, Mapping):  # the same vector make_env gives: state, then object state if any
+            obs = np.concatenate([np.asarray(obs[k]) for k in STATE_KEYS if k in obs], axis=-1)
         _, single = batch_size_of(obs, 1)
         x = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)
         direction, strength, _ = self.net.heads(x[None] if single else x)
@@ -462,6 +465,8 @@ class SymphonyPolicy:
 
 # ---------------------------------------------------------------------------------------------- online loop
 OBS_KEY = "observation.state"
+# Store features of a dict-observation task (robocl's arm tasks) that Symphony sees, concatenated in order.
+STATE_KEYS = (OBS_KEY, "observation.object")
 
 
 def make_env(env_id: str) -> Any:
@@ -470,7 +475,15 @@ def make_env(env_id: str) -> Any:
 
     env = gym.make(env_id)
     if isinstance(env.observation_space, gym.spaces.Dict):
-        env = gym.wrappers.FlattenObservation(env)
+        # robocl's arm tasks: proprioception then object state, as the rollout engine's observation.state
+        # and observation.object (the instruction is text, and the cameras are off).
+        keys = [k for k in ("proprio", "object") if k in env.observation_space.spaces]
+        space = gym.spaces.Box(
+            -np.inf, np.inf, (sum(env.observation_space[k].shape[0] for k in keys),), np.float32
+        )
+        env = gym.wrappers.TransformObservation(
+            env, lambda o: np.concatenate([o[k] for k in keys]).astype(np.float32), space
+        )
     if env.spec is None or env.spec.max_episode_steps is None:
         raise ValueError(f"{env_id} has no registered time limit (max_episode_steps)")
     return env

@@ -263,3 +263,16 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     assert len(first) == 3 * (97 - 63) and first + rest == full
     with pytest.raises(FileExistsError):
         train_online(TINY, loop(150), tmp_path / "cut", progress=False)
+
+
+def test_policy_reads_the_rollout_engines_dict_observations_of_an_arm_task():
+    import robocl_envs  # noqa: F401  (registers robocl/PickPlace-v0)
+
+    from robocl.algos.symphony import make_env
+
+    env = make_env("robocl/PickPlace-v0")
+    flat, _ = env.reset(seed=3)
+    assert flat.shape == (37,) and flat.dtype == np.float32  # proprio (24) then object state (13)
+    policy = Symphony(TINY, SymphonySpec(obs_dim=37, action_dim=5), "cpu").policy()
+    as_dict = {OBS_KEY: flat[None, :24], "observation.object": flat[None, 24:], "task": ["put it there"]}
+    np.testing.assert_array_equal(policy.predict(as_dict)[0], policy.predict(flat))
