@@ -26,7 +26,7 @@ Deviations from the reference (/work/shared/refs/hypercrl.md) and why:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -103,6 +103,8 @@ FAMILY_SETTINGS: dict[str, dict[str, Any]] = {
         coreset_size=1000,
     ),
 }
+# Store features that hold a task's flat state in rollouts, in get_state() order.
+STATE_KEYS = ("observation.state", "observation.object")
 METHODS = ("hypercrl", "finetune", "single", "ewc", "si", "coreset", "multitask")
 # batch(j, idx): (model input, raw target) of task j's transitions idx; idx None: a random train batch.
 BatchFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
@@ -673,14 +675,38 @@ class HyperCRL:
             raise ValueError(f"{run_dir} holds a run with another config; use a new --run-dir")
         return cls.from_checkpoint(ckpt)
 
-    def policy(self, task: int) -> Callable[[np.ndarray], np.ndarray]:
-        """state -> first planned action for ``task`` (flat ``get_state()`` vectors, unbatched)."""
+    def policy(self, task: int = -1) -> PlannerPolicy:
+        """MPC with the model generated for ``task`` (default: the last task trained), as a robocl policy."""
+        task = task % len(self.env_ids)
         env = gym.make(self.env_ids[task])
         gen = torch.Generator().manual_seed(_stream(self.config.seed, task, 2_000_000))
         with torch.no_grad():
             weights = [w.detach() for w in self.learner.weights(task)]
         reward_fn = env.unwrapped.reward_fn  # type: ignore[attr-defined]
-        return lambda state: self.plan(task, state, weights, reward_fn, gen)
+        return PlannerPolicy(lambda state: self.plan(task, state, weights, reward_fn, gen))
+
+
+class PlannerPolicy:
+    """reset()/predict(obs) around a planner of flat ``get_state()`` vectors.
+
+    The rollout engine's dict observations are turned back into that vector: ``observation.state`` then
+    ``observation.object`` (robocl's arm tasks' ``get_state`` is proprioception then object state; the
+    half-cheetahs' is their whole observation).
+    """
+
+    def __init__(self, plan: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.plan = plan
+
+    def reset(self) -> None:
+        """CEM restarts from N(0, sigma0) at every step, so nothing carries over between episodes."""
+
+    def predict(self, obs: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
+        if isinstance(obs, Mapping):
+            obs = np.concatenate([np.asarray(obs[k]) for k in STATE_KEYS if k in obs], axis=-1)
+        state = np.asarray(obs, dtype=np.float32)
+        if state.ndim == 1:
+            return self.plan(state)
+        return np.stack([self.plan(s) for s in state])
 
 
 def make_learner(config: HyperCRLConfig, in_dim: int, out_dim: int) -> nn.Module:

@@ -228,3 +228,13 @@ def test_tiny_continual_run_writes_the_after_task_matrix_and_resumes_after_a_kil
     np.testing.assert_array_equal(np.array(metrics["after_task_matrix"]), R)  # same as the uninterrupted run
     with pytest.raises(ValueError, match="another config"):
         HyperCRL.open(HyperCRLConfig(family="push", n_tasks=2, seed=1), tmp_path / "killed")
+
+    # The last task's checkpoint is an ordinary robocl policy: load_policy + the shared evaluator score it.
+    import robocl
+    from robocl.eval.evaluate import evaluate
+
+    policy = robocl.load_policy(str(whole / "checkpoints" / "task_01"))
+    result = evaluate(
+        policy, "robocl/Push-Density1-v0", n_episodes=1, max_steps=2, out_dir=tmp_path / "ev", progress=False
+    )
+    assert result["episodes"][0].length == 2
