@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from robocl.store.format import StoreView, TrajectoryStore
+from robocl.store.format import TrajectoryStore
 from robocl.store.frames import FrameReader, local_root_of
+from robocl.store.view import StoreView
 
 Batch = dict[str, Any]
 
