@@ -124,6 +124,32 @@ def test_chunked_targets_equal_brute_force(tmp_path, h):
         )
 
 
+def test_prefix_histories_dedup_to_equal_rows(tmp_path):
+    store = hand_store(tmp_path)
+    cfg = CORFTConfig(state_keys=("observation.state",), horizon=3, n_obs=2, gripper=False, **TINY)
+    _, rl = CORFT.from_store(cfg, store).samplers(store)
+    batch = rl.extend(rl.sampler.get_batch(np.arange(len(rl.sampler))))
+    flat = batch["prefix_obs"]["observation.state"].reshape(-1, 2, 1)  # (B*h, n_obs, 1)
+    unique, inverse = batch["prefix_unique"], batch["prefix_inverse"]
+    np.testing.assert_array_equal(flat[unique][inverse], flat)
+    assert len(np.unique(flat, axis=0)) == len(unique) < len(flat)  # no two kept rows are equal
+
+
+def test_critic_forward_matches_torch_encoder():
+    from robocl.nets.transformer import ChunkCritic
+
+    torch.manual_seed(0)
+    critic = ChunkCritic(8, 3, 4, d_model=16, n_layers=2, n_heads=2)
+    feat, chunk = torch.randn(5, 8), torch.rand(5, 4, 3) * 2 - 1
+    is_pad = torch.tensor([[False] * 4, [False, False, True, True]] * 2 + [[False] * 4])
+    q = critic(feat, chunk, is_pad)
+    act = torch.where(is_pad.unsqueeze(-1), critic.pad_token, critic.action(chunk))
+    tokens = torch.cat([critic.context(feat).unsqueeze(1), act], 1) + critic.pos_emb
+    out = critic.encoder(tokens, mask=critic.causal_mask)  # torch's own layers, same parameters
+    torch.testing.assert_close(q, critic.head(out[:, 1:]).squeeze(-1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(critic.q_chunk(feat, chunk), critic(feat, chunk)[:, -1], rtol=1e-5, atol=1e-6)
+
+
 def test_rewards_and_mc_returns_from_success_flags(tmp_path):
     store = hand_store(tmp_path)
     r = step_rewards(store, "step_penalty")
