@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -305,11 +306,14 @@ def export_order(store: TrajectoryStore, episodes: Iterable[int] | None) -> np.n
     return store.view(episodes=episodes).episode_indices
 
 
-def open_store(store: TrajectoryStore | str | Path) -> tuple[TrajectoryStore, bool]:
-    """(store, whether we opened it and must close it)."""
+@contextmanager
+def reading(store: TrajectoryStore | str | Path) -> Iterator[TrajectoryStore]:
+    """The store itself, or the store at a path opened read-only and closed afterwards."""
     if isinstance(store, TrajectoryStore):
-        return store, False
-    return TrajectoryStore.open(store, "r"), True
+        yield store
+        return
+    with TrajectoryStore.open(store, "r") as opened:
+        yield opened
 
 
 def prepare_dest(dest: Path, overwrite: bool) -> None:

@@ -36,8 +36,8 @@ from robocl.store.convert.common import (
     export_order,
     ingest_episodes,
     loads,
-    open_store,
     prepare_dest,
+    reading,
     reshape_steps,
     schema_record,
 )
@@ -224,9 +224,8 @@ def export_d4rl(
     import h5py
     from tqdm import tqdm
 
-    store, opened = open_store(store)
-    dest = Path(dest)
-    try:
+    with reading(store) as store:
+        dest = Path(dest)
         mapping = _d4rl_keys(store)
         obs_name = next(n for n, k in mapping.items() if k == "observations")
         order = export_order(store, episodes)
@@ -276,9 +275,6 @@ def export_d4rl(
                 at = hi
             f.attrs["robocl_schema"] = dumps(schema_record(store, mapping))
         return dest
-    finally:
-        if opened:
-            store.close()
 
 
 def _d4rl_keys(store: TrajectoryStore) -> dict[str, str]:

@@ -33,8 +33,8 @@ from robocl.store.convert.common import (
     dumps,
     episode_extras,
     export_order,
-    open_store,
     prepare_dest,
+    reading,
     schema_record,
 )
 from robocl.store.convert.lerobot import DEFAULT_KEYS, EXTRAS_COLUMN, RENAMES, SIDE_SCHEMA_PATH, TASK_FEATURE
@@ -132,8 +132,7 @@ def export_lerobot(
     """
     from tqdm import tqdm
 
-    store, opened = open_store(store)
-    try:
+    with reading(store) as store:
         vcodec = (
             pick_vcodec(vcodec)
             if use_videos and any(f.kind == "rgb" for f in store.features.values())
@@ -155,9 +154,6 @@ def export_lerobot(
             writer.add(int(index))
         writer.finish()
         return writer.dest
-    finally:
-        if opened:
-            store.close()
 
 
 class _DatasetWriter:

@@ -31,8 +31,8 @@ from robocl.store.convert.common import (
     export_order,
     ingest_episodes,
     loads,
-    open_store,
     prepare_dest,
+    reading,
     require,
     reshape_steps,
     schema_record,
@@ -325,8 +325,7 @@ def export_minari(
     from minari.dataset.minari_storage import MinariStorage
     from tqdm import tqdm
 
-    store, opened = open_store(store)
-    try:
+    with reading(store) as store:
         obs_space, act_space, mapping = _spaces(store)
         dataset_id = (
             dataset_id
@@ -364,9 +363,6 @@ def export_minari(
             storage.update_episodes([_buffer(EpisodeBuffer, store, int(index), mapping)])
             storage.update_episode_metadata([{"robocl": dumps(episode_extras(store, int(index)))}], [j])
         return root
-    finally:
-        if opened:
-            store.close()
 
 
 def _buffer(buffer_cls: Any, store: TrajectoryStore, index: int, mapping: dict[str, str]) -> Any:

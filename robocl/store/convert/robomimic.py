@@ -33,8 +33,8 @@ from robocl.store.convert.common import (
     export_order,
     ingest_episodes,
     loads,
-    open_store,
     prepare_dest,
+    reading,
     reshape_steps,
     schema_record,
 )
@@ -215,9 +215,8 @@ def export_robomimic(
     import h5py
     from tqdm import tqdm
 
-    store, opened = open_store(store)
-    dest = Path(dest)
-    try:
+    with reading(store) as store:
+        dest = Path(dest)
         mapping = _robomimic_keys(store)
         prepare_dest(dest, overwrite)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -258,6 +257,3 @@ def export_robomimic(
             for tag, names in masks.items():
                 f[f"mask/{tag}"] = np.array(names, dtype="S")
         return dest
-    finally:
-        if opened:
-            store.close()
