@@ -17,10 +17,28 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from robocl.store import Feature, TrajectoryStore
+from robocl.store import Episode, Feature, TrajectoryStore
 
 FPS = 10
 CAM = (32, 32, 3)
+
+
+def episode_meta(ep: Episode) -> tuple:
+    """What a round trip must keep of an episode's table row."""
+    return (ep.task, ep.success, ep.terminated, ep.truncated, ep.tags)
+
+
+def assert_same_episodes(store: TrajectoryStore, back: TrajectoryStore) -> None:
+    """Lossless round trip: every step bit-exact with its dtype, final observations and table rows."""
+    assert back.n_episodes == store.n_episodes
+    for i in range(store.n_episodes):
+        a, b = store.episode(i), back.episode(i)
+        for key in store.features:
+            assert np.array_equal(a[key], b[key]) and a[key].dtype == b[key].dtype
+        for key in store.observation_keys:
+            assert np.array_equal(a.final_obs[key], b.final_obs[key])
+        assert episode_meta(b) == episode_meta(a)
+    np.testing.assert_array_equal(back.episodes["has_final_obs"], store.episodes["has_final_obs"])
 
 
 def state_of(episode: int, length: int) -> np.ndarray:

@@ -11,6 +11,7 @@ from tests.store.convert.builders import (
     D4RL_LENGTHS,
     STORE_LENGTHS,
     action_of,
+    assert_same_episodes,
     make_store,
     reward_of,
     state_of,
@@ -82,20 +83,7 @@ def test_round_trip_is_exact(tmp_path):
         assert np.flatnonzero(f["timeouts"][:]).tolist() == [ends[1], ends[3]]
     with ingest("d4rl", path, tmp_path / "b.zarr", progress=False) as back:
         assert back.features == store.features and back.meta == store.meta
-        for i in range(len(STORE_LENGTHS)):
-            a, b = store.episode(i), back.episode(i)
-            for key in store.features:
-                assert np.array_equal(a[key], b[key]) and a[key].dtype == b[key].dtype
-            for key in store.observation_keys:
-                assert np.array_equal(a.final_obs[key], b.final_obs[key])
-            assert (b.task, b.success, b.terminated, b.truncated, b.tags) == (
-                a.task,
-                a.success,
-                a.terminated,
-                a.truncated,
-                a.tags,
-            )
-        np.testing.assert_array_equal(back.episodes["has_final_obs"], store.episodes["has_final_obs"])
+        assert_same_episodes(store, back)
     store.close()
 
 

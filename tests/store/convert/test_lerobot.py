@@ -19,6 +19,7 @@ from tests.store.convert.builders import (
     V3_EPISODES,
     V21_EPISODES,
     action_of,
+    episode_meta,
     grey_frames,
     level,
     make_store,
@@ -100,13 +101,7 @@ def test_round_trip_through_video(tmp_path, vcodec, codec_name):
             for key in ("observation.state", "action", "reward", "success"):
                 assert np.array_equal(a[key], b[key]) and a[key].dtype == b[key].dtype
             assert psnr(a["observation.images.front"], b["observation.images.front"]) >= VIDEO_PSNR_DB
-            assert (b.task, b.success, b.terminated, b.truncated, b.tags) == (
-                a.task,
-                a.success,
-                a.terminated,
-                a.truncated,
-                a.tags,
-            )
+            assert episode_meta(b) == episode_meta(a)
             assert (b.source, b.source_episode, len(b)) == ("lerobot:ds", i, length)
         assert not back.episodes["has_final_obs"].any()  # LeRobot has no row for final observations
     store.close()

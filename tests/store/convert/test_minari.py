@@ -8,7 +8,7 @@ import pytest
 
 from robocl.store import Feature
 from robocl.store.convert import export, ingest
-from tests.store.convert.builders import STORE_LENGTHS, grey_frames, make_store, state_of
+from tests.store.convert.builders import assert_same_episodes, grey_frames, make_store, state_of
 
 minari = pytest.importorskip("minari")
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # minari warns about unset authors etc.
@@ -102,20 +102,7 @@ def test_export_loads_in_minari_and_round_trips(tmp_path, monkeypatch, data_form
     assert episode.terminations.tolist() == [False] * 8 + [True]
     with ingest("minari", root, tmp_path / "b.zarr", progress=False) as back:
         assert back.features == store.features and back.meta == store.meta
-        for i in range(len(STORE_LENGTHS)):
-            a, b = store.episode(i), back.episode(i)
-            for key in store.features:
-                assert np.array_equal(a[key], b[key]) and a[key].dtype == b[key].dtype
-            for key in store.observation_keys:
-                assert np.array_equal(a.final_obs[key], b.final_obs[key])
-            assert (b.task, b.success, b.terminated, b.truncated, b.tags) == (
-                a.task,
-                a.success,
-                a.terminated,
-                a.truncated,
-                a.tags,
-            )
-        np.testing.assert_array_equal(back.episodes["has_final_obs"], store.episodes["has_final_obs"])
+        assert_same_episodes(store, back)
     store.close()
 
 
