@@ -93,8 +93,9 @@ def latency(seed: int, repeats: int) -> dict[str, Any]:
     algo, env, state = _planner_setup(seed)
     reward_fn = env.unwrapped.reward_fn
     gen = torch.Generator().manual_seed(seed)
-    batched, with_weights = [], []
-    for _ in range(repeats):
+    batched, with_weights, bf16 = [], [], []
+    for _ in range(repeats):  # the two dtypes interleaved, so machine noise hits both alike
+        algo.config.planner_dtype = "float32"
         t0 = time.perf_counter()
         weights = [w.detach() for w in algo.learner.weights(0)]  # once per env step
         t1 = time.perf_counter()
@@ -102,6 +103,11 @@ def latency(seed: int, repeats: int) -> dict[str, Any]:
         t2 = time.perf_counter()
         batched.append(t2 - t1)
         with_weights.append(t2 - t0)
+        algo.config.planner_dtype = "bfloat16"
+        t0 = time.perf_counter()
+        algo.plan(0, state, weights, reward_fn, gen)
+        bf16.append(time.perf_counter() - t0)
+    algo.config.planner_dtype = "float32"
     t0 = time.perf_counter()
     _naive_plan(algo, state, weights, reward_fn)
     naive = time.perf_counter() - t0
@@ -118,48 +124,67 @@ def latency(seed: int, repeats: int) -> dict[str, Any]:
         },
         "batched_ms_median": 1e3 * statistics.median(batched),
         "batched_plus_hnet_ms_median": 1e3 * statistics.median(with_weights),
+        "batched_bf16_ms_median": 1e3 * statistics.median(bf16),
         "naive_ms": 1e3 * naive,
         "speedup": naive / statistics.median(batched),
         "target_ms": 50.0,
     }
 
 
-def compare(seed: int, methods: list[str], budget: dict[str, Any], out: Path) -> dict[str, Any]:
-    runs: dict[str, dict[str, Any]] = {}
-    for method in dict.fromkeys(["single", *methods]):
-        t0 = time.perf_counter()
-        config = HyperCRLConfig(family="push", method=method, seed=seed, **budget)
-        run_dir = out / method
-        runs[method] = HyperCRL.open(config, run_dir).run(run_dir)
-        runs[method]["wall_s"] = time.perf_counter() - t0
-    single = np.diag(np.array(runs["single"]["after_task_matrix"], dtype=float))
-    rows, table = {}, []
+def compare(
+    family: str, seeds: list[int], methods: list[str], budget: dict[str, Any], out: Path
+) -> dict[str, Any]:
+    """Every method on the family's task sequence, per seed; the table averages over seeds."""
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in dict.fromkeys(["single", *methods])}
+    for seed in seeds:
+        for method in runs:
+            t0 = time.perf_counter()
+            config = HyperCRLConfig(family=family, method=method, seed=seed, **budget)
+            run_dir = out / family / f"seed{seed}" / method
+            metrics = HyperCRL.open(config, run_dir).run(run_dir)
+            metrics["wall_s"] = time.perf_counter() - t0
+            metrics["seed"] = seed
+            runs[method].append(metrics)
+            print(
+                f"{family} seed {seed} {method}: average {metrics['average']:.2f} ({metrics['wall_s']:.0f} s)"
+            )
+    table = []
     for method in methods:
-        m = runs[method]
-        R = np.array(m["after_task_matrix"], dtype=float)
-        ft = [float(R[k, k] / single[k]) if single[k] else float("nan") for k in range(len(single))]
-        rows[method] = {**m, "forward_transfer_ratio": ft}
+        per_seed = []
+        for m, single in zip(runs[method], runs["single"], strict=True):
+            diagonal = np.diag(np.array(single["after_task_matrix"], dtype=float))
+            R = np.array(m["after_task_matrix"], dtype=float)
+            m["forward_transfer_ratio"] = [float(R[k, k] / diagonal[k]) for k in range(len(diagonal))]
+            per_seed.append(
+                [
+                    m["average"],
+                    np.mean(m["forgetting"]),
+                    np.mean(m["forgetting_ratio"]),
+                    np.mean(m["forward_transfer_ratio"]),
+                    np.mean(m["model_error_matrix"][-1]),
+                    np.mean(m["model_error_forgetting"]),
+                ]
+            )
+        arr = np.array(per_seed)
+        mem = runs[method][0]["memory_bytes"]
         table.append(
-            [
-                method,
-                m["average"],
-                np.mean(m["forgetting_ratio"]) if m["forgetting_ratio"] else float("nan"),
-                float(np.mean(ft)),
-                m["memory_bytes"]["model"] / 1e6,
-                m["memory_bytes"]["data"] / 1e6,
-                m["wall_s"],
-            ]
+            [method]
+            + [f"{arr[:, c].mean():.2f} +- {arr[:, c].std():.2f}" for c in range(arr.shape[1])]
+            + [mem["model"] / 1e6, mem["data"] / 1e6, float(np.mean([m["wall_s"] for m in runs[method]]))]
         )
     headers = [
         "method",
         "final avg reward",
-        "forgetting ratio",
-        "fwd transfer",
+        "forgetting (reward lost)",
+        "forgetting ratio R_T,k / R_k,k",
+        "fwd transfer R_k,k / single",
+        "model error, final (all tasks)",
+        "model error forgetting",
         "model MB",
         "data MB",
-        "wall s",
+        "wall s per seed",
     ]
-    return {"runs": rows, "single_diagonal": single.tolist(), "table": markdown_table(headers, table)}
+    return {"family": family, "seeds": seeds, "runs": runs, "table": markdown_table(headers, table)}
 
 
 def main() -> None:
@@ -168,6 +193,8 @@ def main() -> None:
     )
     parser.add_argument("part", choices=("latency", "compare"))
     parser.add_argument("--seed", type=int, default=777)  # the first of HyperCRL's run-script seeds
+    parser.add_argument("--seeds", default="777,855,1045", help="compare: HyperCRL's run-script seeds")
+    parser.add_argument("--family", default="push", choices=("push", "door", "cheetah"))
     parser.add_argument("--repeats", type=int, default=10, help="latency: batched plans timed")
     parser.add_argument("--methods", default="hypercrl,finetune")
     parser.add_argument("--out", default="/tmp/robocl_hypercrl_bench", help="compare: run dirs")
@@ -180,19 +207,22 @@ def main() -> None:
         rows = [
             ["batched CEM (this code)", result["batched_ms_median"]],
             ["batched CEM + hypernetwork forward", result["batched_plus_hnet_ms_median"]],
+            ["batched CEM, bfloat16 layers (--planner-dtype bfloat16)", result["batched_bf16_ms_median"]],
             ["naive per-sample loop", result["naive_ms"]],
         ]
         table = markdown_table(["planner, push settings", "ms per MPC action"], rows)
         path = write_result("hypercrl_latency", {**info, **result, "table": table})
     else:
         budget = {k: getattr(args, k) for k in SMALL_BUDGET}
-        result = compare(args.seed, args.methods.split(","), budget, Path(args.out))
+        seeds = [int(x) for x in args.seeds.split(",")]
+        result = compare(args.family, seeds, args.methods.split(","), budget, Path(args.out))
         table = result["table"]
-        for method in result["runs"]:
-            src = Path(args.out) / method / "curves.png"
-            (RESULTS / f"hypercrl_curves_{method}.png").write_bytes(src.read_bytes())
+        for method in result["runs"]:  # the first seed's per-task curves
+            src = Path(args.out) / args.family / f"seed{seeds[0]}" / method / "curves.png"
+            (RESULTS / f"hypercrl_{args.family}_curves_{method}.png").write_bytes(src.read_bytes())
         path = write_result(
-            "hypercrl", {**info, "budget": budget, **json.loads(json.dumps(result, default=float))}
+            f"hypercrl_{args.family}",
+            {**info, "budget": budget, **json.loads(json.dumps(result, default=float))},
         )
     print(table)
     print(f"wrote {path}")

@@ -138,6 +138,9 @@ class HyperCRLConfig:
     n_elites: int | None = None  # CEM elites
     n_iters: int | None = None  # CEM refits before the final best-of-population draw
     init_std: float | None = None  # CEM initial std, raw action units
+    # dtype of the planner's model layers: bfloat16 halves the matmul time on CPUs with bf16 units (CEM only
+    # ranks costs, which tolerates ~3 significant digits); training is always float32
+    planner_dtype: str = "float32"
     eval_every: int | None = None  # env steps between evaluations of every task seen so far
     eval_episodes: int | None = None  # MPC episodes per task and evaluation
     eval_max_steps: int | None = None  # cap on evaluation episode length (None: the env's time limit)
@@ -400,6 +403,7 @@ class HyperCRL:
         self.log = ContinualLog(len(self.env_ids))
         self.tasks_done = 0
         self.step = 0  # env steps over the whole run (random + MPC), the evaluator's clock
+        self.model_errors: list[list[float]] = []  # after task i: model_error(k) for every k <= i
 
     # ------------------------------------------------------------------ model and planner
     def predict_next(
@@ -408,6 +412,17 @@ class HyperCRL:
         """Mean next state (..., D) from raw (..., D) states and (..., A) actions, with task's statistics."""
         out = mlp_forward(model_input(self.codec, self.stats[task], state, action), weights)
         return self.codec.compose(state, out[..., : self.state_dim])
+
+    def _fold_input_normalisation(
+        self, weights: Sequence[torch.Tensor], task: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The first layer with the task's z-scoring folded in, split into its feature and action columns:
+        W (x - m) / s + b = (W / s) x + (b - (W / s) m)."""
+        st = self.stats[task]
+        mean = torch.cat([st["feature_mean"], st["action_mean"]])
+        weight = weights[0] / torch.cat([st["feature_std"], st["action_std"]])
+        bias = weights[1] - weight @ mean
+        return weight[:, : self.codec.feature_dim], weight[:, self.codec.feature_dim :], bias
 
     @torch.no_grad()
     def plan(
@@ -420,17 +435,42 @@ class HyperCRL:
     ) -> np.ndarray:
         """CEM over the learned model from the true state; the first action of the best sequence (A,)."""
         s0 = torch.as_tensor(state, dtype=torch.float32)
+        dtype = getattr(torch, self.config.planner_dtype)
+        w_state, w_action, bias = (w.to(dtype) for w in self._fold_input_normalisation(weights, task))
+        hidden_weights = [w.to(dtype) for w in weights[2:]]
 
         def cost(actions: torch.Tensor) -> torch.Tensor:  # (K, H, A) -> (K,)
+            # The action half of the first layer for every step of every sequence in one matmul; each
+            # horizon step then only adds the state half. States stay float32 whatever the layers' dtype.
+            action_term = F.linear(actions.to(dtype), w_action, bias)  # (K, H, hidden)
             s, states = s0.expand(actions.shape[0], -1), []
             for h in range(actions.shape[1]):
-                s = self.predict_next(weights, task, s, actions[:, h])
+                feats = self.codec.features(s).to(dtype)
+                first = torch.addmm(action_term[:, h], feats, w_state.T).relu_()
+                out = mlp_forward(first, hidden_weights)
+                s = self.codec.compose(s, out[..., : self.state_dim].float())
                 states.append(s)
             nxt = torch.stack(states, 1)  # (K, H, D)
             prev = torch.cat([s0.expand(len(nxt), 1, -1), nxt[:, :-1]], 1)
             return -reward_fn(prev, actions, nxt).sum(1)
 
         return cem_plan(cost, self.action_dim, self.config.cem(), generator)[0].numpy()
+
+    @torch.no_grad()
+    def model_error(self, task: int) -> float:
+        """Normalised error of the task's dynamics model on its validation split: the mean over output
+        dims of MSE / Var(target) (0 = exact, 1 = as good as predicting the mean change; dims that never
+        change are skipped). Deterministic, so forgetting shows here without the noise of MPC returns."""
+        d = self.data[task]
+        val = ~d.train
+        if int(val.sum()) < 2:
+            return float("nan")
+        state, action, nxt = d.state[val], d.action[val], d.next_state[val]
+        pred = self.predict_next(self.learner.weights(task), task, state, action)
+        target, pred = self.codec.target(state, nxt), self.codec.target(state, pred)
+        var = target.var(0)
+        moving = var > 1e-12
+        return float((((pred - target) ** 2).mean(0)[moving] / var[moving]).mean())
 
     def evaluate(self, task: int) -> float:
         """Mean MPC episode return on ``task`` with its own embedding (or head) and statistics."""
@@ -470,6 +510,7 @@ class HyperCRL:
                 episodes = self._run_task(task, evaluator, on_step)
                 evaluator.end_task(self.step, task)
                 self.learner.end_task(task, self.data, self._batch_fn(torch.Generator()))
+                self.model_errors.append([self.model_error(k) for k in range(task + 1)])
                 # Data first, checkpoint second: a kill in between redoes the task (its stale episodes stay
                 # in the store, but only the indices the checkpoint lists are read back).
                 self.episodes.append(store.add_episodes(episodes))
@@ -596,6 +637,9 @@ class HyperCRL:
     def write_metrics(self, run_dir: Path) -> dict[str, Any]:
         metrics = continual_metrics(self.log)
         metrics["memory_bytes"] = self.memory_bytes()
+        errors = self.model_errors
+        metrics["model_error_matrix"] = errors
+        metrics["model_error_forgetting"] = [errors[-1][k] - errors[k][k] for k in range(len(errors) - 1)]
         (run_dir / "continual.json").write_text(
             json.dumps(
                 {"metrics": metrics, "log": self.log.to_dict(), "config": asdict(self.config)}, indent=2
@@ -634,12 +678,14 @@ class HyperCRL:
             "step": self.step,
             "log": self.log.to_dict(),
             "episodes": self.episodes,
+            "model_errors": self.model_errors,
         }
 
     def load_trainer_state(self, state: dict[str, Any]) -> None:
         self.tasks_done, self.step = int(state["tasks_done"]), int(state["step"])
         self.log = ContinualLog.from_dict(state["log"])
         self.episodes = [list(map(int, e)) for e in state["episodes"]]
+        self.model_errors = [list(map(float, row)) for row in state["model_errors"]]
 
     def checkpoint_header(self) -> dict[str, Any]:
         spec = {"env_ids": self.env_ids, "state_dim": self.state_dim, "action_dim": self.action_dim}

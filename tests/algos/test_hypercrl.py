@@ -136,6 +136,41 @@ def test_task_statistics_normalise_the_task_they_belong_to() -> None:
         )
 
 
+@pytest.mark.parametrize("family", ["push", "door"])
+def test_planner_rollout_equals_predict_next_with_the_normalisation_folded_in(family: str) -> None:
+    torch.manual_seed(0)
+    algo = HyperCRL(HyperCRLConfig(family=family, n_tasks=1, hidden=(16, 16), hnet_hidden=(8,)))
+    d, a = algo.state_dim, algo.action_dim
+    f = algo.codec.feature_dim
+    algo.stats = [
+        {
+            "feature_mean": torch.randn(f),
+            "feature_std": torch.rand(f) + 0.5,
+            "action_mean": torch.randn(a),
+            "action_std": torch.rand(a) + 0.5,
+        }
+    ]
+    algo.learner.start_task(0, [])
+    weights = [w.detach() for w in algo.learner.weights(0)]
+    state = torch.randn(d)
+    actions = torch.randn(4, 3, a)  # (K, H, A)
+    seen: list[torch.Tensor] = []
+
+    def reward_fn(prev: torch.Tensor, act: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
+        seen.append(nxt)
+        return torch.zeros(nxt.shape[:2])
+
+    algo.config.n_iters, algo.config.n_samples, algo.config.n_elites, algo.config.horizon = 0, 4, 1, 3
+    gen = torch.Generator().manual_seed(1)
+    algo.plan(0, state.numpy(), weights, reward_fn, gen)
+    actions = torch.randn((4, 3, a), generator=torch.Generator().manual_seed(1)) * algo.config.cem().init_std
+    s, expected = state.expand(4, -1), []
+    for h in range(3):
+        s = algo.predict_next(weights, 0, s, actions[:, h])
+        expected.append(s)
+    torch.testing.assert_close(seen[0], torch.stack(expected, 1), rtol=1e-4, atol=1e-4)
+
+
 def test_cheetah_codec_turns_the_pitch_into_cos_sin_and_predicts_velocity_as_a_value() -> None:
     codec = StateCodec("cheetah", 18)
     state = torch.arange(18.0)
@@ -198,6 +233,8 @@ def test_tiny_continual_run_writes_the_after_task_matrix_and_resumes_after_a_kil
     R = np.array(result["metrics"]["after_task_matrix"], dtype=float)
     assert R.shape == (2, 2) and np.isnan(R[0, 1]) and np.isfinite(R[[0, 1, 1], [0, 0, 1]]).all()
     assert len(result["metrics"]["forgetting_ratio"]) == 1
+    errors = result["metrics"]["model_error_matrix"]  # per-task validation error after each task
+    assert [len(row) for row in errors] == [1, 2] and all(e >= 0 for row in errors for e in row)
     assert result["log"]["task_ends"] == [16, 32]  # 12 random + 4 MPC steps per task
     assert (whole / "curves.png").stat().st_size > 0
     assert sorted(p.name for p in (whole / "checkpoints").iterdir()) == ["task_00", "task_01"]
@@ -226,6 +263,7 @@ def test_tiny_continual_run_writes_the_after_task_matrix_and_resumes_after_a_kil
     assert resumed.tasks_done == 1 and resumed.step == 16  # back at the start of task 1
     metrics = resumed.run(tmp_path / "killed")
     np.testing.assert_array_equal(np.array(metrics["after_task_matrix"]), R)  # same as the uninterrupted run
+    assert metrics["model_error_matrix"] == errors
     with pytest.raises(ValueError, match="another config"):
         HyperCRL.open(HyperCRLConfig(family="push", n_tasks=2, seed=1), tmp_path / "killed")
 
