@@ -19,11 +19,11 @@ Datasets made by other tools have neither; readers then fall back to each format
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -93,29 +93,39 @@ def _is_text(value: Any) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- ingest
-def ingest_episodes(
-    store_path: str | Path,
-    *,
-    features: Mapping[str, Feature],
-    fps: float,
-    meta: Mapping[str, Any],
-    source: str,
-    n_episodes: int,
-    read: Callable[[set[int]], Iterator[SourceEpisode]],
-    progress: bool = True,
-) -> TrajectoryStore:
-    """Create or resume ``store_path`` and commit every episode ``read(skip)`` yields.
+class EpisodeSource(Protocol):
+    """What every format reader offers :func:`ingest_episodes`."""
 
-    ``read`` gets the source indices already committed under ``source`` and must not yield them again.
+    source: str  # the store's source name, "<format>:<dataset>"
+    fps: float
+    meta: Mapping[str, Any]
+    features: Mapping[str, tuple[str, Feature]]  # source key -> (store feature name, feature)
+
+    def __len__(self) -> int: ...  # episodes in the source
+
+    def read(self, skip: set[int]) -> Iterator[SourceEpisode]: ...  # every episode not in ``skip``
+
+    def close(self) -> None: ...
+
+
+def ingest_episodes(
+    store_path: str | Path, source: EpisodeSource, *, progress: bool = True
+) -> TrajectoryStore:
+    """Create or resume ``store_path``, commit each episode of ``source`` not committed yet, close ``source``.
+
     Returns the store, still open for appending (close it, or use it as a context manager).
     """
-    store = _open_or_create(Path(store_path), features, fps, meta)
     try:
-        done = committed_source_episodes(store, source)
-        _commit_all(store, read(done), source, n_episodes, len(done), progress)
-    except BaseException:
-        store.close()
-        raise
+        features = dict(source.features.values())
+        store = _open_or_create(Path(store_path), features, source.fps, source.meta)
+        try:
+            done = committed_source_episodes(store, source.source)
+            _commit_all(store, source.read(done), source.source, len(source), len(done), progress)
+        except BaseException:
+            store.close()
+            raise
+    finally:
+        source.close()
     return store
 
 

@@ -196,20 +196,7 @@ def ingest_d4rl(
     ``env`` names the task for the reference scores (default: the file name, e.g. "hopper-medium-v2");
     ``fps`` is the control rate to record (default: the one robocl exported with, else 10).
     """
-    source = D4RLSource(src, env=env, fps=fps)
-    try:
-        return ingest_episodes(
-            store_path,
-            features=dict(source.features.values()),
-            fps=source.fps,
-            meta=source.meta,
-            source=source.source,
-            n_episodes=len(source),
-            read=source.read,
-            progress=progress,
-        )
-    finally:
-        source.close()
+    return ingest_episodes(store_path, D4RLSource(src, env=env, fps=fps), progress=progress)
 
 
 def export_d4rl(

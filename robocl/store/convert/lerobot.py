@@ -219,6 +219,12 @@ class LeRobotSource:
         return refs
 
     # ------------------------------------------------------------------ episodes
+    def __len__(self) -> int:
+        return len(self.episodes)
+
+    def close(self) -> None:
+        """Nothing stays open: every parquet file and video is opened and closed within ``read``."""
+
     def read(self, skip: set[int]) -> Iterator[SourceEpisode]:
         """Decode every episode not in ``skip``, in episode order, one at a time."""
         by_file: dict[Path, list[_EpisodeRef]] = {}
@@ -311,16 +317,8 @@ def ingest_lerobot(
     progress: bool = True,
 ) -> TrajectoryStore:
     """Ingest (or resume ingesting) a local LeRobot dataset into a store; returns the open store."""
-    source = LeRobotSource(src, repo_id=repo_id, tolerance_s=tolerance_s)
     return ingest_episodes(
-        store_path,
-        features=dict(source.features.values()),
-        fps=source.fps,
-        meta=source.meta,
-        source=source.source,
-        n_episodes=len(source.episodes),
-        read=source.read,
-        progress=progress,
+        store_path, LeRobotSource(src, repo_id=repo_id, tolerance_s=tolerance_s), progress=progress
     )
 
 

@@ -146,6 +146,9 @@ class MinariSource:
     def __len__(self) -> int:
         return int(self.storage.total_episodes)
 
+    def close(self) -> None:
+        """Nothing stays open: Minari's storage opens its HDF5 file per read."""
+
     def read(self, skip: set[int]) -> Iterator[SourceEpisode]:
         wanted = [i for i in range(len(self)) if i not in skip]
         metas = self.storage.get_episode_metadata(wanted)
@@ -228,17 +231,7 @@ def ingest_minari(
     src: str | Path, store_path: str | Path, *, fps: float | None = None, progress: bool = True
 ) -> TrajectoryStore:
     """Ingest (or resume ingesting) a local Minari dataset: a path or a dataset id."""
-    source = MinariSource(src, fps=fps)
-    return ingest_episodes(
-        store_path,
-        features=dict(source.features.values()),
-        fps=source.fps,
-        meta=source.meta,
-        source=source.source,
-        n_episodes=len(source),
-        read=source.read,
-        progress=progress,
-    )
+    return ingest_episodes(store_path, MinariSource(src, fps=fps), progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------- export

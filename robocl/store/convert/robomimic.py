@@ -167,20 +167,7 @@ def ingest_robomimic(
     src: str | Path, store_path: str | Path, *, fps: float | None = None, progress: bool = True
 ) -> TrajectoryStore:
     """Ingest (or resume ingesting) a robomimic HDF5 file; demo_<N> becomes source episode N."""
-    source = RobomimicSource(src, fps=fps)
-    try:
-        return ingest_episodes(
-            store_path,
-            features=dict(source.features.values()),
-            fps=source.fps,
-            meta=source.meta,
-            source=source.source,
-            n_episodes=len(source),
-            read=source.read,
-            progress=progress,
-        )
-    finally:
-        source.close()
+    return ingest_episodes(store_path, RobomimicSource(src, fps=fps), progress=progress)
 
 
 def _robomimic_keys(store: TrajectoryStore) -> dict[str, str]:
