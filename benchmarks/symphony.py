@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import RESULTS, markdown_table, run_info, write_result
-from robocl.algos.symphony import OnlineLoopConfig, SymphonyConfig, evaluate_returns, make_env, train_online
+from robocl.algos.symphony import OnlineLoopConfig, SymphonyConfig, evaluate_policy, make_env, train_online
 
 PAPER_ANCHOR = {"env": "Humanoid-v4", "return": 5000, "env_steps": 240_000, "seeds": 10}
 
@@ -57,7 +57,7 @@ class _SB3Policy:
         return self.model.predict(obs, deterministic=True)[0]
 
 
-def run_sac(env_id: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_sac(env_id: str, seed: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
 
@@ -67,9 +67,10 @@ def run_sac(env_id: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         def _on_step(self) -> bool:
             n = self.num_timesteps
             if (args.eval_every and n % args.eval_every == 0) or n == args.steps:
-                # The same evaluation loop and seeds as Symphony's (robocl.algos.symphony.eval_seed).
-                returns = evaluate_returns(_SB3Policy(self.model), env_id, args.eval_episodes, seed)  # type: ignore[arg-type]
-                curve[n] = float(returns.mean())
+                # The same evaluator and reset seeds as Symphony's runs.
+                out = tmp / f"sac_{env_id}_seed{seed}" / "eval" / f"step_{n:08d}"
+                summary = evaluate_policy(_SB3Policy(self.model), env_id, args.eval_episodes, seed, out)
+                curve[n] = float(summary["mean_return"])
             return True
 
     model = SAC("MlpPolicy", make_env(env_id), seed=seed, device=args.device, learning_starts=args.n_explore)
@@ -107,7 +108,7 @@ def main() -> None:
                     run_symphony(env_id, seed, args, Path(tmp))
                 )
                 if sac_note is None:
-                    results[env_id].setdefault("sac", []).append(run_sac(env_id, seed, args))
+                    results[env_id].setdefault("sac", []).append(run_sac(env_id, seed, args, Path(tmp)))
     rows, marks = [], sorted({m for e in results.values() for r in e["symphony"] for m in r["curve"]})
     for env_id, methods in results.items():
         for method, runs in methods.items():

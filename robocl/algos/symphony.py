@@ -494,23 +494,19 @@ def train_seed(seed: int, episode: int) -> int:
     return 2 * (seed * 2**20 + episode)
 
 
-def eval_seed(seed: int, episode: int) -> int:
-    return 2 * (seed * 2**20 + episode) + 1
+def eval_start_seed(seed: int) -> int:
+    """Reset seed of a run's first evaluation episode (episode i: + i), far above every training seed."""
+    return 10**9 + 1000 * seed
 
 
-def evaluate_returns(policy: SymphonyPolicy, env_id: str, n_episodes: int, seed: int) -> np.ndarray:
-    """Undiscounted returns of ``n_episodes`` deterministic episodes reset with the evaluation seeds."""
-    env = make_env(env_id)
-    returns = np.zeros(n_episodes)
-    for i in range(n_episodes):
-        obs, _ = env.reset(seed=eval_seed(seed, i))
-        done = False
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(policy.predict(np.asarray(obs, np.float32)))
-            returns[i] += float(reward)
-            done = terminated or truncated
-    env.close()
-    return returns
+def evaluate_policy(policy: Any, env_id: str, n_episodes: int, seed: int, out_dir: Path) -> dict[str, Any]:
+    """Deterministic episodes through the shared evaluator (``robocl eval``'s engine and eval_info.json),
+    with the same reset seeds at every evaluation of the run; returns the evaluator's summary."""
+    from robocl.eval.evaluate import evaluate
+
+    result = evaluate(policy, env_id, n_episodes=n_episodes, out_dir=out_dir, seed=eval_start_seed(seed),
+                      progress=False)  # fmt: skip
+    return result["summary"]
 
 
 def _tree(value: Any, leaf: Any) -> Any:
@@ -691,14 +687,20 @@ class OnlineRun:
         return history
 
     def evaluate(self, writer: Any, env_step: int) -> float:
-        returns = evaluate_returns(
-            self.algo.policy(), self.loop.env, self.loop.eval_episodes, self.config.seed
+        out = self.run_dir / "eval" / f"step_{env_step:08d}"
+        summary = evaluate_policy(
+            self.algo.policy(), self.loop.env, self.loop.eval_episodes, self.config.seed, out
         )
-        writer.add_scalar("eval/mean_return", returns.mean(), env_step)
-        row = {"env_step": env_step, "mean_return": float(returns.mean()), "std_return": float(returns.std())}
+        row = {
+            "env_step": env_step,
+            "mean_return": summary["mean_return"],
+            "success_rate": summary["success_rate"],
+        }
+        for key in ("mean_return", "success_rate"):
+            writer.add_scalar(f"eval/{key}", summary[key], env_step)
         with open(self.run_dir / "eval.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
-        return float(returns.mean())
+        return float(summary["mean_return"])
 
     def close(self) -> None:
         self.env.close()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -39,9 +40,14 @@ def one_thread():
 TINY = SymphonyConfig(hidden=32, n_q=8, batch_size=16, n_explore=64, tile=4)
 
 
-def loop(steps: int) -> OnlineLoopConfig:
+def loop(steps: int, eval_every: int = 0) -> OnlineLoopConfig:
     return OnlineLoopConfig(
-        env="Walker2d-v5", steps=steps, eval_every=0, eval_episodes=1, checkpoint_every=1000, log_every=50
+        env="Walker2d-v5",
+        steps=steps,
+        eval_every=eval_every,
+        eval_episodes=1,
+        checkpoint_every=1000,
+        log_every=50,
     )
 
 
@@ -247,9 +253,14 @@ def test_exploration_sets_reward_scale_and_fills_the_buffer_by_tiling(tmp_path):
 
 
 def test_seeded_run_is_deterministic(tmp_path):
-    a = train_online(TINY, loop(110), tmp_path / "a", progress=False)
-    b = train_online(TINY, loop(110), tmp_path / "b", progress=False)
+    a = train_online(TINY, loop(110, eval_every=100), tmp_path / "a", progress=False)
+    b = train_online(TINY, loop(110, eval_every=100), tmp_path / "b", progress=False)
     assert len(a) == 3 * (110 - 63) and a == b
+    # Periodic evaluation goes through the shared evaluator (its eval_info.json), same seeds in both runs.
+    rows = [json.loads(line) for line in (tmp_path / "a" / "eval.jsonl").read_text().splitlines()]
+    assert rows[0]["env_step"] == 100 and np.isfinite(rows[0]["mean_return"])
+    assert (tmp_path / "a" / "eval" / "step_00000100" / "eval_info.json").is_file()
+    assert rows == [json.loads(line) for line in (tmp_path / "b" / "eval.jsonl").read_text().splitlines()]
     with TrajectoryStore.open(tmp_path / "a" / "replay.zarr") as store:
         assert 0 < store.n_steps <= 110 and store.meta["env_id"] == "Walker2d-v5"
 
