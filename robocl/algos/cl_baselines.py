@@ -75,15 +75,18 @@ class MultiHeadLearner(nn.Module):
                 extra = extra + task_loss(mlp_forward(xj, self.weights(j)), yj, cfg.gaussian) / len(xj)
         elif cfg.method == "coreset":
             for j in range(task):
+                if f"mem_core_x_{j}" not in self._buffers:
+                    continue  # task j ended with no train transitions: nothing was kept
                 xj, yj = self.get_buffer(f"mem_core_x_{j}"), self.get_buffer(f"mem_core_y_{j}")
                 extra = extra + task_loss(mlp_forward(xj, self.weights(j)), yj, cfg.gaussian) / len(xj)
         elif cfg.method in ("ewc", "si") and task:
             extra = self._penalty(task)
         self.optimizer.zero_grad(set_to_none=True)
         (loss + extra).backward()
+        # SI's path integral uses the raw gradient (Zenke et al.), taken before the clip
+        grads = {n: p.grad.detach().clone() for n, p in self._trunk_params().items() if p.grad is not None}
         torch.nn.utils.clip_grad_norm_(self.parameters(), cfg.max_grad_norm)
         before = {n: p.detach().clone() for n, p in self._trunk_params().items()}
-        grads = {n: p.grad.detach().clone() for n, p in self._trunk_params().items() if p.grad is not None}
         self.optimizer.step()
         if cfg.method == "si":  # path integral of -grad . dtheta (Zenke et al.)
             for n, p in self._trunk_params().items():
@@ -112,8 +115,14 @@ class MultiHeadLearner(nn.Module):
         """Store what protects this task later: Fisher + anchor (EWC), importance (SI) or a coreset."""
         cfg = self.config
         train_idx = torch.nonzero(data[task].train).flatten()
-        if cfg.method == "ewc" and len(train_idx):
-            for n, f in self._fisher(task, *batch(task, train_idx)).items():
+        if cfg.method == "ewc":
+            # no train transitions -> zero Fisher: the task adds no penalty (but _penalty finds its buffers)
+            fisher = (
+                self._fisher(task, *batch(task, train_idx))
+                if len(train_idx)
+                else {n: torch.zeros_like(p) for n, p in self._trunk_params().items()}
+            )
+            for n, f in fisher.items():
                 self.register_buffer(f"mem_fisher_{task}_{n}", f)
                 self.register_buffer(f"mem_anchor_{task}_{n}", self._trunk_params()[n].detach().clone())
         elif cfg.method == "si":

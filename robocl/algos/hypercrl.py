@@ -232,12 +232,14 @@ class TaskData:
         self.train = torch.cat([self.train, torch.tensor([train])])
 
     def stats(self, codec: StateCodec) -> dict[str, torch.Tensor]:
-        """Per-dim mean and sample std over every stored transition; a std below 1e-9 becomes 1 (as [C])."""
+        """Per-dim mean and sample std over every stored transition; a std below 1e-9 becomes 1 (as [C]).
+        Before any transition: mean 0, std 1 (the identity, so an early plan is not all-NaN)."""
         feats = codec.features(self.state)
         out = {}
         for name, x in (("feature", feats), ("action", self.action)):
             std = x.std(0) if len(x) > 1 else torch.ones(x.shape[1])
-            out[f"{name}_mean"], out[f"{name}_std"] = x.mean(0), torch.where(std < 1e-9, 1.0, std)
+            mean = x.mean(0) if len(x) else torch.zeros(x.shape[1])
+            out[f"{name}_mean"], out[f"{name}_std"] = mean, torch.where(std < 1e-9, 1.0, std)
         return out
 
 
@@ -649,8 +651,10 @@ class HyperCRL:
         return metrics
 
     def memory_bytes(self) -> dict[str, int]:
-        """Model parameters and the transitions training still reads (per the method)."""
-        model = sum(t.numel() * t.element_size() for t in self.learner.state_dict().values())
+        """Model parameters and the transitions training still reads (per the method); a coreset's kept
+        transitions count as data, not model."""
+        state = self.learner.state_dict()
+        model = sum(t.numel() * t.element_size() for k, t in state.items() if not k.startswith("mem_core_"))
         task = max(self.tasks_done - 1, 0)
         return {"model": model, "data": self.learner.n_data_bytes(self.data, task)}
 
