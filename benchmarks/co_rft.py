@@ -54,7 +54,7 @@ def _policies(
     for horizon in (10, 1):
         cfg = CORFTConfig(horizon=horizon, seed=seed, cql_n_samples=args.cql_n_samples)
         algo = CORFT.from_store(cfg, store, language=language)
-        il_sampler, rl_sampler = algo.samplers(store)
+        il_sampler, rl_sampler = algo.il_sampler(store), algo.rl_sampler(store)
         _train(algo, il_sampler, args.il_updates, args.batch_size, times[f"il h={horizon}"])
         if horizon == 10:
             out["il"] = copy.deepcopy(algo).policy()

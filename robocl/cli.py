@@ -74,6 +74,7 @@ def _cmd_train_co_rft(args: argparse.Namespace) -> int:
 
     if args.n_updates is not None:
         raise ValueError("co-rft trains two stages: use --il-updates and --rl-updates, not --n-updates")
+    pretrain = args.method == "vla-pretrain"
     overrides: dict[str, Any] = {}
     if args.images:  # every camera of the store; proprioception only, unless --state-keys says otherwise
         with TrajectoryStore.open(args.data, "r") as store:
@@ -82,19 +83,46 @@ def _cmd_train_co_rft(args: argparse.Namespace) -> int:
             overrides["state_keys"] = ("observation.state",)
     config = config_from_args(CORFTConfig, args, **overrides)
     il_loop = config_from_args(LoopConfig, args, n_updates=args.il_updates) if args.il_updates else None
+    rl_updates = 0 if pretrain else args.rl_updates
+    rl_loop = config_from_args(LoopConfig, args, n_updates=rl_updates) if rl_updates else None
     paths = train_co_rft(
         config,
         args.data,
         args.run_dir,
         il_loop=il_loop,
-        rl_loop=config_from_args(LoopConfig, args, n_updates=args.rl_updates),
+        rl_loop=rl_loop,
         init=args.init,
         resume=args.resume,
         tags=args.tags.split(",") if args.tags else (),
     )
     for stage, path in paths.items():
         print(f"{stage} checkpoint: {path}")
+    if pretrain:
+        print(f"fine-tune from it: robocl train co-rft --init {paths['il']} --images ...")
+    elif args.eval_episodes:
+        _evaluate_stages(paths, args)
     return 0
+
+
+def _evaluate_stages(paths: dict[str, Path], args: argparse.Namespace) -> None:
+    """``robocl eval`` of every stage's checkpoint at seen and unseen positions, on the store's env."""
+    from robocl.eval.evaluate import evaluate
+    from robocl.store import TrajectoryStore
+
+    env_id = args.eval_env
+    if env_id is None:
+        with TrajectoryStore.open(args.data, "r") as store:
+            env_id = store.meta.get("env_id")
+    if env_id is None:
+        print("no evaluation: the store names no simulated env (pass --eval-env ID)")
+        return
+    for stage, path in paths.items():
+        for positions in ("seen", "unseen"):
+            out = Path(path).parent / "eval" / f"{Path(path).name}_{env_id.replace('/', '_')}_{positions}"
+            result = evaluate(
+                str(path), env_id, n_episodes=args.eval_episodes, out_dir=out, positions=positions
+            )
+            print(f"[{stage}] " + result["table"])
 
 
 def _cmd_train_hypercrl(args: argparse.Namespace) -> int:
@@ -225,12 +253,31 @@ def build_parser() -> argparse.ArgumentParser:
     corft.add_argument("--init", help="pretrained backbone: a robocl checkpoint dir or a .safetensors file")
     corft.add_argument("--images", action="store_true", help="use every camera of the store")
     corft.add_argument("--il-updates", type=int, default=20_000, help="stage-1 updates; 0 skips stage 1")
-    corft.add_argument("--rl-updates", type=int, default=20_000, help="stage-2 updates")
+    corft.add_argument("--rl-updates", type=int, default=20_000, help="stage-2 updates; 0 = imitation only")
     corft.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     corft.add_argument("--tags", help="train on episodes with all these comma-separated tags")
+    corft.add_argument("--eval-env", help="env evaluated at the end (default: the store's env_id)")
+    corft.add_argument(
+        "--eval-episodes", type=int, default=20, help="episodes per stage and position set; 0 skips"
+    )
     add_config_args(corft, CORFTConfig)
     add_config_args(corft, LoopConfig)
-    corft.set_defaults(func=_cmd_train_co_rft)
+    corft.set_defaults(func=_cmd_train_co_rft, method="co-rft")
+
+    pre = methods.add_parser(
+        "vla-pretrain",
+        help="pretrain the CO-RFT policy by imitation on a multi-task store (a generalist for --init)",
+    )
+    pre.add_argument("--data", required=True, help="multi-task store, e.g. datasets/generalist.toml")
+    pre.add_argument("--run-dir", required=True, help="checkpoint DIR/il/checkpoints/last + TensorBoard")
+    pre.add_argument("--init", help="start from this backbone instead of scratch")
+    pre.add_argument("--images", action="store_true", help="use every camera of the store")
+    pre.add_argument("--il-updates", type=int, default=50_000, help="imitation updates")
+    pre.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    pre.add_argument("--tags", help="train on episodes with all these comma-separated tags")
+    add_config_args(pre, CORFTConfig)
+    add_config_args(pre, LoopConfig)
+    pre.set_defaults(func=_cmd_train_co_rft, method="vla-pretrain")
 
     from robocl.algos.hypercrl import HyperCRLConfig
 

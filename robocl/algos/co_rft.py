@@ -53,6 +53,7 @@ from torch import nn
 
 from robocl.algos.bc import PolicySpec
 from robocl.checkpoint import Checkpoint, load_checkpoint
+from robocl.nets.critic import PrefixMLPCritic
 from robocl.nets.language import DEFAULT_LANGUAGE_MODEL, LanguageEncoder
 from robocl.nets.transformer import ChunkCritic
 from robocl.nets.vla import VLAPolicy, VLAPolicyNet
@@ -77,6 +78,7 @@ class CORFTConfig:
     n_heads: int = 4  # attention heads
     vision_channels: tuple[int, ...] = (32, 64, 128, 128)  # conv widths per camera encoder (stride 2 each)
     aug_shift: int = 4  # random-shift augmentation of frames during training, pixels
+    dropout: float = 0.1  # trunk transformer dropout in stage 1 (ACT's 0.1: a few dozen demos overfit fast)
     gripper: bool = True  # the last action channel is a gripper: sigmoid output and BCE loss
     gripper_weight: float = 0.01  # BCE weight against the arm Huber loss (RoboVLMs arm_gripper_loss_ratio)
     huber_delta: float = 1.0  # Huber threshold on normalised arm actions (torch's default)
@@ -87,6 +89,10 @@ class CORFTConfig:
     reward: Literal["step_penalty", "sparse", "store"] = "step_penalty"  # -1/step until success | +1 | stored
     critic_loss: Literal["prefix", "full"] = "prefix"  # TD target for every prefix j, or only the whole chunk
     n_critics: int = 2  # twin critics; targets take the minimum
+    # critic network: "mlp" = PrefixMLPCritic (causal by a cumulative first layer, LayerNorm; ~5x cheaper),
+    # "transformer" = T-SAC's causal transformer over [context, a_1..a_h] (ChunkCritic)
+    critic: Literal["mlp", "transformer"] = "mlp"
+    critic_hidden: tuple[int, ...] = (256, 256)  # widths of the MLP critic (TD3+BC, Cal-QL: 256 x 2-3)
     critic_lr: float = 3e-4  # critic Adam lr (QC, TD3+BC)
     actor_lr: float = 3e-4  # action-head Adam lr in stage 2 (TD3+BC)
     tau: float = 0.005  # Polyak rate of the target networks, per critic step
@@ -108,6 +114,7 @@ class CORFTConfig:
 
     def __post_init__(self) -> None:
         self.state_keys, self.image_keys = tuple(self.state_keys), tuple(self.image_keys)
+        self.critic_hidden = tuple(self.critic_hidden)
         self.vision_channels = tuple(self.vision_channels)
         if not self.state_keys and not self.image_keys:
             raise ValueError("CO-RFT needs state_keys or image_keys")
@@ -123,6 +130,7 @@ class CORFTConfig:
             "reward": ("step_penalty", "sparse", "store"),
             "critic_loss": ("prefix", "full"),
             "conservative": ("calql", "cql", "none"),
+            "critic": ("mlp", "transformer"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -412,17 +420,7 @@ class CORFT:
         """Enter stage 2 from the current policy: critics, target copies, optimisers; step restarts at 0."""
         cfg = self.config
         torch.manual_seed(cfg.seed + 1)
-        self.critics = nn.ModuleList(
-            ChunkCritic(
-                cfg.d_model,
-                self.spec.action_dim,
-                cfg.horizon,
-                d_model=cfg.d_model,
-                n_layers=cfg.n_layers,
-                n_heads=cfg.n_heads,
-            )
-            for _ in range(cfg.n_critics)
-        ).to(self.device)
+        self.critics = nn.ModuleList(self._critic() for _ in range(cfg.n_critics)).to(self.device)
         self.target_policy = copy.deepcopy(self.policy_net).requires_grad_(False)
         self.target_critics = copy.deepcopy(self.critics).requires_grad_(False)
         groups: list[dict[str, Any]] = [{"params": list(self.critics.parameters()), "lr": cfg.critic_lr}]
@@ -434,9 +432,19 @@ class CORFT:
         self.stage, self.step = "rl", 0
         self.spec.extra["stage"] = "rl"
 
+    def _critic(self) -> nn.Module:
+        cfg, a = self.config, self.spec.action_dim
+        if cfg.critic == "mlp":
+            return PrefixMLPCritic(cfg.d_model, a, cfg.horizon, cfg.critic_hidden)
+        return ChunkCritic(
+            cfg.d_model, a, cfg.horizon, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads
+        )
+
     # ------------------------------------------------------------------ updates
     def update(self, batch: Mapping[str, Any]) -> dict[str, float]:
         self.policy_net.train()  # evaluation may have switched it to eval (no augmentation)
+        if self.stage == "rl" and not self.config.rl_train_backbone:
+            self.policy_net.trunk.eval()  # a frozen trunk gives the critic the features the policy acts on
         metrics = self._il_update(batch) if self.stage == "il" else self._rl_update(batch)
         self.step += 1
         return metrics
@@ -465,6 +473,7 @@ class CORFT:
         is_pad = batch["action_is_pad"]
         B, h = is_pad.shape
         lang = net.lang_of(batch)
+        frozen = not cfg.rl_train_backbone
         data_chunk = net.normalizer.normalize("action", batch["action"].float()).clamp(-1, 1)  # (B, h, A)
         with torch.no_grad():
             per_prefix = cfg.critic_loss == "prefix"
@@ -472,9 +481,17 @@ class CORFT:
                 rows = batch["prefix_unique"]  # (U,) of the B*h flattened (window, j) pairs
                 boot = {k: v.flatten(0, 1)[rows] for k, v in batch["prefix_obs"].items()}
                 boot_lang = None if lang is None else lang[rows // h]
-                tfeat = self.target_policy.features(boot, boot_lang)[batch["prefix_inverse"]]  # (B*h, d)
             else:
-                tfeat = self.target_policy.features(batch["next_obs"], lang)
+                boot, boot_lang = batch["next_obs"], lang
+            if frozen:  # target trunk == online trunk: one pass over the data and the bootstrap histories
+                both = net.features(
+                    {k: torch.cat([batch["obs"][k], boot[k]]) for k in boot},
+                    None if lang is None else torch.cat([lang, boot_lang]),
+                )
+                feat, boot_feat = both[:B], both[B:]
+            else:
+                boot_feat = self.target_policy.features(boot, boot_lang)
+            tfeat = boot_feat[batch["prefix_inverse"]] if per_prefix else boot_feat  # (B*h or B, d)
             tchunk = self.target_policy.act(tfeat)[0]
             noise = (torch.randn_like(tchunk) * cfg.target_noise).clamp(
                 -cfg.target_noise_clip, cfg.target_noise_clip
@@ -485,9 +502,9 @@ class CORFT:
             y, mask = chunked_targets(
                 batch["reward"], is_pad, batch["done"], next_q, cfg.gamma, per_prefix=per_prefix
             )
-        with torch.set_grad_enabled(cfg.rl_train_backbone):
+        if not frozen:
             feat = net.features(batch["obs"], lang)
-        q = torch.stack([c(feat, data_chunk, is_pad) for c in self.critics])  # (C, B, h)
+        q = torch.stack([c(feat, data_chunk) for c in self.critics])  # (C, B, h)
         td = critic_td_loss(q, y, mask)
         metrics = {
             "critic_td": td.item(),
@@ -498,7 +515,10 @@ class CORFT:
         if cfg.conservative != "none":
             n = cfg.cql_n_samples
             with torch.no_grad():
-                next_feat = net.features(batch["next_obs"], lang)
+                if frozen:  # o_{t+h}'s history is prefix h's bootstrap history
+                    next_feat = tfeat.view(B, h, -1)[:, -1] if per_prefix else tfeat
+                else:
+                    next_feat = net.features(batch["next_obs"], lang)
                 policy = torch.stack([net.act(feat.detach())[0], net.act(next_feat)[0]], 1)  # (B, 2, h, A)
                 policy = policy.repeat_interleave(n, 1)
                 policy = (policy + torch.randn_like(policy) * cfg.cql_sample_noise).clamp(-1, 1)
@@ -538,57 +558,71 @@ class CORFT:
         return metrics
 
     # ------------------------------------------------------------------ training driver
-    def samplers(self, data: TrajectoryStore | StoreView) -> tuple[WindowSampler, ChunkedTDSampler]:
-        """Stage-1 and stage-2 samplers over ``data`` (seeded from config.seed, separate streams)."""
-        view = data if isinstance(data, StoreView) else data.view()
+    def il_sampler(self, data: TrajectoryStore | StoreView) -> WindowSampler:
+        """Stage-1 windows over ``data`` (seeded from config.seed)."""
+        view, common = self._windows(data)
+        return WindowSampler(view, **common, seed=self.config.seed)
+
+    def rl_sampler(self, data: TrajectoryStore | StoreView) -> ChunkedTDSampler:
+        """Stage-2 windows with rewards, Monte-Carlo returns and bootstrap histories (a stream of its own)."""
+        view, common = self._windows(data)
         cfg, store = self.config, view.store
-        longest = int(store.episodes["length"][view.episode_indices].max())
+        rewards = step_rewards(store, cfg.reward)
+        return ChunkedTDSampler(
+            WindowSampler(view, **common, seed=cfg.seed + 1),
+            rewards,
+            mc_returns(rewards, store.episodes, cfg.gamma),
+            prefix=cfg.critic_loss == "prefix",
+        )
+
+    def _windows(self, data: TrajectoryStore | StoreView) -> tuple[StoreView, dict[str, Any]]:
+        view = data if isinstance(data, StoreView) else data.view()
+        cfg = self.config
+        longest = int(view.store.episodes["length"][view.episode_indices].max())
         if cfg.horizon > longest:
             raise ValueError(
                 f"horizon={cfg.horizon} is longer than every episode (the longest has {longest} steps): "
                 "no window would hold a whole chunk"
             )
         keys = [*cfg.state_keys, *cfg.image_keys]
-        common = {
-            "n_obs": cfg.n_obs,
-            "horizon": cfg.horizon,
-            "gamma": cfg.gamma,
-            "obs_keys": keys,
-            "reward_key": None,
-        }
-        rewards = step_rewards(store, cfg.reward)
-        rl = ChunkedTDSampler(
-            WindowSampler(view, **common, seed=cfg.seed + 1),
-            rewards,
-            mc_returns(rewards, store.episodes, cfg.gamma),
-            prefix=cfg.critic_loss == "prefix",
-        )
-        return WindowSampler(view, **common, seed=cfg.seed), rl
+        return view, {"n_obs": cfg.n_obs, "horizon": cfg.horizon, "gamma": cfg.gamma, "obs_keys": keys,
+                      "reward_key": None}  # fmt: skip
 
     def fit(
         self,
         data: TrajectoryStore | StoreView,
         run_dir: str | Path,
         il_loop: LoopConfig | None,
-        rl_loop: LoopConfig,
+        rl_loop: LoopConfig | None,
         *,
         resume: bool = False,
         progress: bool = True,
     ) -> dict[str, Path]:
-        """Stage 1 into ``run_dir/il`` (skipped when ``il_loop`` is None), stage 2 into ``run_dir/rl``,
-        both through :func:`robocl.train.fit`. Returns the checkpoint paths {"il": ..., "rl": ...}."""
+        """Stage 1 into ``run_dir/il`` (skipped when ``il_loop`` is None), stage 2 into ``run_dir/rl``
+        (skipped when ``rl_loop`` is None), both through :func:`robocl.train.fit`. Returns the checkpoint
+        paths of the stages run, {"il": ..., "rl": ...}."""
+        if il_loop is None and rl_loop is None:
+            raise ValueError("nothing to train: give stage 1 or stage 2 some updates")
         run_dir = Path(run_dir)
-        il_sampler, rl_sampler = self.samplers(data)
         paths = {}
         rl_last = run_dir / "rl" / "checkpoints" / "last"
         if il_loop is not None and not (resume and rl_last.exists()):
             il_resume = resume and (run_dir / "il" / "checkpoints" / "last").exists()
-            fit(self, il_sampler, il_loop, run_dir / "il", resume=il_resume, progress=progress)
+            fit(self, self.il_sampler(data), il_loop, run_dir / "il", resume=il_resume, progress=progress)
         if il_loop is not None:
             paths["il"] = run_dir / "il" / "checkpoints" / "last"
+        if rl_loop is None:
+            return paths
         if self.stage == "il":
             self.start_rl()
-        fit(self, rl_sampler, rl_loop, run_dir / "rl", resume=resume and rl_last.exists(), progress=progress)
+        fit(
+            self,
+            self.rl_sampler(data),
+            rl_loop,
+            run_dir / "rl",
+            resume=resume and rl_last.exists(),
+            progress=progress,
+        )
         return {**paths, "rl": rl_last}
 
     # ------------------------------------------------------------------ checkpoints
@@ -652,7 +686,7 @@ def train_co_rft(
     run_dir: str | Path,
     *,
     il_loop: LoopConfig | None,
-    rl_loop: LoopConfig,
+    rl_loop: LoopConfig | None,
     init: str | Path | None = None,
     resume: bool = False,
     tags: Sequence[str] = (),
@@ -661,7 +695,8 @@ def train_co_rft(
 ) -> dict[str, Path]:
     """Both stages on the store at ``data`` (episodes with all ``tags``); returns the checkpoint paths."""
     with TrajectoryStore.open(data, "r") as store:
-        algo = CORFT.from_store(config, store, device=rl_loop.device, language=language)
+        device = (rl_loop or il_loop or LoopConfig()).device
+        algo = CORFT.from_store(config, store, device=device, language=language)
         if init is not None and not resume:
             algo.init_backbone(init)
         view = store.view(tags=list(tags)) if tags else store.view()

@@ -25,9 +25,9 @@ from torch import nn
 from robocl.nets.vision import ConvEncoder
 
 
-def _encoder(d_model: int, n_layers: int, n_heads: int) -> nn.TransformerEncoder:
+def _encoder(d_model: int, n_layers: int, n_heads: int, dropout: float = 0.0) -> nn.TransformerEncoder:
     layer = nn.TransformerEncoderLayer(
-        d_model, n_heads, 4 * d_model, dropout=0.0, batch_first=True, norm_first=True
+        d_model, n_heads, 4 * d_model, dropout=dropout, batch_first=True, norm_first=True
     )
     return nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
 
@@ -80,10 +80,17 @@ class TokenTrunk(nn.Module):
         n_heads: int,
         vision_channels: Sequence[int],
         aug_shift: int,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.camera_keys = list(camera_keys)
-        self.lowdim = nn.Linear(lowdim_dim, d_model) if lowdim_dim else None
+        # An MLP projector per low-dim token (as Octo/RDT tokenise proprioception): one linear map leaves the
+        # state's nonlinear features to the attention layers, which learn them slowly from few demos.
+        self.lowdim = (
+            nn.Sequential(nn.Linear(lowdim_dim, d_model), nn.GELU(), nn.Linear(d_model, d_model))
+            if lowdim_dim
+            else None
+        )
         # ModuleDict keys cannot contain dots, and store feature names do.
         self.cameras = nn.ModuleDict(
             {k.replace(".", "__"): ConvEncoder(d_model, vision_channels, aug_shift) for k in self.camera_keys}
@@ -95,7 +102,7 @@ class TokenTrunk(nn.Module):
         self.time_emb = nn.Parameter(torch.randn(n_obs, 1, d_model) * 0.02)  # broadcast over token types
         self.type_emb = nn.Parameter(torch.randn(n_types, d_model) * 0.02)
         self.readout = nn.Parameter(torch.randn(1, 1, d_model) * 0.02)
-        self.encoder = _encoder(d_model, n_layers, n_heads)
+        self.encoder = _encoder(d_model, n_layers, n_heads, dropout)
         self.norm = nn.LayerNorm(d_model)
         self.out_dim = d_model
 
@@ -122,8 +129,8 @@ class TokenTrunk(nn.Module):
 class ChunkCritic(nn.Module):
     """Q^(j)(o, a_{1..j}) for j = 1..h from a context feature (B, feat_dim) and a chunk (B, h, A).
 
-    Steps past the episode end (``is_pad``) are replaced by a learned mask token, so the critic never reads
-    the repeated actions the sampler pads chunks with as if they had been executed.
+    Padded steps past an episode's end need no masking: under the causal mask Q^(j) reads a_1..a_j only,
+    and CO-RFT uses Q^(j) only for prefixes inside the episode.
     """
 
     def __init__(
@@ -132,7 +139,6 @@ class ChunkCritic(nn.Module):
         super().__init__()
         self.context = nn.Linear(feat_dim, d_model)
         self.action = nn.Linear(action_dim, d_model)
-        self.pad_token = nn.Parameter(torch.randn(d_model) * 0.02)
         self.pos_emb = nn.Parameter(torch.randn(horizon + 1, d_model) * 0.02)
         self.encoder = _encoder(d_model, n_layers, n_heads)
         self.head = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, 1))
@@ -142,19 +148,15 @@ class ChunkCritic(nn.Module):
             persistent=False,
         )
 
-    def _tokens(self, feat: torch.Tensor, chunk: torch.Tensor, is_pad: torch.Tensor | None) -> torch.Tensor:
-        act = self.action(chunk)  # (B, h, d)
-        if is_pad is not None:
-            act = torch.where(is_pad.unsqueeze(-1), self.pad_token, act)
-        return torch.cat([self.context(feat).unsqueeze(1), act], dim=1) + self.pos_emb  # (B, h+1, d)
+    def _tokens(self, feat: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
+        tokens = torch.cat([self.context(feat).unsqueeze(1), self.action(chunk)], dim=1)
+        return tokens + self.pos_emb  # (B, h+1, d)
 
-    def forward(
-        self, feat: torch.Tensor, chunk: torch.Tensor, is_pad: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        out = encoder_forward(self.encoder, self._tokens(feat, chunk, is_pad), self.causal_mask)
+    def forward(self, feat: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
+        out = encoder_forward(self.encoder, self._tokens(feat, chunk), self.causal_mask)
         return self.head(out[:, 1:]).squeeze(-1)  # (B, h): position j holds Q^(j)
 
     def q_chunk(self, feat: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
         """(B,) Q^(h) of whole (unpadded) chunks: ``forward(feat, chunk)[:, -1]`` at about 60% of the cost."""
-        out = encoder_forward(self.encoder, self._tokens(feat, chunk, None), self.causal_mask, last_only=True)
+        out = encoder_forward(self.encoder, self._tokens(feat, chunk), self.causal_mask, last_only=True)
         return self.head(out[:, 0]).squeeze(-1)

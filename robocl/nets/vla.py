@@ -37,6 +37,7 @@ class VLAConfig(Protocol):
     n_heads: int
     vision_channels: tuple[int, ...]
     aug_shift: int
+    dropout: float
     gripper: bool
 
 
@@ -68,6 +69,7 @@ class VLAPolicyNet(nn.Module):
             n_heads=config.n_heads,
             vision_channels=config.vision_channels,
             aug_shift=config.aug_shift,
+            dropout=config.dropout,
         )
         self.head = MLP(config.d_model, (config.d_model,), config.horizon * spec.action_dim)
         # One frozen embedding per store task, so training and known instructions need no language model.

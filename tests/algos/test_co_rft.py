@@ -85,7 +85,7 @@ def test_chunked_targets_equal_brute_force(tmp_path, h):
         ),
         store,
     )
-    _, rl = algo.samplers(store)
+    rl = algo.rl_sampler(store)
     batch = rl.extend(rl.sampler.get_batch(np.arange(len(rl.sampler))))
     value = torch.as_tensor(batch["prefix_obs"]["observation.state"][:, :, -1, 0])  # V(o_{t+j}) = o_{t+j}
     y, mask = chunked_targets(
@@ -127,7 +127,7 @@ def test_chunked_targets_equal_brute_force(tmp_path, h):
 def test_prefix_histories_dedup_to_equal_rows(tmp_path):
     store = hand_store(tmp_path)
     cfg = CORFTConfig(state_keys=("observation.state",), horizon=3, n_obs=2, gripper=False, **TINY)
-    _, rl = CORFT.from_store(cfg, store).samplers(store)
+    rl = CORFT.from_store(cfg, store).rl_sampler(store)
     batch = rl.extend(rl.sampler.get_batch(np.arange(len(rl.sampler))))
     flat = batch["prefix_obs"]["observation.state"].reshape(-1, 2, 1)  # (B*h, n_obs, 1)
     unique, inverse = batch["prefix_unique"], batch["prefix_inverse"]
@@ -141,13 +141,34 @@ def test_critic_forward_matches_torch_encoder():
     torch.manual_seed(0)
     critic = ChunkCritic(8, 3, 4, d_model=16, n_layers=2, n_heads=2)
     feat, chunk = torch.randn(5, 8), torch.rand(5, 4, 3) * 2 - 1
-    is_pad = torch.tensor([[False] * 4, [False, False, True, True]] * 2 + [[False] * 4])
-    q = critic(feat, chunk, is_pad)
-    act = torch.where(is_pad.unsqueeze(-1), critic.pad_token, critic.action(chunk))
-    tokens = torch.cat([critic.context(feat).unsqueeze(1), act], 1) + critic.pos_emb
+    q = critic(feat, chunk)
+    tokens = torch.cat([critic.context(feat).unsqueeze(1), critic.action(chunk)], 1) + critic.pos_emb
     out = critic.encoder(tokens, mask=critic.causal_mask)  # torch's own layers, same parameters
     torch.testing.assert_close(q, critic.head(out[:, 1:]).squeeze(-1), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(critic.q_chunk(feat, chunk), critic(feat, chunk)[:, -1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "transformer"])
+def test_critics_are_causal_over_the_chunk(kind):
+    from robocl.nets.critic import PrefixMLPCritic
+    from robocl.nets.transformer import ChunkCritic
+
+    torch.manual_seed(0)
+    if kind == "mlp":
+        critic = PrefixMLPCritic(8, 3, 4, (16, 16))
+    else:
+        critic = ChunkCritic(8, 3, 4, d_model=16, n_layers=2, n_heads=2)
+    feat, chunk = torch.randn(5, 8), torch.rand(5, 4, 3) * 2 - 1
+    q = critic(feat, chunk)
+    later = chunk.clone()
+    later[:, 2:] = torch.rand(5, 2, 3) * 2 - 1  # change a_3, a_4 only
+    q_later = critic(feat, later)
+    torch.testing.assert_close(q_later[:, :2], q[:, :2])  # Q^(1), Q^(2) do not see a_3, a_4
+    assert not torch.allclose(q_later[:, 2:], q[:, 2:])
+    torch.testing.assert_close(critic.q_chunk(feat, chunk), q[:, -1], rtol=1e-5, atol=1e-5)
+    if kind == "mlp":  # Q^(j) is an ordinary MLP on [feat, a_1..a_j]: check prefix 2 against one by hand
+        first = critic.context(feat) + (chunk[:, :2, :, None] * critic.action_weight[:2]).sum((1, 2))
+        torch.testing.assert_close(q[:, 1], critic.mlp(first + critic.prefix_emb[1]).squeeze(-1))
 
 
 def test_rewards_and_mc_returns_from_success_flags(tmp_path):
@@ -176,11 +197,11 @@ def test_bad_data_gives_clear_errors(tmp_path):
     cfg = {"state_keys": ("observation.state",), "gripper": False, **TINY}
     algo = CORFT.from_store(CORFTConfig(horizon=2, **cfg), store)
     with pytest.raises(ValueError, match=r"cannot derive rewards.*no per-step 'success' flags"):
-        algo.samplers(store)
+        algo.rl_sampler(store)
     with pytest.raises(ValueError, match="reward='store' but the store has no 'reward' feature"):
-        CORFT.from_store(CORFTConfig(horizon=2, reward="store", **cfg), store).samplers(store)
+        CORFT.from_store(CORFTConfig(horizon=2, reward="store", **cfg), store).rl_sampler(store)
     with pytest.raises(ValueError, match=r"horizon=5 is longer than every episode .the longest has 4"):
-        CORFT.from_store(CORFTConfig(horizon=5, **cfg), store).samplers(store)
+        CORFT.from_store(CORFTConfig(horizon=5, **cfg), store).rl_sampler(store)
     with pytest.raises(ValueError, match=r"'observation\.object' is not a feature"):
         CORFT.from_store(CORFTConfig(horizon=2, **{**cfg, "state_keys": ("observation.object",)}), store)
     with pytest.raises(ValueError, match=r"conservative=.sac. must be one of"):
@@ -284,7 +305,7 @@ def test_critic_ranks_faster_chunks_higher_on_a_chain(tmp_path):
         **{**TINY, "d_model": 32},
     )
     algo = CORFT.from_store(cfg, store)
-    _, rl = algo.samplers(store)
+    rl = algo.rl_sampler(store)
     algo.start_rl()
     for _ in range(250):
         algo.update(to_torch(rl.sample(32), "cpu"))
@@ -326,9 +347,8 @@ def test_state_only_end_to_end_pick_place(pick_place_store, tmp_path):
     )
     assert set(paths) == {"il", "rl"} and (tmp_path / "run" / "rl" / "tb").is_dir()
     assert load_checkpoint(paths["il"]).spec["extra"]["stage"] == "il"
-    assert (
-        load_checkpoint(paths["rl"]).step == 10 and "critic.0.pos_emb" in load_checkpoint(paths["rl"]).tensors
-    )
+    rl = load_checkpoint(paths["rl"])
+    assert rl.step == 10 and "critic.0.prefix_emb" in rl.tensors
 
     env = gym.make("robocl/PickPlace-v0")
     obs, _ = env.reset(seed=123)
@@ -361,6 +381,38 @@ def test_state_only_end_to_end_pick_place(pick_place_store, tmp_path):
         if terminated:
             break
     env.close()
+
+
+def test_cli_pretrain_then_fine_tune_and_evaluate_both_stages(pick_place_store, tmp_path, capsys):
+    from robocl.cli import main
+
+    data = pick_place_store.location
+    tiny = ["--d-model", "16", "--n-layers", "1", "--n-heads", "2", "--language-model", "none"]
+    tiny += ["--horizon", "5", "--batch-size", "16", "--checkpoint-every", "100"]
+    assert main(["train", "vla-pretrain", "--data", data, "--run-dir", str(tmp_path / "pre"),
+                 "--il-updates", "3", *tiny]) == 0  # fmt: skip
+    generalist = tmp_path / "pre" / "il" / "checkpoints" / "last"
+    assert "fine-tune from it: robocl train co-rft --init" in capsys.readouterr().out
+    assert not (tmp_path / "pre" / "rl").exists()  # pretraining is stage 1 only
+
+    # --init copies the pretrained trunk; --il-updates 0 keeps it as is, so the RL stage starts from it.
+    args = ["--data", data, "--init", str(generalist), "--il-updates", "0", "--rl-updates", "2"]
+    assert (
+        main(["train", "co-rft", "--run-dir", str(tmp_path / "ft"), *args, "--eval-episodes", "1", *tiny])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "[rl]" in out and "[seen]" in out and "[unseen]" in out  # robocl eval of the stage it trained
+    pretrained = load_checkpoint(generalist).tensors
+    tuned = load_checkpoint(tmp_path / "ft" / "rl" / "checkpoints" / "last").tensors
+    key = next(k for k in pretrained if k.startswith("policy.trunk.lowdim"))
+    assert pretrained[key].shape == tuned[key].shape
+
+    # IL only (--rl-updates 0) writes the IL checkpoint and evaluates it.
+    args = ["--data", data, "--il-updates", "2", "--rl-updates", "0", "--eval-episodes", "1"]
+    assert main(["train", "co-rft", "--run-dir", str(tmp_path / "il"), *args, *tiny]) == 0
+    out = capsys.readouterr().out
+    assert "[il]" in out and "[rl]" not in out and not (tmp_path / "il" / "rl").exists()
 
 
 def image_store(tmp_path) -> TrajectoryStore:
@@ -410,7 +462,7 @@ def test_image_language_policy_trains(tmp_path):
     )
     algo = CORFT.from_store(cfg, store, language=enc)
     torch.testing.assert_close(algo.policy_net.task_embeddings, enc.encode(store.tasks))
-    il, rl = algo.samplers(store)
+    il, rl = algo.il_sampler(store), algo.rl_sampler(store)
     before = algo.policy_net.trunk.cameras["observation__images__front"].conv[0].weight.clone()
     il_losses = [algo.update(to_torch(il.sample(8), "cpu"))["loss"] for _ in range(3)]
     assert not torch.equal(before, algo.policy_net.trunk.cameras["observation__images__front"].conv[0].weight)
@@ -467,7 +519,7 @@ def test_resume_through_shared_fit_matches_losses(tmp_path):
     def rl_algo():
         algo = CORFT.from_store(cfg, store)
         algo.start_rl()
-        return algo, algo.samplers(store)[1]
+        return algo, algo.rl_sampler(store)
 
     loop = {"batch_size": 16, "log_every": 1, "checkpoint_every": 3}
     algo, sampler = rl_algo()

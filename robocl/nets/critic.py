@@ -1,0 +1,48 @@
+"""A causal multi-horizon critic over action chunks built from MLPs (the default of CO-RFT's stage 2).
+
+Q^(j)(o, a_1..a_j) for every prefix j = 1..h in one pass. The first layer of an ordinary Q(s, a) MLP on the
+concatenation [feat, a_1, ..., a_j] is ``W_f feat + sum_{k<=j} W_k a_k``: so the per-step terms ``W_k a_k``
+are computed once, a cumulative sum over k gives every prefix's first-layer pre-activation, and the rest of
+the MLP is shared by the prefixes (with a learned embedding of j, since a short prefix is not a long one with
+zero actions). Output j therefore depends on a_1..a_j only, as in the transformer critic
+(:class:`robocl.nets.transformer.ChunkCritic`), at about a fifth of its arithmetic. LayerNorm after each
+hidden layer, as offline-to-online critics use it against over-estimation (Ball et al., RLPD, 2023).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class PrefixMLPCritic(nn.Module):
+    """(B, feat_dim) context + (B, h, A) chunk -> (B, h) Q^(j); ``q_chunk``: (B,) Q^(h) alone."""
+
+    def __init__(self, feat_dim: int, action_dim: int, horizon: int, hidden: Sequence[int] = (256, 256)):
+        super().__init__()
+        width = hidden[0]
+        self.context = nn.Linear(feat_dim, width)
+        bound = 1 / math.sqrt(feat_dim + horizon * action_dim)  # nn.Linear's init for the full concatenation
+        self.action_weight = nn.Parameter(torch.empty(horizon, action_dim, width).uniform_(-bound, bound))
+        self.prefix_emb = nn.Parameter(torch.zeros(horizon, width))
+        layers: list[nn.Module] = [nn.LayerNorm(width), nn.ReLU()]
+        for a, b in itertools.pairwise(hidden):
+            layers += [nn.Linear(a, b), nn.LayerNorm(b), nn.ReLU()]
+        layers.append(nn.Linear(hidden[-1], 1))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, feat: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
+        per_step = torch.einsum("bka,kaw->bkw", chunk, self.action_weight)  # (B, h, W): W_k a_k
+        first = self.context(feat).unsqueeze(1) + per_step.cumsum(1) + self.prefix_emb
+        return self.mlp(first).squeeze(-1)
+
+    def q_chunk(self, feat: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
+        """(B,) Q^(h) of whole chunks: ``forward(feat, chunk)[:, -1]`` without the other prefixes."""
+        first = (
+            self.context(feat) + torch.einsum("bka,kaw->bw", chunk, self.action_weight) + self.prefix_emb[-1]
+        )
+        return self.mlp(first).squeeze(-1)
