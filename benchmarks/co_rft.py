@@ -3,7 +3,7 @@
     python -m benchmarks.co_rft                                   # small budget, a few minutes on a CPU
     python -m benchmarks.co_rft --demos 30,60 --seeds 0,1,2 --il-updates 5000 --rl-updates 2000 --episodes 50
 
-For each demo count (scripted demos with noise 0.1, collection seed 0) and each seed, four policies:
+For each demo count (scripted mixed-quality demos, collection seed 0) and each seed, four policies:
 
 - ``il``: stage 1 only, ``--il-updates`` BC steps;
 - ``il+extra``: the same policy trained ``--rl-updates`` more BC steps (equal gradient steps to CO-RFT);
@@ -36,6 +36,12 @@ from robocl.train import to_torch
 
 ENV = "robocl/PickPlace-v0"
 METHODS = ("il", "il+extra", "co-rft", "co-rft h=1")
+# Scripted demos: "mixed" as datasets/pick_place_50_mixed.toml (a less practised teleoperator: noise, pauses,
+# detours; the data where a -1/step critic has faster chunks to prefer), "noisy" as pick_place_50_noisy.
+QUALITY = {
+    "mixed": {"noise": 0.2, "hesitation": 0.05, "detour": 0.3},
+    "noisy": {"noise": 0.1},
+}
 
 
 def _train(algo: CORFT, sampler: Any, n_updates: int, batch_size: int, times: list[float]) -> None:
@@ -74,6 +80,7 @@ def main() -> None:
     parser.add_argument("--il-updates", type=int, default=300, help="stage-1 BC updates")
     parser.add_argument("--rl-updates", type=int, default=30, help="stage-2 updates (and extra BC steps)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--quality", choices=sorted(QUALITY), default="mixed", help="demo quality")
     parser.add_argument("--cql-n-samples", type=int, default=CORFTConfig.cql_n_samples)
     parser.add_argument(
         "--episodes", type=int, default=10, help="evaluation episodes per seed and position set"
@@ -93,7 +100,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for n_demos in demos:
             path = Path(tmp) / f"pp{n_demos}.zarr"
-            collect(ENV, n_demos, path, noise=0.1, seed=0, progress=False)
+            collect(ENV, n_demos, path, seed=0, progress=False, **QUALITY[args.quality])
             store = TrajectoryStore.open(path)
             demo_success = float(store.episodes["success"].mean())
             for seed in seeds:
@@ -158,7 +165,7 @@ def main() -> None:
         "env_id": ENV,
         "budget": {
             "demos": demos,
-            "noise": 0.1,
+            "quality": {args.quality: QUALITY[args.quality]},
             "il_updates": args.il_updates,
             "rl_updates": args.rl_updates,
             "batch_size": args.batch_size,

@@ -14,9 +14,11 @@ Choices where the paper is silent ([R] in the notes: the closest related work's 
 - chunked TD target per prefix (T-SAC's multi-horizon critic) with Q-chunking's in-chunk discounted sum;
   ``critic_loss="full"`` trains only the last valid prefix instead (the Q-chunking backup);
 - twin critics, TD3 min over both in the target, Polyak tau 0.005 after every critic step (TD3/QC);
-- Cal-QL conservative term (alpha 5, temperature 1) on Q^(h) (Nakamoto et al.);
-- TD3+BC actor (alpha_bc 2.5, delay 2, target noise 0.2 clipped at 0.5; Fujimoto & Gu), BC term = the
-  stage-1 loss: Huber on the arm channels + 0.01 x BCE on the gripper channel (RoboVLMs);
+- Cal-QL conservative term (temperature 1) on Q^(h) (Nakamoto et al.), weight 1.0 rather than Cal-QL's 5
+  (measured; see the config);
+- TD3+BC actor (delay 2, target noise 0.2 clipped at 0.5; Fujimoto & Gu; alpha_bc rescaled to this BC
+  term, see the config), BC term = the stage-1 loss: Huber on the arm channels + 0.01 x BCE on the gripper
+  channel (RoboVLMs);
 - reward -1 per step until success, 0 at the success step (Q-chunking's robomimic convention).
 
 Deviations and why:
@@ -28,11 +30,11 @@ Deviations and why:
 - CQL samples are not importance-weighted by default: the deterministic actor has no log-density (the
   notes' [N] choice), and weighting only the uniform samples by h*d*log 2 (35 for h=10, d=5) would let
   them swamp the policy samples, which are the ones Cal-QL calibrates. ``cql_importance_sample`` restores it.
-- 3 CQL samples per kind, not Cal-QL's 10: the chunk critic evaluates every sample as an h+1-token
-  sequence, so the term dominates an update's cost, and 3 gave as good a critic gradient (see the
-  config comment); ``cql_n_samples=10`` restores Cal-QL's count.
-- In stage 2 the trunk learns through the critic loss only and the actor reads it detached (DrQ-v2's
-  convention), so one optimiser owns each parameter; ``rl_train_backbone=False`` freezes it.
+- 3 CQL samples per kind, not Cal-QL's 10: the term dominates an update's cost, and 3 gave as good a
+  critic gradient (see the config comment); ``cql_n_samples=10`` restores Cal-QL's count.
+- The trunk is frozen in stage 2 by default (see the config). With ``rl_train_backbone=True`` it learns
+  through the critic loss only and the actor reads it detached (DrQ-v2's convention), so one optimiser
+  owns each parameter.
 - For an episode that did not terminate, V_MC adds r_last / (1 - gamma) for the steps after the cut
   (Cal-QL's value for failed episodes with a constant reward).
 """
@@ -84,7 +86,10 @@ class CORFTConfig:
     huber_delta: float = 1.0  # Huber threshold on normalised arm actions (torch's default)
     il_lr: float = 3e-4  # stage-1 AdamW lr, also the trunk's in stage 2 (RoboVLMs' 2e-5 is for a VLM)
     weight_decay: float = 0.0  # AdamW decoupled weight decay (RoboVLMs: 0)
-    max_grad_norm: float = 1.0  # gradient clipping, every optimiser (RoboVLMs: 1.0)
+    max_grad_norm: float = 1.0  # stage-1 gradient clipping (RoboVLMs: 1.0)
+    # Stage-2 clipping, against spikes only: TD3/Cal-QL do not clip, and clipping the critic at 1.0 left its
+    # TD error growing (critic gradient norms are 10-200 while it fits -1/step returns).
+    rl_max_grad_norm: float = 100.0
     gamma: float = 0.99  # per-step discount (QC, Cal-QL, TD3+BC)
     reward: Literal["step_penalty", "sparse", "store"] = "step_penalty"  # -1/step until success | +1 | stored
     critic_loss: Literal["prefix", "full"] = "prefix"  # TD target for every prefix j, or only the whole chunk
@@ -96,9 +101,14 @@ class CORFTConfig:
     critic_lr: float = 3e-4  # critic Adam lr (QC, TD3+BC)
     actor_lr: float = 3e-4  # action-head Adam lr in stage 2 (TD3+BC)
     tau: float = 0.005  # Polyak rate of the target networks, per critic step
-    rl_train_backbone: bool = True  # stage 2 trains the trunk (through the critic) or freezes it
+    # Stage 2 trains the trunk (through the critic) or freezes it (the notes: "frozen or at the IL lr").
+    # Frozen: the policy keeps the features it imitated with, and one no-grad trunk pass serves the critic,
+    # the targets and the CQL samples (93 vs 212 ms per update measured, batch 64).
+    rl_train_backbone: bool = False
     conservative: Literal["calql", "cql", "none"] = "calql"  # conservative term on Q^(h)
-    cql_alpha: float = 5.0  # weight of the conservative term (Cal-QL)
+    # Weight of the conservative term. Cal-QL's 5.0 over h x A = 50-d chunks pushed the logged chunks' Q up
+    # without bound (TD error 19 -> 114 over 1k updates, pick-place, 60 mixed demos); 1.0 kept it at 3-6.
+    cql_alpha: float = 1.0
     # Chunks per kind (uniform, policy at o, policy at o'). Cal-QL uses 10; 3 measured as good: on pick-place
     # (20 demos, h=10) one draw's critic gradient has cosine 0.95 with a 3x40-sample mean, as at n=10
     # (0.95) and above n=1-2 (0.92-0.93), at 40% of n=10's update time (the term is ~90% of it).
@@ -106,7 +116,10 @@ class CORFTConfig:
     cql_temperature: float = 1.0  # logsumexp temperature
     cql_sample_noise: float = 0.2  # std of the Gaussian added to policy chunks sampled for the CQL term
     cql_importance_sample: bool = False  # subtract the uniform log-density h*d*log(0.5) (see deviations)
-    alpha_bc: float = 2.5  # TD3+BC: lambda = alpha_bc / mean|Q|
+    # TD3+BC: lambda = alpha_bc / mean|Q|. TD3+BC's 2.5 assumes an MSE over one d-dim action; this BC term
+    # averages a Huber over h x A chunk entries, ~17x smaller gradients per entry, and 2.5 (or 1.0) drove
+    # the policy off the demos (0-13% success from 27%); 0.05 was the best of the pilots (see the README).
+    alpha_bc: float = 0.05
     policy_delay: int = 2  # critic steps per actor step (TD3)
     target_noise: float = 0.2  # target policy smoothing std, normalised actions (TD3)
     target_noise_clip: float = 0.5  # clip of that noise (TD3)
@@ -543,7 +556,7 @@ class CORFT:
             metrics.update(conservative=cons.item(), q_policy=q_s[0, :, n : 2 * n].mean().item())
         params = [p for g in self.critic_opt.param_groups for p in g["params"]]
         metrics["critic_grad_norm"] = guarded_step(
-            loss, self.critic_opt, params, max_grad_norm=cfg.max_grad_norm
+            loss, self.critic_opt, params, max_grad_norm=cfg.rl_max_grad_norm
         )
         soft_update(self.target_critics, self.critics, cfg.tau)
         soft_update(self.target_policy, net, cfg.tau)
@@ -553,7 +566,9 @@ class CORFT:
             q_pi = self.critics[0].q_chunk(feat_a, chunk)
             bc, parts = self._bc(chunk, logit, batch)
             actor_loss, lam = td3_bc_actor_loss(q_pi, bc, cfg.alpha_bc)
-            guarded_step(actor_loss, self.actor_opt, net.head.parameters(), max_grad_norm=cfg.max_grad_norm)
+            guarded_step(
+                actor_loss, self.actor_opt, net.head.parameters(), max_grad_norm=cfg.rl_max_grad_norm
+            )
             metrics.update(actor_loss=actor_loss.item(), bc=bc.item(), lambda_=lam, **parts)
         return metrics
 
