@@ -200,6 +200,8 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/robocl_hypercrl_bench", help="compare: run dirs")
     for key, value in SMALL_BUDGET.items():
         parser.add_argument("--" + key.replace("_", "-"), type=int, default=value)
+    for key in ("hidden", "hnet_hidden"):  # e.g. 200,200: smaller than the family's reference on a CPU
+        parser.add_argument("--" + key.replace("_", "-"), help="widths, comma-separated (default: reference)")
     args = parser.parse_args()
     info = run_info(args.seed)
     if args.part == "latency":
@@ -214,6 +216,9 @@ def main() -> None:
         path = write_result("hypercrl_latency", {**info, **result, "table": table})
     else:
         budget = {k: getattr(args, k) for k in SMALL_BUDGET}
+        for key in ("hidden", "hnet_hidden"):
+            if getattr(args, key):
+                budget[key] = tuple(int(w) for w in getattr(args, key).split(","))
         seeds = [int(x) for x in args.seeds.split(",")]
         result = compare(args.family, seeds, args.methods.split(","), budget, Path(args.out))
         table = result["table"]

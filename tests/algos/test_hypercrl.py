@@ -171,6 +171,24 @@ def test_planner_rollout_equals_predict_next_with_the_normalisation_folded_in(fa
     torch.testing.assert_close(seen[0], torch.stack(expected, 1), rtol=1e-4, atol=1e-4)
 
 
+def test_model_error_is_the_validation_mse_of_the_predicted_change() -> None:
+    algo = HyperCRL(HyperCRLConfig(family="push", n_tasks=1, hidden=(8,), hnet_hidden=(4,)))
+    d = TaskData(algo.state_dim, algo.action_dim)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        s = rng.normal(size=algo.state_dim)
+        d.add(s, rng.normal(size=2), s + rng.normal(size=algo.state_dim), train=i % 2 == 0)
+    algo.data, algo.stats = [d], [d.stats(algo.codec)]
+    algo.learner.start_task(0, algo.data)
+    with torch.no_grad():
+        for head in algo.learner.hnet.heads:  # every generated weight 0: the model predicts no change
+            head.weight.zero_()
+            head.bias.zero_()
+    val = ~d.train
+    expected = float(((d.next_state[val] - d.state[val]) ** 2).mean())
+    assert algo.model_error(0) == pytest.approx(expected, rel=1e-6)
+
+
 def test_cheetah_codec_turns_the_pitch_into_cos_sin_and_predicts_velocity_as_a_value() -> None:
     codec = StateCodec("cheetah", 18)
     state = torch.arange(18.0)
