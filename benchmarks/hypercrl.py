@@ -148,6 +148,11 @@ def compare(
             print(
                 f"{family} seed {seed} {method}: average {metrics['average']:.2f} ({metrics['wall_s']:.0f} s)"
             )
+    return {"family": family, "seeds": seeds, "runs": runs, "table": summary_table(runs, methods)}
+
+
+def summary_table(runs: dict[str, list[dict[str, Any]]], methods: list[str]) -> str:
+    """Per method, mean +- std over seeds of the continual metrics; memory of the first seed's run."""
     table = []
     for method in methods:
         per_seed = []
@@ -169,7 +174,7 @@ def compare(
         mem = runs[method][0]["memory_bytes"]
         table.append(
             [method]
-            + [f"{arr[:, c].mean():.2f} +- {arr[:, c].std():.2f}" for c in range(arr.shape[1])]
+            + [f"{arr[:, c].mean():.3g} +- {arr[:, c].std():.2g}" for c in range(arr.shape[1])]
             + [mem["model"] / 1e6, mem["data"] / 1e6, float(np.mean([m["wall_s"] for m in runs[method]]))]
         )
     headers = [
@@ -184,7 +189,7 @@ def compare(
         "data MB",
         "wall s per seed",
     ]
-    return {"family": family, "seeds": seeds, "runs": runs, "table": markdown_table(headers, table)}
+    return markdown_table(headers, table)
 
 
 def main() -> None:
