@@ -18,6 +18,7 @@ from robocl.algos.hypercrl import HyperCRL, HyperCRLConfig, TaskData, task_loss
 from robocl.checkpoint import load_checkpoint
 from robocl.cli import main
 from robocl.store import TrajectoryStore
+from tests.algos.test_hypercrl import TINY
 
 S, A = 3, 2  # toy state and action sizes: model input S + A, target S (a raw state change)
 Batch = Callable[..., tuple[torch.Tensor, torch.Tensor]]
@@ -362,40 +363,6 @@ def test_single_reinitialises_the_trunk_at_every_task_and_finetune_keeps_it(meth
     assert any(float(trained[n].abs().max()) > b for n, b in bounds.items())
 
 
-TINY = [
-    "--n-tasks",
-    "2",
-    "--hidden",
-    "16,16",
-    "--hnet-hidden",
-    "8,8",
-    "--n-random",
-    "12",
-    "--n-mpc",
-    "4",
-    "--retrain-every",
-    "2",
-    "--grad-steps",
-    "2",
-    "--batch-size",
-    "8",
-    "--horizon",
-    "3",
-    "--n-samples",
-    "16",
-    "--n-elites",
-    "4",
-    "--n-iters",
-    "1",
-    "--eval-every",
-    "10",
-    "--eval-episodes",
-    "1",
-    "--eval-max-steps",
-    "2",
-]
-
-
 @pytest.mark.parametrize(
     ("family", "method"),
     [
@@ -410,7 +377,8 @@ TINY = [
 def test_tiny_continual_run_of_each_family_and_baseline(tmp_path, family: str, method: str) -> None:
     run = tmp_path / "run"
     assert (
-        main(["train", "hypercrl", "--run-dir", str(run), "--family", family, "--method", method, *TINY]) == 0
+        # TINY names --family push; the later flag wins (argparse keeps the last value)
+        main(["train", "hypercrl", "--run-dir", str(run), *TINY, "--family", family, "--method", method]) == 0
     )
     result = json.loads((run / "continual.json").read_text())
     assert result["config"]["family"] == family and result["config"]["method"] == method
