@@ -104,6 +104,12 @@ def _cmd_train_co_rft(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_dir(ckpt: Path, env_id: str, positions: str) -> Path:
+    """Where ``robocl eval`` writes by default: beside the checkpoint, not inside it (a later save replaces
+    the checkpoint folder whole)."""
+    return ckpt.parent / "eval" / f"{ckpt.name}_{env_id.replace('/', '_')}_{positions}"
+
+
 def _evaluate_stages(paths: dict[str, Path], args: argparse.Namespace) -> None:
     """``robocl eval`` of every stage's checkpoint at seen and unseen positions, on the store's env."""
     from robocl.eval.evaluate import evaluate
@@ -118,7 +124,7 @@ def _evaluate_stages(paths: dict[str, Path], args: argparse.Namespace) -> None:
         return
     for stage, path in paths.items():
         for positions in ("seen", "unseen"):
-            out = Path(path).parent / "eval" / f"{Path(path).name}_{env_id.replace('/', '_')}_{positions}"
+            out = _eval_dir(Path(path), env_id, positions)
             result = evaluate(
                 str(path), env_id, n_episodes=args.eval_episodes, out_dir=out, positions=positions
             )
@@ -169,10 +175,7 @@ def _periodic_eval(args: argparse.Namespace) -> Any:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from robocl.eval.evaluate import evaluate
 
-    # Beside the checkpoint, not inside it: a later save replaces the checkpoint folder whole.
-    ckpt = Path(args.policy)
-    default = ckpt.parent / "eval" / f"{ckpt.name}_{args.env.replace('/', '_')}_{args.positions}"
-    out = Path(args.out) if args.out else default
+    out = Path(args.out) if args.out else _eval_dir(Path(args.policy), args.env, args.positions)
     result = evaluate(
         args.policy,
         args.env,
