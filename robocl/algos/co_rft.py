@@ -23,8 +23,10 @@ Choices where the paper is silent ([R] in the notes: the closest related work's 
 
 Deviations and why:
 - The bootstrap for prefix j needs the history at o_{t+j}; the store's sampler gives it for j = h_eff
-  only, so :class:`ChunkedTDSampler` gathers the other h-1 histories through ``WindowSampler.get_batch``
-  (exact targets, at h times the observation reads; ``critic_loss="full"`` avoids that cost).
+  only. With the trunk frozen (the default) every history's feature is computed once and looked up by id;
+  with a trained trunk :class:`ChunkedTDSampler` gathers the other h-1 histories through
+  ``WindowSampler.get_batch`` (exact targets, at h times the observation reads; ``critic_loss="full"``
+  avoids that cost).
 - The TD loss averages over valid (unpadded) prefixes rather than dividing by h, so the per-prefix and the
   full-chunk variants have the same scale.
 - CQL samples are not importance-weighted by default: the deterministic actor has no log-density (the
@@ -192,22 +194,44 @@ def mc_returns(rewards: np.ndarray, table: Mapping[str, np.ndarray], gamma: floa
 
 class ChunkedTDSampler:
     """A :class:`WindowSampler` plus what the chunked critic needs: ``reward`` (B, h) recomputed per
-    ``CORFTConfig.reward``, ``mc_return`` (B,), and with ``prefix=True`` ``prefix_obs[key]`` (B, h, n_obs,
-    ...), the history at o_{t+j} that bootstraps prefix j (entries past the episode end hold next_obs), with
-    ``prefix_unique`` (U,) and ``prefix_inverse`` (B*h,): rows of the flattened prefix_obs that hold distinct
-    histories and, per row, which of them it equals (windows overlap and share the episode's final history,
-    so U is often ~60% of B*h and the target trunk runs on U rows only)."""
+    ``CORFTConfig.reward``, ``mc_return`` (B,) and ``boot_id`` (B, h), the history at o_{t+j} that
+    bootstraps prefix j, as a *history id*: ids below ``len(sampler)`` are windows (the history a window
+    starts from), the next ``n_episodes`` are each episode's final history (every o_{t+j} with t+j >= the
+    episode's length is it).
 
-    def __init__(self, sampler: WindowSampler, rewards: np.ndarray, mc: np.ndarray, *, prefix: bool) -> None:
-        self.sampler, self.rewards, self.mc, self.prefix = sampler, rewards, mc, prefix
+    With ``history_ids=True`` a batch carries no observations, only ``history_id`` (B,) for o_t; the caller
+    encodes all ``n_histories`` once (:meth:`histories` gathers them) and looks features up by id (CO-RFT
+    with a frozen trunk). Otherwise it carries the observations, and with ``prefix=True`` also
+    ``prefix_obs[key]`` (B, h, n_obs, ...), the bootstrap histories themselves, with ``prefix_unique`` (U,)
+    and ``prefix_inverse`` (B*h,): the rows of the flattened prefix_obs that hold distinct histories and, per
+    row, which of them it equals (windows overlap, so U is often ~60% of B*h and the target trunk runs on
+    U rows only)."""
+
+    def __init__(
+        self,
+        sampler: WindowSampler,
+        rewards: np.ndarray,
+        mc: np.ndarray,
+        *,
+        prefix: bool,
+        history_ids: bool = False,
+    ) -> None:
+        self.sampler, self.rewards, self.mc = sampler, rewards, mc
+        self.prefix, self.history_ids = prefix, history_ids
         table, eps = sampler.store.episodes, sampler.view.episode_indices
         self._start, self._length = table["start"], table["length"]
         lengths = self._length[eps]
+        n_windows = len(sampler)
+        self.n_histories = n_windows + len(eps)
         self._first_window = np.full(len(self._start), -1, dtype=np.int64)  # store episode -> its window 0
         self._first_window[eps] = np.cumsum(lengths) - lengths
+        self._final_id = np.full(len(self._start), -1, dtype=np.int64)  # store episode -> final history id
+        self._final_id[eps] = n_windows + np.arange(len(eps))
+        self._last_window = np.cumsum(lengths) - 1  # per view episode: its window whose next_obs is final
 
     def sample(self, batch_size: int) -> dict[str, Any]:
-        return self.extend(self.sampler.sample(batch_size))
+        window_ids = self.sampler.rng.integers(0, len(self.sampler), size=batch_size)
+        return self.extend(self.sampler.get_batch(window_ids, with_obs=not self.history_ids))
 
     def extend(self, batch: dict[str, Any]) -> dict[str, Any]:
         ep, t, h = batch["episode"], batch["t"], self.sampler.horizon
@@ -216,7 +240,13 @@ class ChunkedTDSampler:
         rows = start[:, None] + np.minimum(k, length[:, None] - 1)
         batch["reward"] = np.where(batch["action_is_pad"], 0.0, self.rewards[rows]).astype(np.float32)
         batch["mc_return"] = self.mc[start + t]
-        if self.prefix:
+        boot_t = k + 1  # (B, h) times t+1..t+h
+        batch["boot_id"] = np.where(
+            boot_t >= length[:, None], self._final_id[ep][:, None], self._first_window[ep][:, None] + boot_t
+        )
+        if self.history_ids:
+            batch["history_id"] = self._first_window[ep] + t
+        elif self.prefix:
             ahead = k[:, 1:]  # (B, h-1) times t+1..t+h-1
             ids = self._first_window[ep][:, None] + np.minimum(ahead, length[:, None] - 1)
             gathered = self.sampler.get_batch(ids.reshape(-1))["obs"]
@@ -226,15 +256,25 @@ class ChunkedTDSampler:
                 g = gathered[key].reshape(*ahead.shape, *nxt.shape[1:])  # (B, h-1, n_obs, ...)
                 g[beyond] = np.broadcast_to(nxt[:, None], g.shape)[beyond]
                 batch["prefix_obs"][key] = np.concatenate([g, nxt[:, None]], axis=1)
-            # One id per distinct history: the window at t+j, or -1-episode for the episode's final history
-            # (every o_{t+j} with t+j >= length is it).
-            boot_t = k + 1  # (B, h) times t+1..t+h
-            ids_all = self._first_window[ep][:, None] + boot_t
-            key = np.where(boot_t >= length[:, None], -1 - ep[:, None], ids_all).reshape(-1)
             _, batch["prefix_unique"], batch["prefix_inverse"] = np.unique(
-                key, return_index=True, return_inverse=True
+                batch["boot_id"].reshape(-1), return_index=True, return_inverse=True
             )
         return batch
+
+    def histories(self, history_ids: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Observation histories (n, n_obs, ...) per key and task indices (n,) of the given history ids."""
+        ids = np.asarray(history_ids, dtype=np.int64)
+        n_windows = len(self.sampler)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.n_histories):
+            raise IndexError(f"history ids must lie in [0, {self.n_histories})")
+        final = ids >= n_windows
+        windows = np.where(final, self._last_window[np.maximum(ids - n_windows, 0)], ids)
+        batch = self.sampler.get_batch(windows)
+        obs = {}
+        for key, now in batch["obs"].items():
+            pick = final.reshape(-1, *[1] * (now.ndim - 1))
+            obs[key] = np.where(pick, batch["next_obs"][key], now)
+        return obs, batch["task_index"]
 
     def state_dict(self) -> dict[str, Any]:
         return self.sampler.state_dict()
@@ -366,6 +406,9 @@ class CORFT:
         )
         self.stage, self.step = "il", 0
         self._language: LanguageEncoder | None = None
+        # Stage 2 with a frozen trunk: the sampler whose history ids batches carry, and their features.
+        self._histories: ChunkedTDSampler | None = None
+        self._features: torch.Tensor | None = None
         if stage == "rl":
             self.start_rl()
 
@@ -434,7 +477,7 @@ class CORFT:
         cfg = self.config
         torch.manual_seed(cfg.seed + 1)
         self.critics = nn.ModuleList(self._critic() for _ in range(cfg.n_critics)).to(self.device)
-        self.target_policy = copy.deepcopy(self.policy_net).requires_grad_(False)
+        self.target_policy = copy.deepcopy(self.policy_net).requires_grad_(False).eval()  # no dropout
         self.target_critics = copy.deepcopy(self.critics).requires_grad_(False)
         groups: list[dict[str, Any]] = [{"params": list(self.critics.parameters()), "lr": cfg.critic_lr}]
         if cfg.rl_train_backbone:
@@ -444,6 +487,7 @@ class CORFT:
         self.actor_opt = torch.optim.Adam(self.policy_net.head.parameters(), lr=cfg.actor_lr)
         self.stage, self.step = "rl", 0
         self.spec.extra["stage"] = "rl"
+        self._features = None
 
     def _critic(self) -> nn.Module:
         cfg, a = self.config, self.spec.action_dim
@@ -485,26 +529,10 @@ class CORFT:
         cfg, net = self.config, self.policy_net
         is_pad = batch["action_is_pad"]
         B, h = is_pad.shape
-        lang = net.lang_of(batch)
-        frozen = not cfg.rl_train_backbone
+        per_prefix = cfg.critic_loss == "prefix"
         data_chunk = net.normalizer.normalize("action", batch["action"].float()).clamp(-1, 1)  # (B, h, A)
+        feat, tfeat, next_feat = self._rl_features(batch, per_prefix)
         with torch.no_grad():
-            per_prefix = cfg.critic_loss == "prefix"
-            if per_prefix:  # bootstrap every prefix j from o_{t+j}: the trunk once per distinct history
-                rows = batch["prefix_unique"]  # (U,) of the B*h flattened (window, j) pairs
-                boot = {k: v.flatten(0, 1)[rows] for k, v in batch["prefix_obs"].items()}
-                boot_lang = None if lang is None else lang[rows // h]
-            else:
-                boot, boot_lang = batch["next_obs"], lang
-            if frozen:  # target trunk == online trunk: one pass over the data and the bootstrap histories
-                both = net.features(
-                    {k: torch.cat([batch["obs"][k], boot[k]]) for k in boot},
-                    None if lang is None else torch.cat([lang, boot_lang]),
-                )
-                feat, boot_feat = both[:B], both[B:]
-            else:
-                boot_feat = self.target_policy.features(boot, boot_lang)
-            tfeat = boot_feat[batch["prefix_inverse"]] if per_prefix else boot_feat  # (B*h or B, d)
             tchunk = self.target_policy.act(tfeat)[0]
             noise = (torch.randn_like(tchunk) * cfg.target_noise).clamp(
                 -cfg.target_noise_clip, cfg.target_noise_clip
@@ -515,8 +543,6 @@ class CORFT:
             y, mask = chunked_targets(
                 batch["reward"], is_pad, batch["done"], next_q, cfg.gamma, per_prefix=per_prefix
             )
-        if not frozen:
-            feat = net.features(batch["obs"], lang)
         q = torch.stack([c(feat, data_chunk) for c in self.critics])  # (C, B, h)
         td = critic_td_loss(q, y, mask)
         metrics = {
@@ -528,10 +554,6 @@ class CORFT:
         if cfg.conservative != "none":
             n = cfg.cql_n_samples
             with torch.no_grad():
-                if frozen:  # o_{t+h}'s history is prefix h's bootstrap history
-                    next_feat = tfeat.view(B, h, -1)[:, -1] if per_prefix else tfeat
-                else:
-                    next_feat = net.features(batch["next_obs"], lang)
                 policy = torch.stack([net.act(feat.detach())[0], net.act(next_feat)[0]], 1)  # (B, 2, h, A)
                 policy = policy.repeat_interleave(n, 1)
                 policy = (policy + torch.randn_like(policy) * cfg.cql_sample_noise).clamp(-1, 1)
@@ -572,6 +594,50 @@ class CORFT:
             metrics.update(actor_loss=actor_loss.item(), bc=bc.item(), lambda_=lam, **parts)
         return metrics
 
+    def _rl_features(
+        self, batch: Mapping[str, Any], per_prefix: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Trunk features of o_t (B, d), of the bootstrap histories (B*h, d) or (B, d) with ``per_prefix``
+        off, and of o_{t+h_eff} (B, d) for the CQL samples at the next state. Only the first carries
+        gradients, and only when stage 2 trains the trunk."""
+        h_eff = (~batch["action_is_pad"]).sum(1)
+        rows = torch.arange(len(h_eff), device=self.device)
+        if "history_id" in batch:  # a frozen trunk: features looked up, computed once per history
+            table = self._history_features()
+            boot = batch["boot_id"]  # (B, h)
+            next_feat = table[boot[rows, h_eff - 1]]
+            return table[batch["history_id"]], table[boot.flatten()] if per_prefix else next_feat, next_feat
+        net, lang = self.policy_net, self.policy_net.lang_of(batch)
+        with torch.no_grad():
+            if per_prefix:  # bootstrap every prefix j from o_{t+j}: the trunk once per distinct history
+                unique, h = batch["prefix_unique"], batch["boot_id"].shape[1]
+                boot = {k: v.flatten(0, 1)[unique] for k, v in batch["prefix_obs"].items()}
+                boot_lang = None if lang is None else lang[unique // h]
+                tfeat = self.target_policy.features(boot, boot_lang)[batch["prefix_inverse"]]
+            else:
+                tfeat = self.target_policy.features(batch["next_obs"], lang)
+            next_feat = net.features(batch["next_obs"], lang) if self.config.conservative != "none" else None
+        return net.features(batch["obs"], lang), tfeat, next_feat
+
+    def _history_features(self) -> torch.Tensor:
+        """(n_histories, d) frozen-trunk features of every history of the stage-2 sampler, computed at the
+        first update after the trunk last changed (so a resumed run computes them from the same weights)."""
+        if self._features is None:
+            source = self._histories
+            if source is None:
+                raise RuntimeError("a batch of history ids needs its sampler: draw it from CORFT.rl_sampler")
+            net, chunk = self.policy_net, 1024
+            net.trunk.eval()
+            parts = []
+            with torch.no_grad():
+                for lo in range(0, source.n_histories, chunk):
+                    obs, task = source.histories(np.arange(lo, min(lo + chunk, source.n_histories)))
+                    obs = {k: torch.from_numpy(v).to(self.device) for k, v in obs.items()}
+                    lang = net.lang_of({"task_index": torch.from_numpy(task).to(self.device)})
+                    parts.append(net.features(obs, lang))
+            self._features = torch.cat(parts)
+        return self._features
+
     # ------------------------------------------------------------------ training driver
     def il_sampler(self, data: TrajectoryStore | StoreView) -> WindowSampler:
         """Stage-1 windows over ``data`` (seeded from config.seed)."""
@@ -579,16 +645,25 @@ class CORFT:
         return WindowSampler(view, **common, seed=self.config.seed)
 
     def rl_sampler(self, data: TrajectoryStore | StoreView) -> ChunkedTDSampler:
-        """Stage-2 windows with rewards, Monte-Carlo returns and bootstrap histories (a stream of its own)."""
+        """Stage-2 windows with rewards, Monte-Carlo returns and bootstrap histories (a stream of its own).
+
+        With a frozen trunk (the default) its batches carry history ids instead of observations, and this
+        algorithm encodes every history of ``data`` once, at the first stage-2 update, and looks the
+        features up: a stage-2 update then costs the critic and the head only. The most recent sampler made
+        here is the one whose ids :meth:`update` resolves."""
         view, common = self._windows(data)
         cfg, store = self.config, view.store
         rewards = step_rewards(store, cfg.reward)
-        return ChunkedTDSampler(
+        sampler = ChunkedTDSampler(
             WindowSampler(view, **common, seed=cfg.seed + 1),
             rewards,
             mc_returns(rewards, store.episodes, cfg.gamma),
             prefix=cfg.critic_loss == "prefix",
+            history_ids=not cfg.rl_train_backbone,
         )
+        if sampler.history_ids:
+            self._histories, self._features = sampler, None
+        return sampler
 
     def _windows(self, data: TrajectoryStore | StoreView) -> tuple[StoreView, dict[str, Any]]:
         view = data if isinstance(data, StoreView) else data.view()
@@ -649,6 +724,7 @@ class CORFT:
 
     def load_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
         self.policy_net.load_state_dict(_strip(tensors, "policy."))
+        self._features = None
         if self.stage == "rl":
             self.critics.load_state_dict(_strip(tensors, "critic."))
 

@@ -139,7 +139,9 @@ class WindowSampler:
         self.rng.bit_generator.state = state["rng"]
 
     # ------------------------------------------------------------------ gathering
-    def get_batch(self, window_ids: np.ndarray) -> Batch:
+    def get_batch(self, window_ids: np.ndarray, *, with_obs: bool = True) -> Batch:
+        """The windows ``window_ids``; ``with_obs=False`` leaves ``obs`` and ``next_obs`` empty (no frame
+        reads), for callers that look observations up by window id in a cache of their own."""
         w = np.asarray(window_ids, dtype=np.int64)
         if w.size and (w.min() < 0 or w.max() >= len(self)):
             raise IndexError(f"window ids must lie in [0, {len(self)})")
@@ -165,11 +167,11 @@ class WindowSampler:
         next_rows = np.where(at_end, final_rows[:, None], start[:, None] + np.maximum(next_t, 0))
 
         batch: Batch = {
-            "obs": self._gather_obs(obs_rows),
+            "obs": self._gather_obs(obs_rows) if with_obs else {},
             "obs_is_pad": obs_is_pad,
             "action": self._lowdim[self.action_key][act_rows],
             "action_is_pad": action_is_pad,
-            "next_obs": self._gather_obs(next_rows),
+            "next_obs": self._gather_obs(next_rows) if with_obs else {},
             "next_obs_is_pad": next_is_pad,
             "done": self._ep_terminated[row] & (t + h >= length),
             "discount": (self.gamma**h_eff).astype(np.float32),

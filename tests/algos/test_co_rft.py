@@ -12,6 +12,7 @@ import torch
 import robocl
 from robocl.algos.co_rft import (
     CORFT,
+    ChunkedTDSampler,
     CORFTConfig,
     chunk_bc_loss,
     chunked_targets,
@@ -87,7 +88,8 @@ def test_chunked_targets_equal_brute_force(tmp_path, h):
     )
     rl = algo.rl_sampler(store)
     batch = rl.extend(rl.sampler.get_batch(np.arange(len(rl.sampler))))
-    value = torch.as_tensor(batch["prefix_obs"]["observation.state"][:, :, -1, 0])  # V(o_{t+j}) = o_{t+j}
+    boot_obs = rl.histories(batch["boot_id"].reshape(-1))[0]["observation.state"]  # (B*h, n_obs, 1)
+    value = torch.as_tensor(boot_obs[:, -1, 0].reshape(-1, h))  # V(o_{t+j}) = o_{t+j}
     y, mask = chunked_targets(
         torch.as_tensor(batch["reward"]),
         torch.as_tensor(batch["action_is_pad"]),
@@ -124,15 +126,48 @@ def test_chunked_targets_equal_brute_force(tmp_path, h):
         )
 
 
-def test_prefix_histories_dedup_to_equal_rows(tmp_path):
+def test_prefix_histories_dedup_to_equal_rows_and_match_history_ids(tmp_path):
     store = hand_store(tmp_path)
-    cfg = CORFTConfig(state_keys=("observation.state",), horizon=3, n_obs=2, gripper=False, **TINY)
+    cfg = CORFTConfig(
+        state_keys=("observation.state",), horizon=3, n_obs=2, gripper=False, rl_train_backbone=True, **TINY
+    )
     rl = CORFT.from_store(cfg, store).rl_sampler(store)
+    assert not rl.history_ids  # a trained trunk needs the observations themselves
     batch = rl.extend(rl.sampler.get_batch(np.arange(len(rl.sampler))))
     flat = batch["prefix_obs"]["observation.state"].reshape(-1, 2, 1)  # (B*h, n_obs, 1)
     unique, inverse = batch["prefix_unique"], batch["prefix_inverse"]
     np.testing.assert_array_equal(flat[unique][inverse], flat)
     assert len(np.unique(flat, axis=0)) == len(unique) < len(flat)  # no two kept rows are equal
+    # The history ids that a frozen trunk's batches carry name exactly these histories.
+    np.testing.assert_array_equal(rl.histories(batch["boot_id"].reshape(-1))[0]["observation.state"], flat)
+    np.testing.assert_array_equal(rl.histories(np.arange(len(rl.sampler)))[0]["observation.state"],
+                                  batch["obs"]["observation.state"])  # fmt: skip
+    with pytest.raises(IndexError, match="history ids"):
+        rl.histories(np.array([rl.n_histories]))
+
+
+def test_frozen_trunk_feature_cache_matches_computing_features(tmp_path):
+    """Stage 2 with looked-up features gives the update that running the frozen trunk on every batch gives."""
+    store = hand_store(tmp_path)
+    cfg = CORFTConfig(state_keys=("observation.state",), horizon=3, gripper=False, cql_n_samples=2, **TINY)
+    cached, computed = CORFT.from_store(cfg, store), CORFT.from_store(cfg, store)
+    by_id = cached.rl_sampler(store)
+    assert by_id.history_ids
+    by_obs = ChunkedTDSampler(by_id.sampler, by_id.rewards, by_id.mc, prefix=True)
+    cached.start_rl(), computed.start_rl()
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        windows = rng.integers(0, len(by_id.sampler), 8)
+        id_batch = by_id.extend(by_id.sampler.get_batch(windows, with_obs=False))
+        assert id_batch["obs"] == {} and id_batch["next_obs"] == {}
+        obs_batch = by_obs.extend(by_obs.sampler.get_batch(windows))
+        torch.manual_seed(0)
+        got = cached.update(to_torch(id_batch, "cpu"))
+        torch.manual_seed(0)
+        want = computed.update(to_torch(obs_batch, "cpu"))
+        assert got.keys() == want.keys()
+        for key in want:
+            assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), key
 
 
 def test_critic_forward_matches_torch_encoder():
