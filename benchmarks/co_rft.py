@@ -1,8 +1,8 @@
 """CO-RFT vs imitation from a few noisy, mixed-quality demonstrations; wall time per update IL vs RL.
 
     python -m benchmarks.co_rft                                  # small budget, a few minutes on a CPU
-    python -m benchmarks.co_rft --task push --demos 30,60 --seeds 0,1,2,3,4 --il-updates 3000 \
-        --rl-updates 1000 --batch-size 128 --episodes 50
+    python -m benchmarks.co_rft --task push --demos 30,60 --seeds 0,1,2,3,4 --il-updates 2000 \
+        --rl-updates 1000 --batch-size 256 --episodes 50
 
 For each demo count (scripted mixed-quality demos of ``--task``, collection seed 0) and each seed, six
 policies, the CO-RFT variants starting from the same stage-1 policy:
@@ -15,7 +15,9 @@ policies, the CO-RFT variants starting from the same stage-1 policy:
 
 Each is evaluated on seen and unseen object positions (success with a Wilson 95% interval over the episodes
 of all seeds pooled, cycle time of the successes). The default budget is small and stated in the JSON; its
-success numbers say little beyond "runs end to end". Result: benchmarks/results/co_rft_<task>.json.
+success numbers say little beyond "runs end to end". ``--images`` adds both cameras to the policy (stage 2
+encodes the frames once, so its cost stays the critic's).
+Result: benchmarks/results/co_rft_<task>[_images].json.
 """
 
 from __future__ import annotations
@@ -76,8 +78,13 @@ def _policies(
     """The trained policies of one (store, seed) cell, keyed by METHODS."""
     out = {}
     for horizon in (10, 1):
+        cameras = tuple(k for k, f in store.features.items() if f.is_image)
         cfg = CORFTConfig(
-            horizon=horizon, seed=seed, gripper=task["gripper"], cql_n_samples=args.cql_n_samples
+            image_keys=cameras,
+            horizon=horizon,
+            seed=seed,
+            gripper=task["gripper"],
+            cql_n_samples=args.cql_n_samples,
         )
         algo = CORFT.from_store(cfg, store, language=language)
         il_sampler = algo.il_sampler(store)
@@ -110,6 +117,7 @@ def main() -> None:
     parser.add_argument("--rl-updates", type=int, default=30, help="stage-2 updates (and extra BC steps)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--task", choices=sorted(TASKS), default="pick-place")
+    parser.add_argument("--images", action="store_true", help="the policy also sees both 96x96 cameras")
     parser.add_argument("--cql-n-samples", type=int, default=CORFTConfig.cql_n_samples)
     parser.add_argument(
         "--episodes", type=int, default=10, help="evaluation episodes per seed and position set"
@@ -132,7 +140,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for n_demos in demos:
             path = Path(tmp) / f"pp{n_demos}.zarr"
-            collect(env, n_demos, path, seed=0, progress=False, **task["demos"])
+            collect(env, n_demos, path, seed=0, progress=False, images=args.images, **task["demos"])
             store = TrajectoryStore.open(path)
             table = store.episodes
             demo_stats[n_demos] = {
@@ -204,6 +212,7 @@ def main() -> None:
         "demos_collected": demo_stats,
         "budget": {
             "demos": demos,
+            "images": args.images,
             "il_updates": args.il_updates,
             "rl_updates": args.rl_updates,
             "batch_size": args.batch_size,
@@ -216,7 +225,7 @@ def main() -> None:
         "summary": summary,
         "cells": cells,
     }
-    path = write_result(f"co_rft_{args.task.replace('-', '_')}", payload)
+    path = write_result(f"co_rft_{args.task.replace('-', '_')}{'_images' if args.images else ''}", payload)
     print(markdown_table(["demos", "method", "positions", "success (95% CI)", "cycle time"], rows))
     print()
     print(markdown_table(["phase", "ms / update (median)", "first update ms"],

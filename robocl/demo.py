@@ -1,12 +1,15 @@
-"""``make demo``: the whole robocl story on 2 CPU cores in a few minutes.
+"""``make demo``: the CO-RFT story on 2 CPU cores in a few minutes.
 
 1. collect 50 noisy scripted pick-and-place demonstrations into a trajectory store (datasets/ recipe),
 2. check the store (``robocl info``/``validate``),
-3. train a policy on them by imitation (chunked behaviour cloning on proprioception + object state),
-4. evaluate it at seen and at unseen object positions (success rate, cycle time, Wilson intervals),
-   write a video of the first episode, and print the table.
+3. stage 1: imitation with every parameter trained (the VLA-style policy on proprioception, object state and
+   the instruction through the frozen MiniLM sentence encoder; ``--images`` adds both cameras),
+4. stage 2: chunked offline RL from that policy (Cal-QL chunk critic, TD3+BC actor),
+5. evaluate both stages at seen and at unseen object positions (success rate with Wilson intervals, cycle
+   time of the successes), write a video of each stage's first episode, and print the table.
 
-Everything lands in ``runs/demo`` (``--out``); rerunning reuses the collected demonstrations.
+Everything lands in ``runs/demo`` (``--out``); rerunning reuses the demonstrations and the trained stages.
+The same run from the command line: ``robocl train co-rft --data STORE --run-dir DIR``.
 """
 
 from __future__ import annotations
@@ -27,17 +30,19 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", default="runs/demo", help="folder for the store, run and evaluations")
-    parser.add_argument("--updates", type=int, default=3000, help="imitation gradient updates")
+    parser.add_argument("--il-updates", type=int, default=1500, help="stage-1 imitation updates")
+    parser.add_argument("--rl-updates", type=int, default=500, help="stage-2 chunked offline RL updates")
+    parser.add_argument("--images", action="store_true", help="add both 96x96 cameras (slower on a CPU)")
     parser.add_argument("--eval-episodes", type=int, default=30, help="evaluation episodes per position set")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from robocl.algos.bc import BC, BCConfig
+    from robocl.algos.co_rft import CORFTConfig, train_co_rft
     from robocl.collect import collect, load_recipe
     from robocl.eval.evaluate import evaluate
     from robocl.store import TrajectoryStore
     from robocl.store.validate import validate_store
-    from robocl.train import LoopConfig, fit
+    from robocl.train import LoopConfig
 
     out = Path(args.out)
     store_path = out / "pick_place_50_noisy.zarr"
@@ -46,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (store_path / "zarr.json").exists():
         recipe = load_recipe(RECIPE)
         collect(recipe.pop("env"), recipe.pop("episodes"), store_path, num_envs=2, **recipe)
-    store = TrajectoryStore.open(store_path)
-    info = store.summary()
+    with TrajectoryStore.open(store_path) as store:
+        info = store.summary()
+        cameras = tuple(k for k, f in store.features.items() if f.is_image) if args.images else ()
     print(
         f"   {info['n_episodes']} episodes, {info['n_steps']} steps, "
         f"demo success {info['success_rate']:.0%}, {info['bytes_stored'] / 1e6:.1f} MB; "
@@ -56,42 +62,50 @@ def main(argv: list[str] | None = None) -> int:
     report = validate_store(store_path)
     print(f"   validate: {'OK' if report.ok else report.problems}")
 
-    print(f"== 2. imitation: chunked BC, {args.updates} updates")
-    run_dir = out / f"bc_seed{args.seed}"
-    config = BCConfig(
-        obs_keys=("observation.state", "observation.object"), horizon=10, n_action_steps=5, seed=args.seed
-    )
-    algo = BC.from_store(config, store)
-    sampler = algo.sampler(store)
-    resume = (run_dir / "checkpoints" / "last").exists()
-    fit(
-        algo,
-        sampler,
-        LoopConfig(n_updates=args.updates, batch_size=256, checkpoint_every=1000),
+    run_dir = out / f"co_rft{'_images' if args.images else ''}_seed{args.seed}"
+    print(f"== 2. CO-RFT -> {run_dir}: {args.il_updates} imitation updates, {args.rl_updates} RL updates")
+    loop = {"batch_size": 256, "checkpoint_every": 500}
+    paths = train_co_rft(
+        CORFTConfig(image_keys=cameras, seed=args.seed),
+        store_path,
         run_dir,
-        resume=resume,
+        il_loop=LoopConfig(n_updates=args.il_updates, **loop),
+        rl_loop=LoopConfig(n_updates=args.rl_updates, **loop),
+        resume=(run_dir / "il" / "checkpoints" / "last").exists(),
     )
 
-    print("== 3. evaluation")
-    tables = []
-    for positions in ("seen", "unseen"):
-        result = evaluate(
-            algo.policy(),
-            ENV,
-            n_episodes=args.eval_episodes,
-            positions=positions,
-            out_dir=run_dir / "eval" / positions,
-            num_envs=2,
-            video=positions == "seen",
-            n_videos=1,
-            progress=False,
-        )
-        tables.append(result["table"])
-    print("\n".join(tables))
-    print(f"\nvideo: {run_dir / 'eval' / 'seen' / 'videos' / 'episode_000.mp4'}")
-    print(f"TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
+    print("== 3. evaluation of both stages")
+    rows = []
+    for stage, ckpt in paths.items():
+        for positions in ("seen", "unseen"):
+            result = evaluate(
+                str(ckpt),
+                ENV,
+                n_episodes=args.eval_episodes,
+                positions=positions,
+                out_dir=run_dir / stage / "eval" / positions,
+                num_envs=2,
+                video=positions == "seen",
+                n_videos=1,
+                progress=False,
+            )
+            rows.append((stage, positions, result["summary"]))
+    print(_table(rows))
+    for stage in paths:
+        print(f"video ({stage}): {run_dir / stage / 'eval' / 'seen' / 'videos' / 'episode_000.mp4'}")
+    print(f"TensorBoard: tensorboard --logdir {run_dir}")
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def _table(rows: list[tuple[str, str, dict]]) -> str:
+    lines = [f"{'stage':<6} {'positions':<9} {'success (95% CI)':<24} cycle time (successes)"]
+    for stage, positions, s in rows:
+        lo, hi = s["success_rate_ci95"]
+        success = f"{s['success_rate']:.0%} [{lo:.0%}, {hi:.0%}]"
+        cycle = "-" if s["cycle_time_mean"] is None else f"{s['cycle_time_mean']:.2f} s"
+        lines.append(f"{stage:<6} {positions:<9} {success:<24} {cycle}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
