@@ -137,17 +137,22 @@ def main() -> None:
     cells: list[dict[str, Any]] = []
     demo_stats: dict[int, dict[str, float]] = {}
     t_start = time.perf_counter()
+    name = f"co_rft_{args.task.replace('-', '_')}{'_images' if args.images else ''}"
     with tempfile.TemporaryDirectory() as tmp:
+        stores = {}
         for n_demos in demos:
-            path = Path(tmp) / f"pp{n_demos}.zarr"
+            path = Path(tmp) / f"demos{n_demos}.zarr"
             collect(env, n_demos, path, seed=0, progress=False, images=args.images, **task["demos"])
-            store = TrajectoryStore.open(path)
+            stores[n_demos] = store = TrajectoryStore.open(path)
             table = store.episodes
             demo_stats[n_demos] = {
                 "success_rate": float(table["success"].mean()),
                 "cycle_time_mean": float(table["length"][table["success"]].mean() / store.fps),
             }
-            for seed in seeds:
+        # Seeds outermost, and the JSON rewritten after every cell: a run stopped early still reports
+        # every demo count over the seeds it finished.
+        for seed in seeds:
+            for n_demos, store in stores.items():
                 for method, policy in _policies(store, task, seed, args, language, times).items():
                     for positions in ("seen", "unseen"):
                         res = evaluate(
@@ -172,9 +177,27 @@ def main() -> None:
                                 ],
                             }
                         )
+                run = {"seeds": sorted({c["seed"] for c in cells}), "wall_s": time.perf_counter() - t_start}
+                tables = _report(name, args, env, task, demo_stats, times, cells, run)
+                print(f"seed {seed}, {n_demos} demos done after {run['wall_s']:.0f} s", flush=True)
+        for store in stores.values():
             store.close()
+    print(tables)
+
+
+def _report(
+    name: str,
+    args: argparse.Namespace,
+    env: str,
+    task: dict[str, Any],
+    demo_stats: dict[int, dict[str, float]],
+    times: dict[str, list[list[float]]],
+    cells: list[dict[str, Any]],
+    run: dict[str, Any],
+) -> str:
+    """Write the JSON for the cells so far; returns the printed tables."""
     rows, summary = [], []
-    for n_demos in demos:
+    for n_demos in demo_stats:
         for method in METHODS:
             for positions in ("seen", "unseen"):
                 group = [
@@ -182,6 +205,8 @@ def main() -> None:
                     for c in cells
                     if (c["demos"], c["method"], c["positions"]) == (n_demos, method, positions)
                 ]
+                if not group:
+                    continue
                 k, n = sum(c["successes"] for c in group), sum(c["episodes"] for c in group)
                 cycles = [t for c in group for t in c["cycle_times"]]
                 lo, hi = wilson_interval(k, n)
@@ -205,13 +230,13 @@ def main() -> None:
     ms = {k: 1000 * statistics.median([t for run in v for t in run[1:]]) for k, v in times.items()}
     first_ms = {k: 1000 * statistics.median(run[0] for run in v) for k, v in times.items()}
     payload = {
-        **run_info(seeds[0]),
-        "seeds": seeds,
+        **run_info(run["seeds"][0]),
+        **run,
         "env_id": env,
         "demo_settings": task["demos"],
         "demos_collected": demo_stats,
         "budget": {
-            "demos": demos,
+            "demos": list(demo_stats),
             "images": args.images,
             "il_updates": args.il_updates,
             "rl_updates": args.rl_updates,
@@ -221,16 +246,21 @@ def main() -> None:
         },
         "ms_per_update_median": ms,
         "ms_first_update_median": first_ms,
-        "wall_s": time.perf_counter() - t_start,
         "summary": summary,
         "cells": cells,
     }
-    path = write_result(f"co_rft_{args.task.replace('-', '_')}{'_images' if args.images else ''}", payload)
-    print(markdown_table(["demos", "method", "positions", "success (95% CI)", "cycle time"], rows))
-    print()
-    print(markdown_table(["phase", "ms / update (median)", "first update ms"],
-                         [[k, v, first_ms[k]] for k, v in ms.items()]))  # fmt: skip
-    print(f"\nwrote {path}")
+    path = write_result(name, payload)
+    return "\n".join(
+        [
+            markdown_table(["demos", "method", "positions", "success (95% CI)", "cycle time"], rows),
+            "",
+            markdown_table(
+                ["phase", "ms / update (median)", "first update ms"],
+                [[k, v, first_ms[k]] for k, v in ms.items()],
+            ),
+            f"\nwrote {path}",
+        ]
+    )
 
 
 if __name__ == "__main__":
