@@ -26,6 +26,8 @@ import argparse
 import collections
 import copy
 import dataclasses
+import json
+import os
 import statistics
 import tempfile
 import time
@@ -34,6 +36,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # --images renders on a headless CPU
 
 from benchmarks.common import markdown_table, run_info, write_result
 from robocl.algos.co_rft import CORFT, CORFTConfig
@@ -53,7 +57,21 @@ TASKS = {
              "demos": {"noise": 0.05, "hesitation": 0.05, "detour": 0.3}},
 }  # fmt: skip
 RL_VARIANTS = {"co-rft": {}, "co-rft sparse": {"reward": "sparse"}}
-METHODS = ("il", "il+extra", *RL_VARIANTS, "il h=1", "co-rft h=1")
+
+
+def _variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``NAME:field=value,field=value`` -> (NAME, CORFTConfig overrides), values parsed as JSON or text."""
+    name, _, fields = text.partition(":")
+    overrides = {}
+    for item in filter(None, fields.split(",")):
+        key, _, value = item.partition("=")
+        if key not in CORFTConfig.__dataclass_fields__:
+            raise argparse.ArgumentTypeError(f"--variant {text!r}: {key!r} is not a CORFTConfig field")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return name, overrides
 
 
 def _train(algo: CORFT, sampler: Any, n_updates: int, batch_size: int, times: list[list[float]]) -> None:
@@ -75,9 +93,9 @@ def _policies(
     language: Any,
     times: dict[str, list[list[float]]],
 ) -> dict[str, Any]:
-    """The trained policies of one (store, seed) cell, keyed by METHODS."""
-    out = {}
-    for horizon in (10, 1):
+    """The trained policies of one (store, seed) cell, keyed by method name (``args.methods``)."""
+    out, wanted = {}, set(args.methods)
+    for horizon in (10, 1) if wanted & {"il h=1", "co-rft h=1"} else (10,):
         cameras = tuple(k for k, f in store.features.items() if f.is_image)
         cfg = CORFTConfig(
             image_keys=cameras,
@@ -96,10 +114,13 @@ def _policies(
             out["co-rft h=1"] = algo.policy()
             continue
         out["il"] = copy.deepcopy(algo).policy()
-        extra = copy.deepcopy(algo)
-        _train(extra, il_sampler, args.rl_updates, args.batch_size, [])  # the same stream, continued
-        out["il+extra"] = extra.policy()
-        for name, overrides in RL_VARIANTS.items():
+        if "il+extra" in wanted:
+            extra = copy.deepcopy(algo)
+            _train(extra, il_sampler, args.rl_updates, args.batch_size, [])  # the same stream, continued
+            out["il+extra"] = extra.policy()
+        for name, overrides in args.variants.items():
+            if name not in wanted:
+                continue
             variant = copy.deepcopy(algo)
             variant.config = dataclasses.replace(cfg, **overrides)
             variant.start_rl()
@@ -122,7 +143,25 @@ def main() -> None:
     parser.add_argument(
         "--episodes", type=int, default=10, help="evaluation episodes per seed and position set"
     )
+    parser.add_argument(
+        "--variant",
+        type=_variant,
+        action="append",
+        default=[],
+        help="an extra stage-2 variant from the IL policy, NAME:field=value,... (CORFTConfig fields)",
+    )
+    parser.add_argument(
+        "--only", default="", help="comma-separated methods to run (il always runs); default: all"
+    )
+    parser.add_argument("--name", default="", help="result file name (default co_rft_<task>[_images])")
     args = parser.parse_args()
+    args.variants = {**RL_VARIANTS, **dict(args.variant)}
+    args.methods = ["il", "il+extra", *args.variants, "il h=1", "co-rft h=1"]
+    if args.only:
+        only = {"il", *args.only.split(",")}
+        if only - set(args.methods):
+            parser.error(f"--only: unknown methods {sorted(only - set(args.methods))}")
+        args.methods = [m for m in args.methods if m in only]
     torch.set_num_threads(1)
     from robocl.collect import collect
     from robocl.eval.evaluate import evaluate
@@ -137,7 +176,7 @@ def main() -> None:
     cells: list[dict[str, Any]] = []
     demo_stats: dict[int, dict[str, float]] = {}
     t_start = time.perf_counter()
-    name = f"co_rft_{args.task.replace('-', '_')}{'_images' if args.images else ''}"
+    name = args.name or f"co_rft_{args.task.replace('-', '_')}{'_images' if args.images else ''}"
     with tempfile.TemporaryDirectory() as tmp:
         stores = {}
         for n_demos in demos:
@@ -198,7 +237,7 @@ def _report(
     """Write the JSON for the cells so far; returns the printed tables."""
     rows, summary = [], []
     for n_demos in demo_stats:
-        for method in METHODS:
+        for method in args.methods:
             for positions in ("seen", "unseen"):
                 group = [
                     c
@@ -243,6 +282,7 @@ def _report(
             "batch_size": args.batch_size,
             "cql_n_samples": args.cql_n_samples,
             "eval_episodes_per_seed": args.episodes,
+            "variants": {name: args.variants[name] for name in args.methods if name in args.variants},
         },
         "ms_per_update_median": ms,
         "ms_first_update_median": first_ms,

@@ -356,6 +356,76 @@ def test_critic_ranks_faster_chunks_higher_on_a_chain(tmp_path):
     assert -10.0 < q[2].item() < q[0].item() < 0.0
 
 
+LINE_GOAL, LINE_SPEED, LINE_LIMIT = 5.0, 0.5, 12  # reach x >= 5 moving 0.5 * action per step, 12 steps
+
+
+def line_store(tmp_path) -> TrajectoryStore:
+    """An easy reaching task whose 30 demos differ in pace: each operator keeps one speed in [0.2, 1]. The
+    average pace (IL's) is too slow to reach the goal from x < 1 within the limit; full speed (10 steps)
+    is fast enough, and the data shows that faster chunks reach success sooner."""
+    feats = {
+        "observation.state": Feature("state", "float32", (1,)),
+        "action": Feature("action", "float32", (1,)),
+        "success": Feature("flag", "bool", ()),
+    }
+    store = TrajectoryStore.create(tmp_path / "line.zarr", feats, fps=10)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        x, pace, states, actions, flags = rng.uniform(0, 4), rng.uniform(0.2, 1.0), [], [], []
+        while len(states) < LINE_LIMIT and not (flags and flags[-1]):
+            a = float(np.clip(pace + rng.normal(0, 0.05), -1, 1))
+            states.append([x])
+            actions.append([a])
+            x += LINE_SPEED * a
+            flags.append(x >= LINE_GOAL)
+        store.add_episode(
+            {
+                "observation.state": np.array(states, np.float32),
+                "action": np.array(actions, np.float32),
+                "success": np.array(flags),
+            },
+            success=flags[-1],
+            terminated=flags[-1],
+            truncated=not flags[-1],
+            final_obs={"observation.state": np.array([x], np.float32)},
+        )
+    return store
+
+
+def line_success_rate(policy, n_episodes: int = 20) -> float:
+    rng, successes = np.random.default_rng(1), 0
+    for _ in range(n_episodes):
+        x = rng.uniform(0, 1)
+        policy.reset()
+        for _ in range(LINE_LIMIT):
+            action = policy.predict({"observation.state": np.array([x], np.float32)})  # (1,)
+            x += LINE_SPEED * float(np.clip(action[0], -1, 1))
+            if x >= LINE_GOAL:
+                successes += 1
+                break
+    return successes / n_episodes
+
+
+def test_short_run_lifts_success_over_imitation_on_an_easy_task(tmp_path):
+    store = line_store(tmp_path)
+    cfg = CORFTConfig(
+        state_keys=("observation.state",),
+        horizon=5,
+        n_obs=1,
+        gripper=False,
+        conservative="none",
+        alpha_bc=2.5,
+        **{**TINY, "d_model": 32, "seed": 0},
+    )
+    algo = CORFT.from_store(cfg, store)
+    loop = {"batch_size": 64, "checkpoint_every": 1000}
+    algo.fit(store, tmp_path / "run", LoopConfig(n_updates=300, **loop), None, progress=False)
+    il = line_success_rate(algo.policy())
+    algo.fit(store, tmp_path / "run", None, LoopConfig(n_updates=600, **loop), progress=False)
+    rl = line_success_rate(algo.policy())
+    assert il <= 0.1 and rl >= 0.9, (il, rl)
+
+
 @pytest.fixture(scope="module")
 def pick_place_store(tmp_path_factory):
     from robocl.collect import collect
