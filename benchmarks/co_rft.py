@@ -42,6 +42,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # --images renders on a headless CPU
 from benchmarks.common import markdown_table, run_info, write_result
 from robocl.algos.co_rft import CORFT, CORFTConfig
 from robocl.eval.metrics import wilson_interval
+from robocl.nets.vla import VLAConfig
 from robocl.store import TrajectoryStore
 from robocl.train import to_torch
 
@@ -57,6 +58,7 @@ TASKS = {
              "demos": {"noise": 0.05, "hesitation": 0.05, "detour": 0.3}},
 }  # fmt: skip
 RL_VARIANTS = {"co-rft": {}, "co-rft sparse": {"reward": "sparse"}}
+NETWORK_FIELDS = set(VLAConfig.__annotations__)
 
 
 def _variant(text: str) -> tuple[str, dict[str, Any]]:
@@ -67,6 +69,8 @@ def _variant(text: str) -> tuple[str, dict[str, Any]]:
         key, _, value = item.partition("=")
         if key not in CORFTConfig.__dataclass_fields__:
             raise argparse.ArgumentTypeError(f"--variant {text!r}: {key!r} is not a CORFTConfig field")
+        if key in NETWORK_FIELDS:  # the variant copies the trained IL network, built from these
+            raise argparse.ArgumentTypeError(f"--variant {text!r}: {key!r} shapes the IL policy network")
         try:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -109,9 +113,10 @@ def _policies(
         _train(algo, il_sampler, args.il_updates, args.batch_size, times[f"il h={horizon}"])
         if horizon == 1:
             out["il h=1"] = copy.deepcopy(algo).policy()
-            algo.start_rl()
-            _train(algo, algo.rl_sampler(store), args.rl_updates, args.batch_size, times["rl h=1"])
-            out["co-rft h=1"] = algo.policy()
+            if "co-rft h=1" in wanted:
+                algo.start_rl()
+                _train(algo, algo.rl_sampler(store), args.rl_updates, args.batch_size, times["rl h=1"])
+                out["co-rft h=1"] = algo.policy()
             continue
         out["il"] = copy.deepcopy(algo).policy()
         if "il+extra" in wanted:
@@ -124,7 +129,7 @@ def _policies(
             variant = copy.deepcopy(algo)
             variant.config = dataclasses.replace(cfg, **overrides)
             variant.start_rl()
-            key = "rl h=10" + (f" {name}" if overrides else "")
+            key = "rl h=10" + ("" if name == "co-rft" else f" {name}")
             _train(variant, variant.rl_sampler(store), args.rl_updates, args.batch_size, times[key])
             out[name] = variant.policy()
     return out
@@ -148,7 +153,8 @@ def main() -> None:
         type=_variant,
         action="append",
         default=[],
-        help="an extra stage-2 variant from the IL policy, NAME:field=value,... (CORFTConfig fields)",
+        help="an extra stage-2 variant from the IL policy, NAME:field=value,... (stage-2 CORFTConfig "
+        "fields, scalar values)",
     )
     parser.add_argument(
         "--only", default="", help="comma-separated methods to run (il always runs); default: all"
@@ -266,7 +272,7 @@ def _report(
                      "-" if cycle is None else f"{cycle:.2f} s"]
                 )  # fmt: skip
     # The first stage-2 update of each run also encodes every history once (the frozen-trunk feature table).
-    ms = {k: 1000 * statistics.median([t for run in v for t in run[1:]]) for k, v in times.items()}
+    ms = {k: 1000 * statistics.median([t for run in v for t in run[1:] or run]) for k, v in times.items()}
     first_ms = {k: 1000 * statistics.median(run[0] for run in v) for k, v in times.items()}
     payload = {
         **run_info(run["seeds"][0]),

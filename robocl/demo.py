@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         store_path,
         run_dir,
         il_loop=LoopConfig(n_updates=args.il_updates, **loop),
-        rl_loop=LoopConfig(n_updates=args.rl_updates, **loop),
+        rl_loop=LoopConfig(n_updates=args.rl_updates, **loop) if args.rl_updates else None,  # 0: IL only
         resume=(run_dir / "il" / "checkpoints" / "last").exists(),
     )
 

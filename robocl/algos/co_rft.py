@@ -44,6 +44,7 @@ Deviations and why:
 from __future__ import annotations
 
 import copy
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -197,16 +198,16 @@ class ChunkedTDSampler:
     """A :class:`WindowSampler` plus what the chunked critic needs: ``reward`` (B, h) recomputed per
     ``CORFTConfig.reward``, ``mc_return`` (B,) and ``boot_id`` (B, h), the history at o_{t+j} that
     bootstraps prefix j, as a *history id*: ids below ``len(sampler)`` are windows (the history a window
-    starts from), the next ``n_episodes`` are each episode's final history (every o_{t+j} with t+j >= the
-    episode's length is it).
+    starts from), the next ones are the final histories of the view's episodes, in view order (every
+    o_{t+j} with t+j >= the episode's length is its final history).
 
-    With ``history_ids=True`` a batch carries no observations, only ``history_id`` (B,) for o_t; the caller
-    encodes all ``n_histories`` once (:meth:`histories` gathers them) and looks features up by id (CO-RFT
-    with a frozen trunk). Otherwise it carries the observations, and with ``prefix=True`` also
-    ``prefix_obs[key]`` (B, h, n_obs, ...), the bootstrap histories themselves, with ``prefix_unique`` (U,)
-    and ``prefix_inverse`` (B*h,): the rows of the flattened prefix_obs that hold distinct histories and, per
-    row, which of them it equals (windows overlap, so U is often ~60% of B*h and the target trunk runs on
-    U rows only)."""
+    With ``history_ids=True`` a batch carries no observations, only ``history_id`` (B,) for o_t and
+    ``history_source``, this sampler's token; the caller encodes all ``n_histories`` once (:meth:`histories`
+    gathers them) and looks features up by id (CO-RFT with a frozen trunk). Otherwise it carries the
+    observations, and with ``prefix=True`` also ``prefix_obs[key]`` (B, h, n_obs, ...), the bootstrap
+    histories themselves, with ``prefix_unique`` (U,) and ``prefix_inverse`` (B*h,): the rows of the
+    flattened prefix_obs that hold distinct histories and, per row, which of them it equals (windows
+    overlap, so U is often ~60% of B*h and the target trunk runs on U rows only)."""
 
     def __init__(
         self,
@@ -219,6 +220,7 @@ class ChunkedTDSampler:
     ) -> None:
         self.sampler, self.rewards, self.mc = sampler, rewards, mc
         self.prefix, self.history_ids = prefix, history_ids
+        self.token = uuid.uuid4().hex  # names this sampler's id space in its batches
         table, eps = sampler.store.episodes, sampler.view.episode_indices
         self._start, self._length = table["start"], table["length"]
         lengths = self._length[eps]
@@ -247,6 +249,7 @@ class ChunkedTDSampler:
         )
         if self.history_ids:
             batch["history_id"] = self._first_window[ep] + t
+            batch["history_source"] = self.token
         elif self.prefix:
             ahead = k[:, 1:]  # (B, h-1) times t+1..t+h-1
             ids = self._first_window[ep][:, None] + np.minimum(ahead, length[:, None] - 1)
@@ -263,7 +266,8 @@ class ChunkedTDSampler:
         return batch
 
     def histories(self, history_ids: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Observation histories (n, n_obs, ...) per key and task indices (n,) of the given history ids."""
+        """Observation histories (n, n_obs, ...) per key and task indices (n,) of the given history ids.
+        (Frames are read for both ends of each window; this runs once per stage, not per update.)"""
         ids = np.asarray(history_ids, dtype=np.int64)
         n_windows = len(self.sampler)
         if ids.size and (ids.min() < 0 or ids.max() >= self.n_histories):
@@ -601,12 +605,11 @@ class CORFT:
         """Trunk features of o_t (B, d), of the bootstrap histories (B*h, d) or (B, d) with ``per_prefix``
         off, and of o_{t+h_eff} (B, d) for the CQL samples at the next state. Only the first carries
         gradients, and only when stage 2 trains the trunk."""
-        h_eff = (~batch["action_is_pad"]).sum(1)
-        rows = torch.arange(len(h_eff), device=self.device)
         if "history_id" in batch:  # a frozen trunk: features looked up, computed once per history
-            table = self._history_features()
+            table = self._history_features(batch["history_source"])
             boot = batch["boot_id"]  # (B, h)
-            next_feat = table[boot[rows, h_eff - 1]]
+            h_eff = (~batch["action_is_pad"]).sum(1)
+            next_feat = table[boot[torch.arange(len(boot), device=self.device), h_eff - 1]]
             return table[batch["history_id"]], table[boot.flatten()] if per_prefix else next_feat, next_feat
         net, lang = self.policy_net, self.policy_net.lang_of(batch)
         with torch.no_grad():
@@ -620,15 +623,17 @@ class CORFT:
             next_feat = net.features(batch["next_obs"], lang) if self.config.conservative != "none" else None
         return net.features(batch["obs"], lang), tfeat, next_feat
 
-    def _history_features(self) -> torch.Tensor:
+    def _history_features(self, token: str) -> torch.Tensor:
         """(n_histories, d) frozen-trunk features of every history of the stage-2 sampler, computed at the
         first update after the trunk last changed (so a resumed run computes them from the same weights)."""
+        source = self._histories
+        if source is None or source.token != token:
+            raise ValueError(
+                "this batch's history ids come from another sampler than this algorithm's latest "
+                "CORFT.rl_sampler(...): draw stage-2 batches from the sampler made last"
+            )
         if self._features is None:
-            source = self._histories
-            if source is None:
-                raise RuntimeError("a batch of history ids needs its sampler: draw it from CORFT.rl_sampler")
             net, chunk = self.policy_net, 1024
-            net.trunk.eval()
             parts = []
             with torch.no_grad():
                 for lo in range(0, source.n_histories, chunk):
@@ -650,8 +655,8 @@ class CORFT:
 
         With a frozen trunk (the default) its batches carry history ids instead of observations, and this
         algorithm encodes every history of ``data`` once, at the first stage-2 update, and looks the
-        features up: a stage-2 update then costs the critic and the head only. The most recent sampler made
-        here is the one whose ids :meth:`update` resolves."""
+        features up: a stage-2 update then costs the critic and the head only. Only the latest sampler made
+        here has its ids resolved; :meth:`update` rejects a batch from an earlier one."""
         view, common = self._windows(data)
         cfg, store = self.config, view.store
         rewards = step_rewards(store, cfg.reward)
