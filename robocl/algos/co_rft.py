@@ -109,7 +109,10 @@ class CORFTConfig:
     # whole stage (see rl_sampler): 100 ms per update against 54 ms for an IL update (pick-place, batch
     # 256, h = 10, one thread); recomputing the trunk per batch took 309 vs 71.
     rl_train_backbone: bool = False
-    conservative: Literal["calql", "cql", "none"] = "calql"  # conservative term on Q^(h)
+    # Conservative term on Q^(h). Without it stage 2 collapses on the arm tasks (60 mixed demos, 3 seeds:
+    # 0-1% success against IL's 30% pick-place and 79% push, at alpha_bc 2.5 or 0.5): the critic
+    # extrapolates over 20-50-d chunks the demos never visit (benchmarks/results/co_rft_*_ablation.json).
+    conservative: Literal["calql", "cql", "none"] = "calql"
     # Weight of the conservative term. Cal-QL's 5.0 over h x A = 50-d chunks pushed the logged chunks' Q up
     # without bound (TD error 19 -> 114 over 1k updates, pick-place, 60 mixed demos); 1.0 kept it at 3-6.
     cql_alpha: float = 1.0
@@ -122,7 +125,8 @@ class CORFTConfig:
     cql_importance_sample: bool = False  # subtract the uniform log-density h*d*log(0.5) (see deviations)
     # TD3+BC: lambda = alpha_bc / mean|Q|. TD3+BC's 2.5 assumes an MSE over one d-dim action; this BC term
     # averages a Huber over h x A chunk entries, ~17x smaller gradients per entry, and 2.5 (or 1.0) drove
-    # the policy off the demos (0-13% success from 27%); 0.05 was the best of the pilots (see the README).
+    # the policy off the demos (0-13% success from 27%); 0.05 was the best of the pilots, and with Cal-QL
+    # at weight 1, 2.5 still fell to 5% (pick-place) and 33% (push) against 41% and 84% (the ablation).
     alpha_bc: float = 0.05
     policy_delay: int = 2  # critic steps per actor step (TD3)
     target_noise: float = 0.2  # target policy smoothing std, normalised actions (TD3)
