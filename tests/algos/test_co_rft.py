@@ -295,15 +295,35 @@ def test_conservative_and_actor_losses_by_hand():
     assert bc.item() == pytest.approx(0.125 + 0.1 * math.log(2))
 
 
-def chain_store(tmp_path) -> TrajectoryStore:
-    """Chain MDP: position 0..5, action > 0 moves one step right, otherwise stays; reaching 5 succeeds.
-    Random behaviour (move with p=0.5) so both fast and slow chunks are in the data; 30-step time limit."""
+def scalar_store(path) -> TrajectoryStore:
+    """A store of 1-d states and actions with per-step success flags (the toy tasks below)."""
     feats = {
         "observation.state": Feature("state", "float32", (1,)),
         "action": Feature("action", "float32", (1,)),
         "success": Feature("flag", "bool", ()),
     }
-    store = TrajectoryStore.create(tmp_path / "chain.zarr", feats, fps=10)
+    return TrajectoryStore.create(path, feats, fps=10)
+
+
+def add_scalar_episode(store, states, actions, flags, final_state) -> None:
+    """One episode; it succeeds (and terminates) when its last flag is set, else it is cut by time."""
+    store.add_episode(
+        {
+            "observation.state": np.array(states, np.float32),
+            "action": np.array(actions, np.float32),
+            "success": np.array(flags),
+        },
+        success=flags[-1],
+        terminated=flags[-1],
+        truncated=not flags[-1],
+        final_obs={"observation.state": np.array([final_state], np.float32)},
+    )
+
+
+def chain_store(tmp_path) -> TrajectoryStore:
+    """Chain MDP: position 0..5, action > 0 moves one step right, otherwise stays; reaching 5 succeeds.
+    Random behaviour (move with p=0.5) so both fast and slow chunks are in the data; 30-step time limit."""
+    store = scalar_store(tmp_path / "chain.zarr")
     rng = np.random.default_rng(0)
     for _ in range(60):
         pos, states, actions, flags = int(rng.integers(0, 4)), [], [], []
@@ -315,17 +335,7 @@ def chain_store(tmp_path) -> TrajectoryStore:
             flags.append(pos == 5)
             if pos == 5:
                 break
-        store.add_episode(
-            {
-                "observation.state": np.array(states, np.float32),
-                "action": np.array(actions, np.float32),
-                "success": np.array(flags),
-            },
-            success=flags[-1],
-            terminated=flags[-1],
-            truncated=not flags[-1],
-            final_obs={"observation.state": np.array([pos], np.float32)},
-        )
+        add_scalar_episode(store, states, actions, flags, pos)
     return store
 
 
@@ -366,12 +376,7 @@ def line_store(tmp_path) -> TrajectoryStore:
     """An easy reaching task whose 30 demos differ in pace: each operator keeps one speed in [0.2, 1]. The
     average pace (IL's) is too slow to reach the goal from x < 1 within the limit; full speed (10 steps)
     is fast enough, and the data shows that faster chunks reach success sooner."""
-    feats = {
-        "observation.state": Feature("state", "float32", (1,)),
-        "action": Feature("action", "float32", (1,)),
-        "success": Feature("flag", "bool", ()),
-    }
-    store = TrajectoryStore.create(tmp_path / "line.zarr", feats, fps=10)
+    store = scalar_store(tmp_path / "line.zarr")
     rng = np.random.default_rng(0)
     for _ in range(30):
         x, pace, states, actions, flags = rng.uniform(0, 4), rng.uniform(0.2, 1.0), [], [], []
@@ -381,17 +386,7 @@ def line_store(tmp_path) -> TrajectoryStore:
             actions.append([a])
             x += LINE_SPEED * a
             flags.append(x >= LINE_GOAL)
-        store.add_episode(
-            {
-                "observation.state": np.array(states, np.float32),
-                "action": np.array(actions, np.float32),
-                "success": np.array(flags),
-            },
-            success=flags[-1],
-            terminated=flags[-1],
-            truncated=not flags[-1],
-            final_obs={"observation.state": np.array([x], np.float32)},
-        )
+        add_scalar_episode(store, states, actions, flags, x)
     return store
 
 
