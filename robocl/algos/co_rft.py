@@ -106,8 +106,8 @@ class CORFTConfig:
     tau: float = 0.005  # Polyak rate of the target networks, per critic step
     # Stage 2 trains the trunk (through the critic) or freezes it (the notes: "frozen or at the IL lr").
     # Frozen: the policy keeps the features it imitated with, and each history is encoded once for the
-    # whole stage (see rl_sampler): 100 ms per update against 54 ms for an IL update (pick-place, batch
-    # 256, h = 10, one thread); recomputing the trunk per batch took 309 vs 71.
+    # whole stage (see rl_sampler): 66 ms per update against 34 ms for an IL update (benchmarks/co_rft.py,
+    # pick-place, batch 128, h = 10, one thread); recomputing the trunk per batch took 309 vs 71 (batch 256).
     rl_train_backbone: bool = False
     # Conservative term on Q^(h). Without it stage 2 collapses on the arm tasks (60 mixed demos, 3 seeds:
     # 0-1% success against IL's 30% pick-place and 79% push, at alpha_bc 2.5 or 0.5): the critic
