@@ -24,7 +24,7 @@ import functools
 import importlib
 import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
 import gymnasium as gym
@@ -353,6 +353,11 @@ class RolloutPlan:
         return cls(envs, *schema)
 
 
+def _reads_cameras(policy: Any) -> bool:
+    """Whether a policy's inputs (its ``obs_keys``, as robocl's policies list them) include a camera."""
+    return any(key.startswith("observation.images.") for key in getattr(policy, "obs_keys", ()))
+
+
 def make_policies(policy: Any, n: int) -> list[Any] | None:
     """``None`` for the policies that run beside the env, else one policy instance per sub-env.
 
@@ -581,7 +586,9 @@ def rollout_episodes(
     s = RolloutSettings(**settings)
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
-    plan = RolloutPlan.build(expand_env_ids(env_id), s)
     policies = make_policies(s.policy, s.num_envs)
+    if policies and not s.images and _reads_cameras(policies[0]):
+        s = replace(s, images=True)  # a camera policy needs the frames rendered, recorded or not
+    plan = RolloutPlan.build(expand_env_ids(env_id), s)
     buffers = functools.partial(_EpisodeBuffer, fps=plan.fps)
     yield from run_rollouts(plan, n_episodes, s, policies, buffers, progress)

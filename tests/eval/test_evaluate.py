@@ -92,3 +92,28 @@ def test_a_user_registered_env_is_evaluated_by_module_and_id(tmp_path):
     assert result["summary"]["success_rate"] == 0.0  # Pendulum reports no success
     with pytest.raises(ValueError, match="cannot import module 'no_such_pkg'"):
         evaluate("random", "no_such_pkg:Arm-v0", n_episodes=1, out_dir=tmp_path / "x", progress=False)
+
+
+class CameraPolicy:
+    """Reads the front camera, as an image policy's ``obs_keys`` say; records the frame shapes it gets."""
+
+    obs_keys = ("observation.state", "observation.images.front")
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[int, ...]] = []
+
+    def reset(self) -> None:
+        pass
+
+    def predict(self, obs):
+        self.frames.append(np.asarray(obs["observation.images.front"]).shape)
+        return np.zeros(5, np.float32)
+
+
+def test_a_camera_policy_gets_frames_without_video(tmp_path):
+    policy = CameraPolicy()
+    result = evaluate(
+        policy, "robocl/PickPlace-v0", n_episodes=1, max_steps=3, out_dir=tmp_path, progress=False
+    )
+    assert result["summary"]["n_episodes"] == 1
+    assert policy.frames and all(shape[-3:] == (96, 96, 3) for shape in policy.frames)
