@@ -237,8 +237,7 @@ class ChunkedTDSampler:
         self._last_window = np.cumsum(lengths) - 1  # per view episode: its window whose next_obs is final
 
     def sample(self, batch_size: int) -> dict[str, Any]:
-        window_ids = self.sampler.rng.integers(0, len(self.sampler), size=batch_size)
-        return self.extend(self.sampler.get_batch(window_ids, with_obs=not self.history_ids))
+        return self.extend(self.sampler.sample(batch_size, with_obs=not self.history_ids))
 
     def extend(self, batch: dict[str, Any]) -> dict[str, Any]:
         ep, t, h = batch["episode"], batch["t"], self.sampler.horizon

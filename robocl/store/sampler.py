@@ -129,8 +129,8 @@ class WindowSampler:
             return _squeeze(batch)
         return self.get_batch(np.asarray(index))
 
-    def sample(self, batch_size: int) -> Batch:
-        return self.get_batch(self.rng.integers(0, len(self), size=batch_size))
+    def sample(self, batch_size: int, *, with_obs: bool = True) -> Batch:
+        return self.get_batch(self.rng.integers(0, len(self), size=batch_size), with_obs=with_obs)
 
     def state_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "rng": self.rng.bit_generator.state}
