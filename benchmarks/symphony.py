@@ -1,7 +1,12 @@
 """Symphony learning curves beside Stable-Baselines3 SAC, same env steps, same evaluation seeds.
 
-    .venv/bin/python benchmarks/symphony.py --envs Walker2d-v5 --steps 20000 --seeds 1
-    .venv/bin/python benchmarks/symphony.py --device cuda            # the paper-sized run, on a GPU
+    python -m benchmarks.symphony --device cuda            # the paper-sized run (S3 defaults), on a GPU
+    python -m benchmarks.symphony --envs Walker2d-v5 --name symphony_walker2d --steps 30000 \
+        --hidden 128 --n-q 32 --batch-size 96 --n-explore 2560 --threads 1   # a 2-core CPU budget
+
+The CPU budget shrinks the networks by S3's own sizing rules rather than by hand: buffer = tile x
+n_explore = 128k transitions, hidden = buffer / 1000 = 128, n_q = hidden / 4 = 32 nodes per critic and
+batch = number of nodes = 96 (the paper: 512k, 512, 128, 384).
 
 Records the deterministic evaluation return at fixed env-step marks (exploration steps included in the
 count and stated), wall time per 1k env steps, and the paper's anchor (S3 reaches an average evaluation
@@ -22,13 +27,23 @@ import numpy as np
 import torch
 
 from benchmarks.common import RESULTS, markdown_table, run_info, write_result
-from robocl.algos.symphony import OnlineLoopConfig, SymphonyConfig, evaluate_policy, make_env, train_online
+from robocl.algos.symphony import (
+    OnlineLoopConfig,
+    SymphonyConfig,
+    evaluate_policy,
+    flat_obs,
+    make_env,
+    train_online,
+)
 
 PAPER_ANCHOR = {"env": "Humanoid-v4", "return": 5000, "env_steps": 240_000, "seeds": 10}
+SAC_NOTE = "stable-baselines3 SAC, default hyper-parameters, learning_starts = n_explore"
 
 
 def run_symphony(env_id: str, seed: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    config = SymphonyConfig(seed=seed, n_explore=args.n_explore, hidden=args.hidden)
+    config = SymphonyConfig(
+        seed=seed, n_explore=args.n_explore, hidden=args.hidden, n_q=args.n_q, batch_size=args.batch_size
+    )
     loop = OnlineLoopConfig(
         env=env_id,
         steps=args.steps,
@@ -53,8 +68,8 @@ class _SB3Policy:
     def reset(self) -> None:
         """SAC's policy is memoryless."""
 
-    def predict(self, obs: np.ndarray) -> np.ndarray:
-        return self.model.predict(obs, deterministic=True)[0]
+    def predict(self, obs: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+        return self.model.predict(flat_obs(obs), deterministic=True)[0]
 
 
 def run_sac(env_id: str, seed: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -88,6 +103,9 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--n-explore", type=int, default=SymphonyConfig.n_explore, help="exploration steps")
     parser.add_argument("--hidden", type=int, default=SymphonyConfig.hidden)
+    parser.add_argument("--n-q", type=int, default=SymphonyConfig.n_q, help="nodes per critic")
+    parser.add_argument("--batch-size", type=int, default=SymphonyConfig.batch_size)
+    parser.add_argument("--name", default="symphony", help="result name: <name>.json and <name>.png")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--no-sac", action="store_true")
@@ -104,17 +122,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for env_id in args.envs.split(","):
             for seed in range(args.seeds):
-                results.setdefault(env_id, {}).setdefault("symphony", []).append(
-                    run_symphony(env_id, seed, args, Path(tmp))
-                )
+                runs = results.setdefault(env_id, {})
+                runs.setdefault("symphony", []).append(run_symphony(env_id, seed, args, Path(tmp)))
                 if sac_note is None:
-                    results[env_id].setdefault("sac", []).append(run_sac(env_id, seed, args, Path(tmp)))
+                    runs.setdefault("sac", []).append(run_sac(env_id, seed, args, Path(tmp)))
+                # Rewritten after every seed, so a budget cut short still leaves its finished runs.
+                table = _report(args, results, sac_note)
+    print(table)
+    print(f"exploration steps (counted in env steps): {args.n_explore}; SAC: {sac_note or SAC_NOTE}")
+    print(f"wrote {RESULTS / args.name}.json and .png")
+
+
+def _report(args: argparse.Namespace, results: dict[str, Any], sac_note: str | None) -> str:
     rows, marks = [], sorted({m for e in results.values() for r in e["symphony"] for m in r["curve"]})
     for env_id, methods in results.items():
         for method, runs in methods.items():
+            per_1k = float(np.mean([1000 * r["wall_s"] / args.steps for r in runs]))
             for mark in marks:
                 values = [r["curve"][mark] for r in runs if mark in r["curve"]]
-                per_1k = np.mean([1000 * r["wall_s"] / args.steps for r in runs])
                 rows.append(
                     [env_id, method, mark, float(np.mean(values)), float(np.std(values)), len(values), per_1k]
                 )
@@ -125,15 +150,13 @@ def main() -> None:
         "args": vars(args),
         "paper_anchor": PAPER_ANCHOR,
         "exploration_steps": args.n_explore,
-        "sac": sac_note or "stable-baselines3 SAC, default hyper-parameters, learning_starts = n_explore",
+        "sac": sac_note or SAC_NOTE,
         "results": results,
         "table": table,
     }
-    path = write_result("symphony", payload)
-    _plot(results, RESULTS / "symphony.png")
-    print(table)
-    print(f"exploration steps (counted in env steps): {args.n_explore}; SAC: {payload['sac']}")
-    print(f"wrote {path} and {RESULTS / 'symphony.png'}")
+    write_result(args.name, payload)
+    _plot(results, RESULTS / f"{args.name}.png")
+    return table
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:

@@ -454,8 +454,7 @@ class SymphonyPolicy:
     @torch.no_grad()
     def predict(self, obs: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
         """A flat observation, or the rollout engine's dict keyed by store feature names."""
-        if isinstance(obs, Mapping):  # the same vector make_env gives: state, then object state if any
-            obs = np.concatenate([np.asarray(obs[k]) for k in STATE_KEYS if k in obs], axis=-1)
+        obs = flat_obs(obs)
         _, single = batch_size_of(obs, 1)
         x = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)
         direction, strength, _ = self.net.heads(x[None] if single else x)
@@ -467,6 +466,13 @@ class SymphonyPolicy:
 OBS_KEY = "observation.state"
 # Store features of a dict-observation task (robocl's arm tasks) that Symphony sees, concatenated in order.
 STATE_KEYS = (OBS_KEY, "observation.object")
+
+
+def flat_obs(obs: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
+    """The evaluator's dict keyed by store feature names -> the flat vector :func:`make_env` gives."""
+    if isinstance(obs, Mapping):
+        return np.concatenate([np.asarray(obs[k]) for k in STATE_KEYS if k in obs], axis=-1)
+    return np.asarray(obs)
 
 
 def make_env(env_id: str) -> Any:
