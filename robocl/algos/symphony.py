@@ -18,7 +18,8 @@ Deviations, and why:
   the target's actor is never used.
 - Seeds: the authors reseed every step with fresh random seeds; robocl draws all noise and batches from
   one seeded device generator so runs are reproducible and resumable.
-- Periodic evaluation uses this module's small deterministic loop until ``robocl.eval.rollout`` exists.
+- Periodic evaluation runs through the shared evaluator (``robocl.eval``), including during exploration,
+  so curves start at the first mark; the S3 code evaluates only once training has started.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ from robocl.store.fading import PHI, FadingReplay, transitions_at
 from robocl.train import guarded_step
 
 ADV_FLOOR = 1e-6  # smallest |baseline| the advantage is divided by (robocl's guard, see module docstring)
-SWADDLE_CLAMP = 1e-3  # S3 clamps S and beta to [1e-3, 1 - 1e-3] inside the Swaddling loss
 
 
 @dataclass
@@ -72,6 +72,7 @@ class SymphonyConfig:
     recycle: Literal["forever", "once"] = "forever"  # terminal recycling: S3 code / newest draft's text
     a_max: float = 1.0  # action = a_max * tanh(...); the paper sends [-1, 1] even to Humanoid's +-0.4 box
     noise_bound: float = math.e  # eps = clip(N(0,1), -b, b) / b; S3 uses e, the SE variant pi
+    swaddle_clamp: float = 1e-3  # S and beta clamped to [c, 1 - c] in the Swaddling loss (newest: 1e-8)
     fall_steps: int = 50  # last steps of a capped training episode run noise only (newest: 100)
     seed: int = 0  # initialisation, noise, batch sampling and env reset seeds
 
@@ -84,6 +85,8 @@ class SymphonyConfig:
             raise ValueError(f"need 0 < tau={self.tau} <= 1, 0 <= gamma={self.gamma} < 1, 0 <= alpha < 1")
         if self.baseline not in ("per_sample", "scalar") or self.value_weights not in ("tanh", "bell"):
             raise ValueError(f"bad baseline={self.baseline!r} or value_weights={self.value_weights!r}")
+        if not 0 < self.swaddle_clamp < 0.5:
+            raise ValueError(f"swaddle_clamp must be in (0, 0.5), got {self.swaddle_clamp}")
         if self.tile * self.n_explore < 2:
             raise ValueError(f"buffer tile * n_explore = {self.tile * self.n_explore} must be >= 2")
 
@@ -233,14 +236,16 @@ def temporal_advantage(
     return (q - base) / base.abs().clamp_min(ADV_FLOOR), new_ema
 
 
-def swaddling(strength: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def swaddling(
+    strength: torch.Tensor, beta: torch.Tensor, clamp: float = 1e-3
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, A) strength S and beta -> (per-element sw, per-element beta term Omega(beta^2)).
 
-    sw = Omega(S^(1/beta*)) + beta S ln S, with beta* detached in the exponent; S3 clamps both to
-    [1e-3, 1 - 1e-3] here (the action itself uses the unclamped S).
+    sw = Omega(S^(1/beta*)) + beta S ln S, with beta* detached in the exponent; both are clamped to
+    [clamp, 1 - clamp] here (S3 1e-3, newest code 1e-8; the action itself uses the unclamped S).
     """
-    s = strength.clamp(SWADDLE_CLAMP, 1 - SWADDLE_CLAMP)
-    b = beta.clamp(SWADDLE_CLAMP, 1 - SWADDLE_CLAMP)
+    s = strength.clamp(clamp, 1 - clamp)
+    b = beta.clamp(clamp, 1 - clamp)
     sw = barrier(s ** (1 / b.detach())) + b * s * torch.log(s)
     return sw, barrier(b**2)
 
@@ -259,7 +264,7 @@ def symphony_loss(
     next_action = config.a_max * torch.tanh(strength * direction + noise)
     # Target parameters are frozen; the graph keeps the path into next_action, which trains the actor.
     q_next = soft_truncated_value(target.nodes(batch["next_obs"], next_action), weights)  # (B,)
-    sw, beta_term = swaddling(strength, beta)
+    sw, beta_term = swaddling(strength, beta, config.swaddle_clamp)
     future = q_next.detach()
     if config.swaddle_in_target:
         future = future - sw.mean(-1).detach()
@@ -582,11 +587,13 @@ class OnlineRun:
     def env_step(self) -> tuple[list[dict[str, float]], float | None]:
         """Act, store, update ``updates_per_step`` times -> (update metrics, return of a finished episode)."""
         config, algo = self.config, self.algo
-        actor_on = self.t < self.spec.max_episode_steps - config.fall_steps
+        src = self.replay.total_added  # this transition's index in the run
+        training = src >= config.n_explore
+        # The deliberate noise-only fall ends training episodes only; exploration keeps the actor on (S3).
+        actor_on = not training or self.t < self.spec.max_episode_steps - config.fall_steps
         action = algo.act(self.obs, actor_on)
         next_obs, reward, terminated, truncated, _ = self.env.step(action)
         next_obs = np.asarray(next_obs, np.float32)
-        src = self.replay.total_added
         self.replay.add(self.obs, action, float(reward), next_obs, terminated, truncated)
         if src + 1 == config.n_explore:
             raw = transitions_at(self.replay, np.arange(config.n_explore), OBS_KEY)
@@ -595,7 +602,7 @@ class OnlineRun:
                 raise ValueError(f"all {config.n_explore} exploration rewards are 0: no reward scale")
             algo.reward_mean_abs = r_bar.to(algo.device)
             algo.buffer.fill(algo.buffer_rows(raw), np.arange(config.n_explore))
-        elif src + 1 > config.n_explore:
+        elif training:
             dev = algo.device
             algo.buffer.add(
                 torch.from_numpy(self.obs).to(dev),
@@ -605,7 +612,8 @@ class OnlineRun:
                 0.0 if terminated else config.gamma,  # truncation bootstraps
                 src,
             )
-        metrics = [algo.train_step() for _ in range(config.updates_per_step)] if algo.buffer.full else []
+        # Updates start at the first step after exploration, as in S3 (the fill step itself trains nothing).
+        metrics = [algo.train_step() for _ in range(config.updates_per_step)] if training else []
         self.t += 1
         self.episode_return += float(reward)
         finished = None

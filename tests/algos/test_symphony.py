@@ -175,6 +175,13 @@ def test_swaddling_values_and_detached_exponent():
     assert torch.isfinite(sw0).all() and torch.isfinite(bt0).all()
     sw0.sum().backward()
     assert s0.grad.tolist() == [[0.0, 0.0]]
+    # The newest draft's clamp [1e-8, 1 - 1e-8] lets a strength of 1e-4 through; S3's lifts it to 1e-3.
+    tiny, half = torch.tensor([[1e-4]]), torch.tensor([[0.5]])
+    newest, _ = swaddling(tiny, half, clamp=1e-8)
+    assert newest.item() == pytest.approx(2 * math.atanh(1e-8) + 0.5e-4 * math.log(1e-4), abs=1e-7)
+    assert swaddling(tiny, half)[0].item() == pytest.approx(
+        2 * math.atanh(1e-6) + 0.5e-3 * math.log(1e-3), abs=1e-7
+    )
 
 
 def test_adamw_without_bias_correction_matches_hand_update():
@@ -233,11 +240,14 @@ def test_one_update_is_one_backward_through_actor_and_critics(monkeypatch):
 # ------------------------------------------------------------------ online loop
 def test_exploration_sets_reward_scale_and_fills_the_buffer_by_tiling(tmp_path):
     run = OnlineRun(TINY, loop(200), tmp_path / "run", resume=False)
+    actor_on_flags, act = [], run.algo.act
+    run.algo.act = lambda obs, actor_on=True: (actor_on_flags.append(actor_on), act(obs, actor_on))[1]
+    # A cap shorter than fall_steps: every training step falls (noise only), no exploration step does.
+    run.spec.max_episode_steps = TINY.fall_steps - 10
     try:
-        for _ in range(TINY.n_explore - 1):
-            assert run.env_step()[0] == []  # no updates while exploring
-        metrics, _ = run.env_step()
-        assert len(metrics) == TINY.updates_per_step
+        for _ in range(TINY.n_explore):
+            assert run.env_step()[0] == []  # no updates while exploring, the step that fills included
+        assert actor_on_flags == [True] * TINY.n_explore
         buf, algo = run.algo.buffer, run.algo
         np.testing.assert_array_equal(buf.src, np.tile(np.arange(64), 4))
         raw = transitions_at(run.replay, np.arange(64), OBS_KEY)
@@ -246,7 +256,8 @@ def test_exploration_sets_reward_scale_and_fills_the_buffer_by_tiling(tmp_path):
         torch.testing.assert_close(
             buf.discount[:64], torch.from_numpy(np.where(raw["terminated"], 0.0, 0.99)).float()
         )
-        run.env_step()
+        metrics, _ = run.env_step()
+        assert len(metrics) == TINY.updates_per_step and actor_on_flags[-1] is False
         assert by_age(buf)[-1] == 64 and buf.ptr == 1 + int(raw["terminated"][0])
     finally:
         run.close()
@@ -255,7 +266,7 @@ def test_exploration_sets_reward_scale_and_fills_the_buffer_by_tiling(tmp_path):
 def test_seeded_run_is_deterministic(tmp_path):
     a = train_online(TINY, loop(110, eval_every=100), tmp_path / "a", progress=False)
     b = train_online(TINY, loop(110, eval_every=100), tmp_path / "b", progress=False)
-    assert len(a) == 3 * (110 - 63) and a == b
+    assert len(a) == 3 * (110 - 64) and a == b  # updates start after step 64
     # Periodic evaluation goes through the shared evaluator (its eval_info.json), same seeds in both runs.
     rows = [json.loads(line) for line in (tmp_path / "a" / "eval.jsonl").read_text().splitlines()]
     assert rows[0]["env_step"] == 100 and np.isfinite(rows[0]["mean_return"])
@@ -271,7 +282,7 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     state = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last").trainer_state()
     assert state["loop"]["replay"]["tail"] is not None  # killed mid-episode: the resume re-plays its actions
     rest = train_online(TINY, loop(150), tmp_path / "cut", resume=True, progress=False)
-    assert len(first) == 3 * (97 - 63) and first + rest == full
+    assert len(first) == 3 * (97 - 64) and first + rest == full
     with pytest.raises(FileExistsError):
         train_online(TINY, loop(150), tmp_path / "cut", progress=False)
 
