@@ -1,12 +1,13 @@
 """Symphony learning curves beside Stable-Baselines3 SAC, same env steps, same evaluation seeds.
 
     python -m benchmarks.symphony --device cuda            # the paper-sized run (S3 defaults), on a GPU
-    python -m benchmarks.symphony --envs Walker2d-v5 --name symphony_walker2d --steps 30000 \
-        --hidden 128 --n-q 32 --batch-size 96 --n-explore 2560 --threads 1   # a 2-core CPU budget
+    python -m benchmarks.symphony --envs Walker2d-v5 --name symphony_walker2d --steps 40000 \
+        --hidden 128 --n-q 32 --batch-size 96 --n-explore 2560 --tile 8 --threads 1   # a 2-core CPU budget
 
-The CPU budget shrinks the networks by S3's own sizing rules rather than by hand: buffer = tile x
-n_explore = 128k transitions, hidden = buffer / 1000 = 128, n_q = hidden / 4 = 32 nodes per critic and
-batch = number of nodes = 96 (the paper: 512k, 512, 128, 384).
+The CPU budget shrinks the networks by S3's own rules (h = 512 -> 128, n_q = h / 4 = 32 nodes per critic,
+batch = number of nodes = 96) and the buffer to half the run: S3's 50x tiling sizes it for 3M-step runs,
+and at 50x of 2,560 exploration steps (128k slots) 81% of a 40k-step run's samples would be exploration
+copies; 8x (20,480 slots) gives 21%, and none once the run passes 23k steps.
 
 Records the deterministic evaluation return at fixed env-step marks (exploration steps included in the
 count and stated), wall time per 1k env steps, and the paper's anchor (S3 reaches an average evaluation
@@ -42,7 +43,12 @@ SAC_NOTE = "stable-baselines3 SAC, default hyper-parameters, learning_starts = n
 
 def run_symphony(env_id: str, seed: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     config = SymphonyConfig(
-        seed=seed, n_explore=args.n_explore, hidden=args.hidden, n_q=args.n_q, batch_size=args.batch_size
+        seed=seed,
+        n_explore=args.n_explore,
+        tile=args.tile,
+        hidden=args.hidden,
+        n_q=args.n_q,
+        batch_size=args.batch_size,
     )
     loop = OnlineLoopConfig(
         env=env_id,
@@ -102,6 +108,7 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=10_000, help="env steps between evaluations")
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--n-explore", type=int, default=SymphonyConfig.n_explore, help="exploration steps")
+    parser.add_argument("--tile", type=int, default=SymphonyConfig.tile, help="buffer = tile x n_explore")
     parser.add_argument("--hidden", type=int, default=SymphonyConfig.hidden)
     parser.add_argument("--n-q", type=int, default=SymphonyConfig.n_q, help="nodes per critic")
     parser.add_argument("--batch-size", type=int, default=SymphonyConfig.batch_size)
