@@ -42,11 +42,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from robocl.store.validate import validate_store
+    from robocl.store.validate import repair_store, validate_store
 
-    report = validate_store(args.path, read_chunks=not args.quick)
+    report = validate_store(args.path, read_chunks=not args.quick or args.repair is not None)
     print(report.as_text())
-    return 0 if report.ok else 1
+    if report.ok or args.repair is None:
+        return 0 if report.ok else 1
+    print(repair_store(args.path, args.repair, report=report).as_text())
+    after = validate_store(args.path)
+    print(after.as_text())
+    return 0 if after.ok else 1
 
 
 def _cmd_train_bc(args: argparse.Namespace) -> int:
@@ -219,7 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check a store's schema, commit record and chunks")
     validate.add_argument("path", help="store path or URL")
-    validate.add_argument("--quick", action="store_true", help="skip reading every chunk")
+    validate.add_argument("--quick", action="store_true", help="check chunks exist without reading them")
+    validate.add_argument(
+        "--repair",
+        choices=("truncate", "drop"),
+        help="remove the damage found: truncate = keep the episodes before the first damaged one (in "
+        "place); drop = keep every undamaged episode (local stores: rewritten, the original kept aside)",
+    )
     validate.set_defaults(func=_cmd_validate)
 
     from robocl.algos.bc import BCConfig

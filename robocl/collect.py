@@ -25,7 +25,7 @@ from robocl.eval.rollout import (
     make_policies,
     run_rollouts,
 )
-from robocl.store import EpisodeWriter, TrajectoryStore
+from robocl.store import EpisodeWriter, StoreLockedError, TrajectoryStore
 
 
 def collect(
@@ -184,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
             settings["tags"] = _as_list(settings["tags"])
         kwargs = {_RENAMED.get(k, k): v for k, v in settings.items()}
         store = collect(**kwargs)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:  # TOML syntax errors are ValueErrors
+    except (ValueError, FileExistsError, FileNotFoundError, StoreLockedError) as err:  # TOML: ValueErrors
         print(f"robocl collect: error: {err}", file=sys.stderr)
         return 2
     table = store.episodes

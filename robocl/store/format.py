@@ -13,11 +13,16 @@ record last, in one atomic write of the group's metadata; readers clip every arr
 counts, and opening for writing cuts the arrays back to them. A writer killed at any moment therefore loses
 at most the episodes it had not committed. This is diffusion_policy's ``episode_ends`` idea with the commit
 moved to the end, where a crash cannot leave arrays that disagree with it.
+
+Integrity at rest (format 2): every chunk ends with a crc32c and every chunk is written, zeros included, so
+damage after the commit (flipped bytes, a truncated or deleted file) is an error naming the array, the chunk
+and the episodes it holds, never a silent zero (see ``integrity.py`` and ``robocl validate``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -27,24 +32,34 @@ from typing import Any, Literal
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.core.array import AsyncArray
 from zarr.core.sync import sync
 
+from robocl.store import integrity
 from robocl.store import stats as stats_lib
-from robocl.store.locks import LocalLock, MemoryLock, ObjectStoreLock, WriterLock
+from robocl.store.integrity import DamagedChunkError, DamagedStoreError
+from robocl.store.locks import LOCK_NAME, LocalLock, MemoryLock, ObjectStoreLock, WriterLock
 from robocl.store.schema import EpisodeMeta, Feature, coerce_steps
 from robocl.store.view import StoreView
 from robocl.store.writer import EpisodeWriter
 
-FORMAT_VERSION = 1
-#: Low-dimensional arrays are chunked along time only, about this many bytes per chunk (see README's
-#: store benchmark: ~1 MB chunks keep the file count small and a full read at disk speed).
+#: Format 2 added a crc32c to every chunk and writes every chunk, all-zero ones included. Format 1 stores
+#: (written before) still open, for reading and appending, as they are: they stay format 1, and
+#: ``robocl validate`` says that their chunks carry no checksums and that a missing chunk cannot be told
+#: from an all-zero one there.
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
+#: Low-dimensional arrays are chunked along time only: at most this many rows per chunk, so one damaged
+#: chunk costs at most a few dozen episodes of typical length (README's store benchmark: chunk size against
+#: bytes on disk and sampling speed), and at most this many bytes for wide features.
+LOWDIM_CHUNK_ROWS = 4096
 LOWDIM_CHUNK_BYTES = 1 << 20
 #: Images: one frame per chunk (random access decodes one frame), grouped in shards of this many frames
 #: so a store of 40k frames is ~600 files rather than 40k.
 FRAMES_PER_SHARD = 64
-EPISODE_ROWS_PER_CHUNK = 4096
+#: The episode table is small and read whole on open; 1024 rows bound what one damaged chunk costs.
+EPISODE_ROWS_PER_CHUNK = 1024
 MAX_TAGS = 64  # tags are a uint64 bitmask per episode
 
 EPISODE_COLUMNS: dict[str, str] = {
@@ -64,11 +79,13 @@ EPISODE_COLUMNS: dict[str, str] = {
 Location = str | Path | zarr.abc.store.Store
 
 
-def _compressor(image: bool = False) -> BloscCodec:
+def _compressors(image: bool = False) -> list[Any]:
     # Measured by benchmarks/store_sampling.py (README, "Store"): on rendered 96x96 frames lz4 + bit shuffle
     # wrote ~1.5x and decoded ~1.2x faster than zstd-3 + bit shuffle for 15% more bytes, and sampling speed
-    # matters more than disk; low-dimensional arrays are small, so they take zstd's better ratio.
-    return BloscCodec(cname="lz4" if image else "zstd", clevel=5 if image else 3, shuffle="bitshuffle")
+    # matters more than disk; low-dimensional arrays are small, so they take zstd's better ratio. The crc32c
+    # after the compressor is what lets a reader tell flipped bytes from data.
+    blosc = BloscCodec(cname="lz4" if image else "zstd", clevel=5 if image else 3, shuffle="bitshuffle")
+    return [blosc, Crc32cCodec()]
 
 
 @dataclass
@@ -86,6 +103,7 @@ class Episode:
     source: str
     source_episode: int
     tags: tuple[str, ...]
+    has_final_obs: bool  # False: final_obs repeats the last step's observation
 
     def __getitem__(self, key: str) -> np.ndarray:
         return self.steps[key]
@@ -117,22 +135,34 @@ class TrajectoryStore:
     """A zarr-backed store of episodes. Create with :meth:`create`, open with :meth:`open`."""
 
     def __init__(
-        self, store: Any, kind: str, mode: Literal["r", "a"], *, remote: Any = None, break_lock: bool = False
+        self,
+        store: Any,
+        kind: str,
+        mode: Literal["r", "a"],
+        *,
+        remote: Any = None,
+        break_lock: bool = False,
+        lock: WriterLock | None = None,
     ) -> None:
         self._zstore = store
         self._kind = kind
         self._remote = remote  # (sync fsspec filesystem, path) for URLs
         self.mode = mode
-        self._lock: WriterLock | None = None
-        if mode == "a":
-            self._lock = self._take_lock(break_lock)
+        self._lock: WriterLock | None = lock
+        self._cache: dict[str, np.ndarray] = {}  # low-dimensional features read whole, kept across refresh()
+        self._table: dict[str, np.ndarray] | None = None
+        self._handles: dict[str, zarr.Array] = {}
         try:
-            self._root = zarr.open_group(store, mode="r" if mode == "r" else "r+", zarr_format=3)
-            self._load_header()
+            # A writer checks the store exactly as a reader does before it takes the lock, so anything that is
+            # not a readable store fails with the reader's message and leaves no lock behind.
+            self._open_root("r")
             if mode == "a":
+                self._lock = self._lock or self._take_lock(break_lock)
+                # Again under the lock: another writer may have committed before it was ours.
+                self._open_root("r+")
                 self._truncate_uncommitted()
-        except Exception:
-            self.close()
+        except BaseException:
+            self._release_lock()
             raise
 
     # ------------------------------------------------------------------ construction
@@ -146,17 +176,24 @@ class TrajectoryStore:
         meta: Mapping[str, Any] | None = None,
         overwrite: bool = False,
         storage_options: Mapping[str, Any] | None = None,
+        lowdim_chunk_rows: int = LOWDIM_CHUNK_ROWS,
     ) -> TrajectoryStore:
         """Create an empty store and return it open for appending.
 
         features: name -> :class:`Feature` (or its dict form); fps: control rate of the recorded steps;
-        meta: free-form robot/env metadata (JSON-serialisable), e.g. ``{"robot": "panda", "env_id": ...}``.
+        meta: free-form robot/env metadata (JSON-serialisable), e.g. ``{"robot": "panda", "env_id": ...}``;
+        overwrite: replace an existing store (refused while another writer holds it);
+        lowdim_chunk_rows: rows per chunk of low-dimensional arrays (fewer: less lost per damaged chunk).
         """
+        if not isinstance(features, Mapping):
+            raise TypeError(f"features must be a mapping of name -> Feature, got {type(features).__name__}")
         feats = {k: v if isinstance(v, Feature) else Feature.from_dict(v) for k, v in features.items()}
         if not feats:
             raise ValueError("a store needs at least one feature")
-        if not fps > 0:
-            raise ValueError(f"fps must be positive, got {fps}")
+        if isinstance(fps, bool) or not isinstance(fps, int | float) or not fps > 0:
+            raise ValueError(f"fps must be a positive number, got {fps!r}")
+        if lowdim_chunk_rows < 1:
+            raise ValueError(f"lowdim_chunk_rows must be >= 1, got {lowdim_chunk_rows}")
         header = {
             "format_version": FORMAT_VERSION,
             "features": {k: f.to_dict() for k, f in feats.items()},
@@ -165,23 +202,38 @@ class TrajectoryStore:
         }
         store, kind, remote = _open_location(location, storage_options)
         if kind != "local":
-            _write_empty_store(zarr.open_group(store, mode="w", zarr_format=3), feats, header)
-            return cls(store, kind, "a", remote=remote)
+            # Lock first: overwriting must never delete a store under a live writer.
+            lock = cls._lock_of(store, kind, remote, break_lock=False)
+            try:
+                if sync(store.exists("zarr.json")):
+                    if not overwrite:
+                        raise FileExistsError(f"{location} already exists; pass overwrite=True to replace it")
+                    _clear_except_lock(store, remote)
+                root = zarr.open_group(store, mode="a", zarr_format=3)  # "w" would delete our lock
+                _write_empty_store(root, feats, header, lowdim_chunk_rows)
+            except BaseException:
+                lock.release()
+                raise
+            return cls(store, kind, "a", remote=remote, lock=lock)
         path = Path(str(store.root))
-        if path.exists() and any(path.iterdir()):
-            if not overwrite:
-                raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-            shutil.rmtree(path)
         # Built beside its final place and renamed in: a kill during creation leaves no half-made store.
         tmp = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex[:8]}")
         tmp.parent.mkdir(parents=True, exist_ok=True)
         _write_empty_store(
-            zarr.open_group(zarr.storage.LocalStore(tmp), mode="w-", zarr_format=3), feats, header
+            zarr.open_group(zarr.storage.LocalStore(tmp), mode="w-", zarr_format=3),
+            feats,
+            header,
+            lowdim_chunk_rows,
         )
-        if path.exists():
-            path.rmdir()
-        tmp.rename(path)
-        return cls(zarr.storage.LocalStore(path), kind, "a", remote=remote)
+        # flock follows the inode through the rename, so the new store is ours before anyone can see it.
+        lock = LocalLock(tmp)
+        try:
+            _replace_dir(path, tmp, overwrite)
+        except BaseException:
+            lock.release()
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return cls(zarr.storage.LocalStore(path), kind, "a", remote=remote, lock=lock)
 
     @classmethod
     def open(
@@ -201,76 +253,186 @@ class TrajectoryStore:
         return cls(store, kind, mode, remote=remote, break_lock=break_lock)
 
     def _take_lock(self, break_lock: bool) -> WriterLock:
-        if self._kind == "local":
-            return LocalLock(Path(str(self._zstore.root)))
-        if self._kind == "memory":
-            return MemoryLock(self._zstore)
-        if self._remote is None:
-            raise ValueError(f"cannot lock a {type(self._zstore).__name__} for writing; pass a path or URL")
-        return ObjectStoreLock(*self._remote, break_lock)
+        return self._lock_of(self._zstore, self._kind, self._remote, break_lock)
+
+    @staticmethod
+    def _lock_of(store: Any, kind: str, remote: Any, break_lock: bool) -> WriterLock:
+        if kind == "local":
+            return LocalLock(Path(str(store.root)))
+        if kind == "memory":
+            return MemoryLock(store)
+        if remote is None:
+            raise ValueError(f"cannot lock a {type(store).__name__} for writing; pass a path or URL")
+        return ObjectStoreLock(*remote, break_lock)
+
+    def _open_root(self, mode: Literal["r", "r+"]) -> None:
+        """Open the root group and read the header; every way this fails is one line naming the store."""
+        try:
+            self._root = zarr.open_group(self._zstore, mode=mode, zarr_format=3)
+        except FileNotFoundError:  # zarr's GroupNotFoundError
+            raise FileNotFoundError(f"no robocl store at {self.location} (zarr.json missing)") from None
+        except json.JSONDecodeError as exc:
+            raise DamagedStoreError(
+                f"{self.location}: zarr.json is not valid JSON (truncated?): {exc}; it holds the commit "
+                "record, so the store cannot be read"
+            ) from None
+        except ValueError as exc:  # zarr's errors for a node that is not a zarr v3 group
+            raise ValueError(f"{self.location} is not a zarr v3 group: {exc}") from None
+        self._load_header()
 
     def _load_header(self) -> None:
         attrs = self._root.attrs.asdict()
         header = attrs.get("robocl")
-        if not isinstance(header, dict) or "commit" not in attrs:
+        if not isinstance(header, dict) or not isinstance(attrs.get("commit"), dict):
             raise ValueError(
                 f"{self.location} is a zarr group but not a robocl store (no 'robocl' attributes)"
             )
-        if header.get("format_version") != FORMAT_VERSION:
+        if header.get("format_version") not in READABLE_FORMATS:
             raise ValueError(
                 f"{self.location} has robocl store format {header.get('format_version')}; "
-                f"this robocl reads format {FORMAT_VERSION}"
+                f"this robocl reads formats {', '.join(map(str, READABLE_FORMATS))}"
             )
-        self.features: dict[str, Feature] = {k: Feature.from_dict(v) for k, v in header["features"].items()}
-        self.fps: float = header["fps"]
-        self.meta: dict[str, Any] = header["meta"]
-        self._commit = attrs["commit"]
-        self._stats_acc = {k: stats_lib.from_json(v) for k, v in self._commit["stats"].items()}
-        self._cache: dict[str, np.ndarray] = {}
-        self._table: dict[str, np.ndarray] | None = None
-        self._handles: dict[str, zarr.Array] = {}
+        try:
+            self.features: dict[str, Feature] = {
+                k: Feature.from_dict(v) for k, v in header["features"].items()
+            }
+            self.fps: float = float(header["fps"])
+            self.meta: dict[str, Any] = dict(header["meta"])
+            self._commit = attrs["commit"]
+            self._stats_acc = {k: stats_lib.from_json(v) for k, v in self._commit["stats"].items()}
+            if not all(isinstance(self._commit[k], int) for k in ("n_episodes", "n_steps")):
+                raise TypeError("the episode and step counts are not integers")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DamagedStoreError(
+                f"{self.location}: the robocl header or commit record in zarr.json is incomplete "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
+        self.format_version: int = int(header["format_version"])
+        self._table = None
+        self._handles = {}  # their cached shapes may predate another writer's growth
+
+    @property
+    def checksummed(self) -> bool:
+        """Whether every chunk carries a crc32c and every chunk is written (format 2 and later)."""
+        return self.format_version >= 2
 
     def _truncate_uncommitted(self) -> None:
         """Cut every array back to the commit record (a crashed writer may have grown them)."""
-        for group, n in self._array_groups():
-            for _, arr in group.arrays():
-                if arr.shape[0] != n:
-                    arr.resize((n, *arr.shape[1:]))
+        for path, n in self.array_paths():
+            arr = self._array(path)
+            if arr.shape[0] != n:
+                arr.resize((n, *arr.shape[1:]))  # updates the handle's shape too
         if self._kind == "local":
             # zarr writes each chunk to '<key>.<uuid>.partial' and renames it; a kill between leaves these.
             for leftover in Path(str(self._zstore.root)).rglob("*.partial"):
                 leftover.unlink(missing_ok=True)
 
+    def array_paths(self) -> list[tuple[str, int]]:
+        """Every array of the store, with the number of rows the commit record says it has."""
+        return [
+            *((f"data/{k}", self.n_steps) for k in self.features),
+            *((f"episodes/{c}", self.n_episodes) for c in EPISODE_COLUMNS),
+            *((f"episodes/final/{k}", self.n_episodes) for k in self.observation_keys),
+        ]
+
     def _array(self, path: str) -> zarr.Array:
-        """Open arrays once: each ``group[key]`` lookup re-reads metadata from the backend."""
+        """Open arrays once: each lookup re-reads metadata from the backend. Arrays are opened by path, so
+        a lost group ``zarr.json`` (which holds nothing else) does not stop reads."""
         handle = self._handles.get(path)
         if handle is None:
-            handle = self._handles[path] = self._root[path]
+            try:
+                array = self._root[path]
+            except KeyError:
+                raise DamagedStoreError(
+                    f"{self.location}: array {path} is missing ({path}/zarr.json not found), so "
+                    f"{'every episode' if path.startswith('data/') else 'the episode table'} is unreadable"
+                ) from None
+            # Every chunk is written, zeros included (zarr skips all-fill chunks by default), so that a
+            # missing chunk always means lost data. zarr keeps this setting per handle, not in the store.
+            handle = self._handles[path] = array.with_config({"write_empty_chunks": True})
         return handle
 
-    def _array_groups(self) -> list[tuple[Any, int]]:
-        episodes = self._root["episodes"]
-        return [
-            (self._root["data"], self.n_steps),
-            (episodes, self.n_episodes),
-            (episodes["final"], self.n_episodes),
-        ]
+    def _rows(self, path: str, lo: int, hi: int, *, whole: bool = False) -> np.ndarray:
+        """Rows [lo, hi) of an array. A chunk that fails its checksum or decoder raises DamagedChunkError
+        naming it; ``whole`` (bulk reads into RAM) also refuses chunks that are missing."""
+        array = self._array(path)
+        if whole and self.checksummed and hi > lo:
+            present = integrity.stored_keys(array)
+            for unit in integrity.units(array, lo, hi):
+                if unit.key not in present:
+                    raise self._damage(path, unit, "is missing")
+        try:
+            return array[lo:hi]
+        except Exception as exc:  # codecs raise many types; find the chunk at fault and name it
+            raise self._locate_damage(path, lo, hi, exc) from exc
+
+    def _locate_damage(self, path: str, lo: int, hi: int, exc: Exception) -> Exception:
+        array = self._array(path)
+        # Whole chunks (up to the committed rows), so the error names every episode a bad chunk holds.
+        n_rows = self.n_steps if path.startswith("data/") else self.n_episodes
+        for unit in integrity.units(array, 0, max(hi, n_rows)):
+            if unit.hi <= lo or unit.lo >= hi:
+                continue
+            raw = integrity.get_bytes(array.store, unit.key)
+            try:
+                integrity.read_unit(array, unit, raw, checksummed=self.checksummed)
+            except integrity.ChunkProblem as problem:
+                return self._damage(path, unit, problem.problem, problem.span(unit.lo, unit.hi))
+        return DamagedStoreError(f"{self.location}: {path} rows {lo}..{hi - 1} unreadable: {exc}")
+
+    def _damage(
+        self, path: str, unit: integrity.Unit, problem: str, rows: tuple[int, int] | None = None
+    ) -> DamagedChunkError:
+        lo, hi = rows or (unit.lo, unit.hi)
+        return DamagedChunkError(
+            f"{self.location}: {path}", unit.name, (lo, hi), self.episodes_touching(path, lo, hi), problem
+        )
+
+    def episodes_touching(self, path: str, lo: int, hi: int) -> list[int] | None:
+        """The committed episodes that own rows [lo, hi) of array ``path`` (None: the table is unreadable)."""
+        if path.startswith("episodes/"):  # the table and final observations have one row per episode
+            return list(range(lo, min(hi, self.n_episodes)))
+        bounds = self._episode_bounds()
+        if bounds is None:
+            return None
+        starts, ends = bounds
+        first = int(np.searchsorted(ends, lo, side="right"))
+        last = int(np.searchsorted(starts, hi, side="left"))
+        return list(range(first, last))
+
+    def _episode_bounds(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(starts, ends) of the committed episodes, from the start column or, if that is damaged, from the
+        lengths; None when both are unreadable."""
+        if self._table is not None:
+            return self._table["start"], self._table["start"] + self._table["length"]
+        for column in ("start", "length"):
+            try:
+                values = self._rows(f"episodes/{column}", 0, self.n_episodes, whole=True)
+            except DamagedStoreError:
+                continue
+            if column == "start":  # episodes are contiguous: each ends where the next starts
+                return values, np.append(values[1:], self.n_steps)
+            ends = np.cumsum(values)
+            return ends - values, ends
+        return None
 
     def refresh(self) -> None:
         """Re-read the commit record so a reader sees episodes committed since it opened."""
-        self._root = zarr.open_group(self._zstore, mode="r" if self.mode == "r" else "r+", zarr_format=3)
         old_steps = self.n_steps
-        self._commit = self._root.attrs["commit"]
-        self._stats_acc = {k: stats_lib.from_json(v) for k, v in self._commit["stats"].items()}
-        self._table = None
-        self._handles = {}  # their cached shapes predate the writer's growth
+        self._open_root("r" if self.mode == "r" else "r+")  # handles are reopened: their shapes are stale
         if self.n_steps < old_steps:  # another writer truncated or rewrote: drop the RAM copies
             self._cache.clear()
 
     def close(self) -> None:
         """Trim spare capacity (writers) and release the writer lock."""
         if self._lock is not None:
-            self._truncate_uncommitted()
+            try:
+                self._truncate_uncommitted()
+            finally:
+                self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
             self._lock.release()
             self._lock = None
 
@@ -330,7 +492,7 @@ class TrajectoryStore:
         """The committed episode table as numpy columns (start, length, task_index, success, ...)."""
         if self._table is None:
             n = self.n_episodes
-            self._table = {col: self._array(f"episodes/{col}")[:n] for col in EPISODE_COLUMNS}
+            self._table = {col: self._rows(f"episodes/{col}", 0, n, whole=True) for col in EPISODE_COLUMNS}
         return self._table
 
     def steps(self, key: str) -> np.ndarray:
@@ -340,7 +502,7 @@ class TrajectoryStore:
         cached = self._cache.get(key)
         if cached is None or len(cached) < n:
             start = 0 if cached is None else len(cached)
-            fresh = self._array(f"data/{key}")[start:n]
+            fresh = self._rows(f"data/{key}", start, n, whole=True)
             cached = fresh if cached is None else np.concatenate([cached, fresh])
             self._cache[key] = cached
         return cached[:n]
@@ -350,7 +512,7 @@ class TrajectoryStore:
         self._check_key(key)
         if not self.features[key].is_observation:
             raise KeyError(f"{key!r} is not an observation feature, so it has no final observation")
-        return self._array(f"episodes/final/{key}")[: self.n_episodes]
+        return self._rows(f"episodes/final/{key}", 0, self.n_episodes, whole=True)
 
     def zarr_array(self, key: str, *, final: bool = False) -> zarr.Array:
         """The underlying zarr array of a feature (committed rows are the first n_steps/n_episodes)."""
@@ -363,19 +525,19 @@ class TrajectoryStore:
         if not -n <= index < n:
             raise IndexError(f"episode {index} out of range: the store has {n} committed episodes")
         index %= n
-        row = {col: v[index] for col, v in self.episodes.items()}
+        row = self._table_row(index)
         lo, hi = int(row["start"]), int(row["start"] + row["length"])
         steps = {}
         for key, feat in self.features.items():
             values = (
                 self._cache[key][lo:hi]
                 if key in self._cache and len(self._cache[key]) >= hi
-                else (self._array(f"data/{key}")[lo:hi])
+                else self._rows(f"data/{key}", lo, hi)
             )
             steps[key] = self._decode_language(values) if feat.kind == "language" else values
         final = {}
         for key in self.observation_keys:
-            value = self._array(f"episodes/final/{key}")[index]
+            value = self._rows(f"episodes/final/{key}", index, index + 1)[0]
             final[key] = self._decode_language(value) if self.features[key].kind == "language" else value
         return Episode(
             index=index,
@@ -389,7 +551,16 @@ class TrajectoryStore:
             source=self.sources[row["source_index"]],
             source_episode=int(row["source_episode"]),
             tags=self._tags_of(int(row["tags"])),
+            has_final_obs=bool(row["has_final_obs"]),
         )
+
+    def _table_row(self, index: int) -> dict[str, Any]:
+        """One episode's table row; read on its own when a damaged chunk elsewhere makes the whole table
+        unreadable (``--repair drop`` copies the undamaged episodes)."""
+        try:
+            return {col: v[index] for col, v in self.episodes.items()}
+        except DamagedStoreError:
+            return {col: self._rows(f"episodes/{col}", index, index + 1)[0] for col in EPISODE_COLUMNS}
 
     def __iter__(self) -> Iterator[Episode]:
         for i in range(self.n_episodes):
@@ -420,7 +591,7 @@ class TrajectoryStore:
         table = self.episodes
         return {
             "location": self.location,
-            "format_version": FORMAT_VERSION,
+            "format_version": self.format_version,
             "fps": self.fps,
             "meta": self.meta,
             "features": {k: f.to_dict() for k, f in self.features.items()},
@@ -475,7 +646,7 @@ class TrajectoryStore:
             truncated=truncated,
             source=source,
             source_episode=source_episode,
-            tags=tuple(tags),
+            tags=tags,
             episode_return=episode_return,
         )
         return self.add_episodes([(steps, meta, final_obs)])[0]
@@ -514,6 +685,9 @@ class TrajectoryStore:
         self, index: int, steps: Mapping[str, Any], meta: EpisodeMeta, final_obs: Mapping[str, Any] | None
     ) -> _Prepared:
         where = f"episode {index}"
+        meta = meta.checked(where)
+        if not isinstance(steps, Mapping):
+            raise TypeError(f"{where}: steps must be a mapping of feature name -> values, got {type(steps)}")
         arrays = coerce_steps(self.features, steps, where=where)
         length = len(next(iter(arrays.values())))
         obs_keys = self.observation_keys
@@ -524,11 +698,6 @@ class TrajectoryStore:
                 {k: self.features[k] for k in obs_keys}, final_obs, where=f"{where} final_obs", batched=False
             )
         tags = tuple(meta.tags)
-        for tag in tags:
-            if not isinstance(tag, str) or not tag or "," in tag:
-                raise ValueError(f"{where}: tag {tag!r} must be a non-empty string without commas")
-        if meta.task is not None and not isinstance(meta.task, str):
-            raise ValueError(f"{where}: task must be a string (the language instruction), got {meta.task!r}")
         if "reward" in arrays and self.features["reward"].kind == "reward":
             ep_return = float(np.sum(arrays["reward"], dtype=np.float64))
         else:
@@ -601,13 +770,8 @@ class TrajectoryStore:
         sync(_append_all([(self._array(path).async_array, at, v) for path, at, v in writes]))
 
         stats_acc = dict(self._stats_acc)
-        for key, feat in self.features.items():
-            if feat.kind == "language":
-                continue
-            for ep in prepared:
-                stats_acc[key] = stats_lib.merge(
-                    stats_acc.get(key), stats_lib.episode_stats(feat, ep.arrays[key])
-                )
+        for ep in prepared:
+            _add_stats(stats_acc, self.features, ep.arrays)
         commit.update(
             n_episodes=new_eps,
             n_steps=new_steps,
@@ -623,6 +787,36 @@ class TrajectoryStore:
             if len(cached) == n_steps:  # keep RAM copies current without re-reading
                 self._cache[key] = np.concatenate([cached, *[ep.arrays[key] for ep in prepared]])
         return list(range(n_eps, new_eps))
+
+    def _cut(self, n_keep: int) -> None:
+        """Keep only the first ``n_keep`` committed episodes (``robocl validate --repair``): their statistics
+        are recomputed from their steps, the commit record shrinks in one write, then the arrays follow."""
+        self._require_writer()
+        lengths = self._rows("episodes/length", 0, n_keep)
+        stats_acc: dict[str, Any] = {}
+        start = 0
+        for length in lengths.tolist():
+            steps = {key: self._rows(f"data/{key}", start, start + length) for key in self.features}
+            _add_stats(stats_acc, self.features, steps)
+            start += length
+        commit = dict(self._commit)
+        commit.update(
+            n_episodes=n_keep,
+            n_steps=start,
+            stats={k: stats_lib.to_json(v) for k, v in stats_acc.items()},
+            commit_id=int(commit["commit_id"]) + 1,
+        )
+        self._root.update_attributes({"commit": commit})
+        self._commit, self._stats_acc, self._table = commit, stats_acc, None
+        self._cache.clear()
+        self._truncate_uncommitted()
+
+
+def _add_stats(acc: dict[str, Any], features: Mapping[str, Feature], steps: Mapping[str, np.ndarray]) -> None:
+    """Merge one episode's statistics into ``acc`` (language features have none)."""
+    for key, feat in features.items():
+        if feat.kind != "language":
+            acc[key] = stats_lib.merge(acc.get(key), stats_lib.episode_stats(feat, steps[key]))
 
 
 @dataclass
@@ -648,26 +842,31 @@ def _empty_commit() -> dict[str, Any]:
     }
 
 
-def _write_empty_store(root: zarr.Group, feats: Mapping[str, Feature], header: dict[str, Any]) -> None:
+GROUPS = ("data", "episodes", "episodes/final")
+
+
+def _write_empty_store(
+    root: zarr.Group, feats: Mapping[str, Feature], header: dict[str, Any], lowdim_chunk_rows: int
+) -> None:
     data, episodes = root.require_group("data"), root.require_group("episodes")
     final = episodes.require_group("final")
     for key, feat in feats.items():
-        _create_step_array(data, key, feat)
+        _create_step_array(data, key, feat, lowdim_chunk_rows)
         if feat.is_observation:
-            _create_step_array(final, key, feat)
+            _create_step_array(final, key, feat, lowdim_chunk_rows)
     for col, dtype in EPISODE_COLUMNS.items():
         episodes.create_array(
             col,
             shape=(0,),
             dtype=dtype,
             chunks=(EPISODE_ROWS_PER_CHUNK,),
-            compressors=[_compressor()],
+            compressors=_compressors(),
             fill_value=0,
         )
     root.update_attributes({"robocl": header, "commit": _empty_commit()})
 
 
-def _create_step_array(group: Any, key: str, feat: Feature) -> None:
+def _create_step_array(group: Any, key: str, feat: Feature, lowdim_chunk_rows: int) -> None:
     if feat.is_image:
         group.create_array(
             key,
@@ -675,19 +874,54 @@ def _create_step_array(group: Any, key: str, feat: Feature) -> None:
             dtype=feat.dtype,
             chunks=(1, *feat.shape),
             shards=(FRAMES_PER_SHARD, *feat.shape),
-            compressors=[_compressor(image=True)],
+            compressors=_compressors(image=True),
             fill_value=0,
         )
     else:
-        rows = max(1, LOWDIM_CHUNK_BYTES // max(feat.step_nbytes, 1))
+        rows = max(1, min(lowdim_chunk_rows, LOWDIM_CHUNK_BYTES // max(feat.step_nbytes, 1)))
         group.create_array(
             key,
             shape=(0, *feat.shape),
             dtype=feat.dtype,
             chunks=(rows, *feat.shape),
-            compressors=[_compressor()],
+            compressors=_compressors(),
             fill_value=0,
         )
+
+
+def _replace_dir(path: Path, new: Path, overwrite: bool) -> None:
+    """Rename the store ``new`` to ``path``; an existing store there is replaced only with ``overwrite`` and
+    only while no writer holds it (its lock is taken first, so a live writer's episodes are never deleted)."""
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        if path.exists():
+            path.rmdir()
+        new.rename(path)
+        return
+    if not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    old_lock = LocalLock(path)
+    try:
+        aside = path.with_name(f".{path.name}.replaced-{uuid.uuid4().hex[:8]}")
+        path.rename(aside)
+        try:
+            new.rename(path)
+        except BaseException:
+            aside.rename(path)
+            raise
+    finally:
+        old_lock.release()
+    shutil.rmtree(aside)
+
+
+def _clear_except_lock(store: Any, remote: Any) -> None:
+    """Delete a store's objects but not the writer lock this process holds on it."""
+    if remote is None:  # a MemoryStore: its lock lives in this process, not among the keys
+        sync(store.clear())
+        return
+    fs, root = remote
+    for entry in fs.ls(root, detail=False):
+        if not entry.endswith(f"/{LOCK_NAME}"):
+            fs.rm(entry, recursive=True)
 
 
 async def _append_all(writes: list[tuple[AsyncArray, int, np.ndarray]]) -> None:

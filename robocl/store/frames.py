@@ -5,28 +5,38 @@ it top out near a thousand windows per second (shared/refs/data-formats.md measu
 are written one frame per chunk inside shards (see ``format.FRAMES_PER_SHARD``), and this module reads a
 whole shard's bytes at once, splits it with the shard index (zarr v3 sharding spec: an index of
 (offset, nbytes) uint64 pairs plus a crc32c at the end of the shard) and decodes each frame with blosc
-directly. Decoded shards stay in RAM: in one preallocated mirror when the whole array fits in the cache
-budget, otherwise in an LRU of shards.
+directly, checking the index's and every frame's crc32c as zarr would (``integrity.ShardLayout``). Decoded
+shards stay in RAM: in one preallocated mirror when the whole array fits in the cache budget, otherwise in
+an LRU of shards.
 """
 
 from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
-from numcodecs import Blosc
 
-_EMPTY = np.uint64(2**64 - 1)  # sharding spec marker for a chunk that was never written
+from robocl.store.integrity import ChunkProblem, DamagedChunkError, ShardLayout, Unit, get_bytes, units
 
 
 class FrameReader:
     """Gathers frames ``(len(ids), *frame_shape)`` from rows [0, n_rows) of a sharded zarr image array."""
 
-    def __init__(self, array: zarr.Array, n_rows: int, cache_bytes: int, *, local_root: Path | None) -> None:
+    def __init__(
+        self,
+        array: zarr.Array,
+        n_rows: int,
+        cache_bytes: int,
+        *,
+        local_root: Path | None,
+        episodes_of: Callable[[int, int], list[int] | None] | None = None,
+    ) -> None:
+        """``episodes_of(lo, hi)``: the episodes that own rows [lo, hi), named when a shard is damaged."""
         self.array = array
         self.n_rows = n_rows
         self.frame_shape = tuple(array.shape[1:])
@@ -35,7 +45,9 @@ class FrameReader:
         self.rows_per_shard = int((array.shards or array.chunks)[0])
         self.n_shards = -(-n_rows // self.rows_per_shard)
         self._local_root = local_root
-        self._direct = self._direct_decodable()
+        self._episodes_of = episodes_of
+        self._layout = ShardLayout.of(array)
+        self._direct = self._layout is not None
         total = n_rows * self.frame_nbytes
         self._mirror: np.ndarray | None = None
         self._loaded = np.zeros(self.n_shards, dtype=bool)
@@ -45,21 +57,6 @@ class FrameReader:
         self._lru: OrderedDict[int, np.ndarray] = OrderedDict()
         self._lru_capacity = max(1, cache_bytes // max(self.rows_per_shard * self.frame_nbytes, 1))
         self.shards_read = 0
-
-    def _direct_decodable(self) -> bool:
-        """Direct decoding applies to the layout robocl writes: sharded, 1-row chunks, bytes + blosc."""
-        meta = self.array.metadata.to_dict()
-        codecs = meta.get("codecs", [])
-        if len(codecs) != 1 or codecs[0].get("name") != "sharding_indexed":
-            return False
-        conf = codecs[0]["configuration"]
-        inner = [c["name"] for c in conf["codecs"]]
-        return (
-            conf["chunk_shape"][0] == 1
-            and inner == ["bytes", "blosc"]
-            and conf.get("index_location", "end") == "end"
-            and [c["name"] for c in conf["index_codecs"]] == ["bytes", "crc32c"]
-        )
 
     def gather(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64)
@@ -92,43 +89,28 @@ class FrameReader:
         self.shards_read += 1
         lo = shard * self.rows_per_shard
         hi = min(lo + self.rows_per_shard, self.n_rows)
-        if not self._direct:
+        if self._layout is None:
             return self.array[lo:hi]
-        raw = self._shard_bytes(shard)
-        if raw is None:  # never written: zarr would return fill values
-            return self.array[lo:hi]
-        n_chunks = self.rows_per_shard
-        index = np.frombuffer(raw, dtype="<u8", count=2 * n_chunks, offset=len(raw) - 16 * n_chunks - 4)
-        index = index.reshape(n_chunks, 2)
-        out = np.empty((hi - lo, *self.frame_shape), dtype=self.dtype)
-        codec = Blosc()
-        for row in range(hi - lo):
-            offset, nbytes = index[row]
-            if offset == _EMPTY:
-                out[row] = self.array.fill_value
-                continue
-            decoded = codec.decode(raw[int(offset) : int(offset + nbytes)])
-            out[row] = np.frombuffer(decoded, dtype=self.dtype.newbyteorder("<")).reshape(self.frame_shape)
-        return out
+        (unit,) = units(self.array, lo, hi)
+        raw = self._shard_bytes(unit)
+        try:
+            if raw is None:
+                if self._layout.checksummed:  # format 2 writes every shard: absent means lost
+                    raise ChunkProblem("is missing")
+                return self.array[lo:hi]  # format 1: never written, zarr returns fill values
+            return self._layout.decode(raw, hi - lo)
+        except ChunkProblem as exc:
+            rows = exc.span(lo, hi)
+            episodes = self._episodes_of(*rows) if self._episodes_of is not None else None
+            raise DamagedChunkError(self.array.path, unit.name, rows, episodes, exc.problem) from None
 
-    def _shard_bytes(self, shard: int) -> bytes | None:
-        key = "/".join(["c", str(shard)] + ["0"] * len(self.frame_shape))
-        if self._local_root is not None:
-            path = self._local_root / self.array.path / key
+    def _shard_bytes(self, unit: Unit) -> bytes | None:
+        if self._local_root is not None:  # a plain file read skips zarr's async store machinery
             try:
-                return path.read_bytes()
+                return (self._local_root / unit.key).read_bytes()
             except FileNotFoundError:
                 return None
-        buf = _sync_get(self.array.store, f"{self.array.path}/{key}")
-        return None if buf is None else buf
-
-
-def _sync_get(store: Any, key: str) -> bytes | None:
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
-
-    buf = sync(store.get(key, prototype=default_buffer_prototype()))
-    return None if buf is None else buf.to_bytes()
+        return get_bytes(self.array.store, unit.key)
 
 
 def local_root_of(store: Any) -> Path | None:

@@ -2,18 +2,20 @@
 
 Local directories use ``flock`` on a file inside the store, so the operating system drops the lock when the
 writer dies, even under SIGKILL. In-memory stores use a per-process registry. Object stores (S3 and other
-fsspec URLs) have no locks, so a lock object is written instead; a writer that died leaves it behind, and
-``open(..., break_lock=True)`` removes it.
+fsspec URLs) have no locks, so a lock object is written with a create-if-absent write (two writers racing:
+exactly one succeeds); a writer that died leaves it behind, and ``open(..., break_lock=True)`` removes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import socket
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -67,24 +69,62 @@ class MemoryLock:
 
 
 class ObjectStoreLock:
+    """A lock object written only if absent (S3's conditional put, ``If-None-Match: *``), holding a token
+    that is unique to this writer; it is deleted only while it still holds that token."""
+
     def __init__(self, fs: Any, root: str, break_lock: bool) -> None:
         self.fs = fs
-        self.path = f"{root.rstrip('/')}/{LOCK_NAME}"
-        if fs.exists(self.path) and not break_lock:
-            holder = fs.cat_file(self.path).decode(errors="replace")
-            raise StoreLockedError(
-                f"{root} has a writer lock ({holder}); if that writer died, open with break_lock=True"
-            )
+        self.root = root.rstrip("/")
+        self.path = f"{self.root}/{LOCK_NAME}"
         self.token = json.dumps(
             {"host": socket.gethostname(), "pid": os.getpid(), "id": uuid.uuid4().hex, "time": time.time()}
         )
-        fs.pipe_file(self.path, self.token.encode())
-        if fs.cat_file(self.path).decode() != self.token:  # lost a race against another writer
-            raise StoreLockedError(f"{root}: another writer took the lock at the same time")
+        if break_lock:
+            holder = self._holder()
+            if holder is not None:
+                self._delete(*holder)  # that holder's lock only: one written since then is not touched
+        try:
+            fs.pipe_file(self.path, self.token.encode(), mode="create")
+        except FileExistsError:
+            holder = self._holder()
+            raise StoreLockedError(
+                f"{self.root} has a writer lock ({holder[1] if holder else 'just released'}); "
+                "if that writer died, open with break_lock=True"
+            ) from None
         self._held = True
 
+    def _holder(self) -> tuple[str | None, str] | None:
+        """(ETag, token) of the lock object now in place, or None if there is none."""
+        self.fs.invalidate_cache(self.path)
+        try:
+            # ETag first: if the object is replaced between the two reads, the token read is the new one's,
+            # and a delete conditional on the old ETag then fails instead of removing the new lock.
+            etag = self.fs.info(self.path).get("ETag")
+            return etag, self.fs.cat_file(self.path).decode(errors="replace")
+        except FileNotFoundError:
+            return None
+
+    def _delete(self, etag: str | None, token: str) -> None:
+        if etag is not None and hasattr(self.fs, "call_s3"):
+            bucket, key, _ = self.fs.split_path(self.path)
+            # Replaced or gone meanwhile (precondition failed): then it is not ours to delete.
+            with contextlib.suppress(FileExistsError, FileNotFoundError):
+                self.fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
+        elif self._holder() == (etag, token):
+            self.fs.rm_file(self.path)
+        self.fs.invalidate_cache(self.path)
+
     def release(self) -> None:
-        if self._held:
-            self._held = False
-            if self.fs.exists(self.path):
-                self.fs.rm_file(self.path)
+        if not self._held:
+            return
+        self._held = False
+        holder = self._holder()
+        if holder is None or holder[1] != self.token:
+            warnings.warn(
+                f"{self.root}: another process broke this writer's lock (break_lock=True) while it wrote; "
+                "its lock is left in place",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return
+        self._delete(*holder)

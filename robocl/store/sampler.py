@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -108,13 +109,21 @@ class WindowSampler:
         if key not in self._readers:
             root = local_root_of(self.store._zstore)
             budget = self._cache_bytes
+            touching = self.store.episodes_touching  # names the episodes of a damaged shard
             self._readers[key] = (
-                FrameReader(self.store.zarr_array(key), self.store.n_steps, budget, local_root=root),
+                FrameReader(
+                    self.store.zarr_array(key),
+                    self.store.n_steps,
+                    budget,
+                    local_root=root,
+                    episodes_of=partial(touching, f"data/{key}"),
+                ),
                 FrameReader(
                     self.store.zarr_array(key, final=True),
                     self.store.n_episodes,
                     budget // 8 + 1,
                     local_root=root,
+                    episodes_of=partial(touching, f"episodes/final/{key}"),
                 ),
             )
         return self._readers[key]

@@ -99,6 +99,40 @@ class EpisodeMeta:
     tags: Sequence[str] = field(default_factory=tuple)
     episode_return: float | None = None  # computed from the reward feature when the store has one
 
+    def checked(self, where: str) -> EpisodeMeta:
+        """This record with its tags as a tuple; raises TypeError/ValueError naming the first bad field.
+
+        Types are checked, not coerced: ``tags="train"`` would otherwise become five one-letter tags,
+        ``success="no"`` True and ``source_episode=1.5`` 1.
+        """
+        for name in ("success", "terminated", "truncated"):
+            if not isinstance(getattr(self, name), bool | np.bool_):
+                raise TypeError(f"{where}: {name} must be a bool, got {getattr(self, name)!r}")
+        for name in ("task", "source"):
+            value = getattr(self, name)
+            if not isinstance(value, str) and not (name == "task" and value is None):
+                raise TypeError(f"{where}: {name} must be a string, got {value!r}")
+        if isinstance(self.source_episode, bool) or not isinstance(self.source_episode, int | np.integer):
+            raise TypeError(f"{where}: source_episode must be an integer, got {self.source_episode!r}")
+        ret = self.episode_return
+        if ret is not None and (isinstance(ret, bool) or not isinstance(ret, int | float | np.number)):
+            raise TypeError(f"{where}: episode_return must be a number, got {self.episode_return!r}")
+        if isinstance(self.tags, str | bytes) or not isinstance(self.tags, Sequence | set | frozenset):
+            raise TypeError(f"{where}: tags must be a sequence of strings like ('train',), got {self.tags!r}")
+        for tag in self.tags:
+            if not isinstance(tag, str) or not tag or "," in tag:
+                raise ValueError(f"{where}: tag {tag!r} must be a non-empty string without commas")
+        return EpisodeMeta(
+            task=self.task,
+            success=bool(self.success),
+            terminated=bool(self.terminated),
+            truncated=bool(self.truncated),
+            source=self.source,
+            source_episode=int(self.source_episode),
+            tags=tuple(self.tags),
+            episode_return=self.episode_return,
+        )
+
 
 def coerce_steps(
     features: Mapping[str, Feature],
@@ -126,8 +160,12 @@ def coerce_steps(
         feat = features[key]
         if feat.kind == "language":
             arr = np.asarray(value, dtype=object)
-            expected: tuple[int, ...] = (arr.shape[0],) if batched and arr.ndim == 1 else ()
-            if arr.shape != expected or not all(isinstance(s, str) for s in arr.reshape(-1)):
+            if batched and arr.ndim != 1:
+                raise ValueError(
+                    f"{where}: feature {key!r} (language) needs a sequence with one string per step, got "
+                    f"{value!r:.80}"
+                )
+            if arr.ndim != int(batched) or not all(isinstance(s, str) for s in arr.reshape(-1)):
                 raise ValueError(f"{where}: feature {key!r} (language) needs one string per step")
         else:
             arr = _cast(np.asarray(value), feat, key, where)

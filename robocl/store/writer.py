@@ -26,7 +26,10 @@ class EpisodeWriter:
         tags: Sequence[str],
     ) -> None:
         self.store = store
-        self.meta = EpisodeMeta(task=task, source=source, source_episode=source_episode, tags=tuple(tags))
+        # Checked now, so a wrong argument fails before the episode is recorded rather than at commit.
+        self.meta = EpisodeMeta(task=task, source=source, source_episode=source_episode, tags=tags).checked(
+            "episode writer"
+        )
         self._buffers: dict[str, np.ndarray] = {}
         self._n = 0
         self._done = False

@@ -254,3 +254,26 @@ def test_uncommitted_rows_are_invisible_and_truncated_on_write_open(tmp_path):
     assert reader.n_steps == 5 and len(reader.steps("reward")) == 5
     TrajectoryStore.open(tmp_path / "s.zarr", "a").close()
     assert zarr.open_array(tmp_path / "s.zarr" / "data" / "action").shape == (5, 2)
+
+
+def test_wrong_argument_types_are_refused_not_coerced(tmp_path):
+    store = TrajectoryStore.create(
+        tmp_path / "s.zarr", {"task": Feature("language"), "action": Feature("action")}, fps=10
+    )
+    steps = {"task": ["go"] * 3, "action": np.zeros(3)}
+    cases = [
+        (r"tags must be a sequence of strings like \('train',\), got 'train'", {"tags": "train"}),
+        (r"success must be a bool, got 'no'", {"success": "no"}),
+        (r"source_episode must be an integer, got 1.5", {"source_episode": 1.5}),
+        (r"task must be a string, got 3", {"task": 3}),
+    ]
+    for pattern, kwargs in cases:
+        with pytest.raises(TypeError, match=f"^episode 0: {pattern}"):
+            store.add_episode(steps, **kwargs)
+    with pytest.raises(ValueError, match="needs a sequence with one string per step, got 'go'"):
+        store.add_episode(steps | {"task": "go"})
+    with pytest.raises(TypeError, match="episode writer: tags must be a sequence"):
+        store.episode_writer(tags="train")
+    assert store.n_episodes == 0
+    store.add_episode(steps, tags=["train"], success=np.bool_(True), source_episode=np.int64(4))
+    assert store.episode(0).tags == ("train",) and store.episode(0).source_episode == 4

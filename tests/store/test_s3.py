@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
 from robocl.store import StoreLockedError, TrajectoryStore, WindowSampler
+from robocl.store.locks import ObjectStoreLock
 from robocl.store.validate import validate_store
 from tests.store.conftest import FEATURES, final_of, make_episode
 
@@ -61,3 +66,47 @@ def test_s3_round_trip_lock_and_sampling(s3_options):
     writer.close()
     reader.refresh()
     assert reader.n_episodes == 3
+
+
+def test_racing_writers_never_both_get_the_lock(s3_options):
+    """Two writers, each with its own S3 client, start together (the second up to 10 ms later, seeded):
+    with check-then-write locking both won in several of these trials; with a conditional put, never."""
+    import s3fs
+
+    clients = [s3fs.S3FileSystem(**s3_options, skip_instance_cache=True) for _ in range(2)]
+    delays = np.random.default_rng(0).uniform(0, 0.01, size=60)
+    barrier = threading.Barrier(2)
+
+    def take(writer: int, trial: int) -> ObjectStoreLock | None:
+        barrier.wait()
+        time.sleep(delays[trial] * writer)
+        try:
+            return ObjectStoreLock(clients[writer], "robocl-test/race.zarr", break_lock=False)
+        except StoreLockedError:
+            return None
+
+    with ThreadPoolExecutor(2) as pool:
+        for trial in range(len(delays)):
+            held = [lock for lock in pool.map(take, [0, 1], [trial, trial]) if lock is not None]
+            assert len(held) == 1, f"trial {trial}: {len(held)} writers hold the lock"
+            held[0].release()
+
+
+def test_broken_lock_is_not_released_by_its_old_owner_and_overwrite_waits(s3_options):
+    url = "s3://robocl-test/broken.zarr"
+    first = TrajectoryStore.create(url, FEATURES, fps=10, storage_options=s3_options)
+    first.add_episode(make_episode(0, 3))
+    with pytest.raises(StoreLockedError):  # overwrite takes the lock first: the live writer keeps its store
+        TrajectoryStore.create(url, FEATURES, fps=10, overwrite=True, storage_options=s3_options)
+    second = TrajectoryStore.open(url, "a", storage_options=s3_options, break_lock=True)
+    with pytest.warns(RuntimeWarning, match="broke this writer's lock"):
+        first.close()
+    with pytest.raises(StoreLockedError):  # the second writer's lock survived the first one's release
+        TrajectoryStore.open(url, "a", storage_options=s3_options)
+    second.close()
+    assert TrajectoryStore.open(url, storage_options=s3_options).n_episodes == 1
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        TrajectoryStore.create(url, FEATURES, fps=10, storage_options=s3_options)
+    fresh = TrajectoryStore.create(url, FEATURES, fps=10, overwrite=True, storage_options=s3_options)
+    assert fresh.n_episodes == 0
+    fresh.close()
