@@ -326,13 +326,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_errors() -> tuple[type[Exception], ...]:
+    """What the command line reports as one line, without a traceback: bad input (files, stores,
+    checkpoints, options), a store held by another writer, a diverged run, a dead env worker."""
+    from robocl.eval.rollout import WorkerDiedError
+    from robocl.store import StoreLockedError
+    from robocl.train import TrainingDiverged
+
+    return (
+        FileNotFoundError,
+        FileExistsError,
+        ValueError,
+        KeyError,
+        PermissionError,
+        StoreLockedError,
+        TrainingDiverged,
+        WorkerDiedError,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # MuJoCo picks its OpenGL backend at import; EGL renders headless (no display on servers and CI).
     os.environ.setdefault("MUJOCO_GL", "egl")
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError, PermissionError) as exc:
+    except user_errors() as exc:
         print(f"robocl {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

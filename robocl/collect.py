@@ -25,7 +25,7 @@ from robocl.eval.rollout import (
     make_policies,
     run_rollouts,
 )
-from robocl.store import EpisodeWriter, StoreLockedError, TrajectoryStore
+from robocl.store import EpisodeWriter, TrajectoryStore
 
 
 def collect(
@@ -169,6 +169,8 @@ def _as_list(value: str | Sequence[str]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``robocl collect`` from parsed arguments; returns the exit status."""
+    from robocl.cli import user_errors
+
     # The namespace also carries the main parser's fields (the subcommand name, func); keep collect's own.
     given = {k: v for k, v in vars(args).items() if k in _OPTIONS or k == "recipe"}
     try:
@@ -184,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
             settings["tags"] = _as_list(settings["tags"])
         kwargs = {_RENAMED.get(k, k): v for k, v in settings.items()}
         store = collect(**kwargs)
-    except (ValueError, FileExistsError, FileNotFoundError, StoreLockedError) as err:  # TOML: ValueErrors
+    except user_errors() as err:  # TOML syntax errors are ValueErrors
         print(f"robocl collect: error: {err}", file=sys.stderr)
         return 2
     table = store.episodes

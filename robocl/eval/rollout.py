@@ -554,6 +554,10 @@ class _Collector:
             recorder.discard()
 
 
+class WorkerDiedError(RuntimeError):
+    """A vector-env worker process ended without answering."""
+
+
 def run_rollouts(
     plan: RolloutPlan,
     n_episodes: int,
@@ -571,9 +575,21 @@ def run_rollouts(
                 for result in collector.run(n_episodes):
                     bar.update(1)
                     yield result
+            except (EOFError, ConnectionError) as exc:  # what a pipe to a dead worker process raises
+                # close() would wait on the dead worker's pipe and raise again: end the others directly.
+                for process in getattr(vec, "processes", []):
+                    process.terminate()
+                    process.join()
+                vec.closed = True
+                raise WorkerDiedError(
+                    f"{env_plan.env_id}: an env worker process died mid-episode ({type(exc).__name__}: the "
+                    "env crashed in native code or was killed, e.g. out of memory); episodes finished "
+                    "before it were kept"
+                ) from exc
             finally:
                 collector.discard()
-                vec.close()
+                if not vec.closed:
+                    vec.close()
 
 
 def rollout_episodes(

@@ -1,0 +1,32 @@
+"""The command line reports failures as one line naming the problem, never as a traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from robocl import cli
+from robocl.train import TrainingDiverged
+
+
+def test_dead_env_worker_is_one_line(tmp_path, capsys):
+    args = ["collect", "--env", "tests.eval.dying_robot:DyingArm-v0", "--episodes", "2", "--policy", "random"]
+    assert cli.main([*args, "--num-envs", "2", "--out", str(tmp_path / "s.zarr"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "DyingArm-v0: an env worker process died mid-episode" in err
+
+
+def test_diverged_training_is_one_line(monkeypatch, capsys):
+    def diverge(args):
+        raise TrainingDiverged("non-finite value at update 7: loss is nan; last good state saved to X")
+
+    monkeypatch.setattr(cli, "_cmd_info", diverge)
+    assert cli.main(["info", "anything"]) == 2
+    assert capsys.readouterr().err == (
+        "robocl info: error: non-finite value at update 7: loss is nan; last good state saved to X\n"
+    )
+
+
+def test_unknown_failures_still_raise(monkeypatch):
+    monkeypatch.setattr(cli, "_cmd_info", lambda args: [][0])
+    with pytest.raises(IndexError):  # a bug, not bad input: keep the traceback
+        cli.main(["info", "anything"])
