@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import torch
 
-from robocl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from robocl.checkpoint import load_checkpoint, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state
 from robocl.policy import Policy
 
 
@@ -149,15 +149,15 @@ def fit(
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last"
     if resume:
-        if not last.exists():
+        if resolve_checkpoint(last) is None:
             raise FileNotFoundError(f"--resume: no checkpoint at {last}")
-        ckpt = load_checkpoint(last)
+        ckpt = load_checkpoint(last, method=algo.name)
         state = ckpt.trainer_state()
         algo.load_tensors(ckpt.tensors)
         algo.load_trainer_state(state["algorithm"])
         sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
-    elif last.exists():
+    elif resolve_checkpoint(last) is not None:
         raise FileExistsError(
             f"{run_dir} already holds a run; pass resume=True (--resume) or use a new run_dir"
         )

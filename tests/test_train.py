@@ -158,7 +158,7 @@ def test_corrupt_and_foreign_checkpoints_give_clear_errors(demo_store, tmp_path)
     weights = ckpt / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=r"model\.safetensors is unreadable"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors fails its SHA-256 checksum"):
         robocl.load_policy(str(ckpt))
     weights.write_bytes(data)
     header = json.loads((ckpt / "config.json").read_text())
@@ -170,5 +170,66 @@ def test_corrupt_and_foreign_checkpoints_give_clear_errors(demo_store, tmp_path)
         robocl.load_policy(str(ckpt))
     (ckpt / "config.json").write_text(json.dumps(header))
     (ckpt / "trainer.pt").write_bytes(b"\x00" * 10)
-    with pytest.raises(CheckpointError, match=r"trainer\.pt is unreadable"):
+    with pytest.raises(CheckpointError, match=r"trainer\.pt fails its SHA-256 checksum"):
         load_checkpoint(ckpt).trainer_state()
+
+
+def test_flipped_bytes_in_tensors_are_refused_not_loaded(demo_store, tmp_path):
+    algo, sampler = make(demo_store)
+    fit(algo, sampler, LoopConfig(n_updates=2, batch_size=4), tmp_path / "run", progress=False)
+    weights = tmp_path / "run" / "checkpoints" / "last" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x01  # inside the last tensor: safetensors alone would load a slightly different weight
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="fails its SHA-256 checksum"):
+        robocl.load_policy(str(weights.parent))
+
+
+def test_kill_between_the_renames_resumes_from_the_newest_complete_copy(demo_store, tmp_path, monkeypatch):
+    loop = LoopConfig(n_updates=4, batch_size=4, checkpoint_every=2)
+    algo, sampler = make(demo_store)
+    fit(algo, sampler, loop, tmp_path / "run", progress=False)  # last: step 4
+    last = tmp_path / "run" / "checkpoints" / "last"
+    rename = Path.rename
+
+    def killed_before_second_rename(self, target):
+        if self.name == "last.tmp":
+            raise KeyboardInterrupt("killed")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", killed_before_second_rename)
+    algo, sampler = make(demo_store)
+    with pytest.raises(KeyboardInterrupt):
+        fit(algo, sampler, LoopConfig(n_updates=6, batch_size=4, checkpoint_every=2), tmp_path / "run",
+            resume=True, progress=False)  # fmt: skip
+    monkeypatch.undo()
+    assert not last.exists() and (last.parent / "last.old").exists() and (last.parent / "last.tmp").exists()
+
+    with pytest.warns(RuntimeWarning, match=r"using last\.tmp, the newest complete copy \(step 6\)"):
+        assert load_checkpoint(last).step == 6
+    assert last.exists() and not (last.parent / "last.tmp").exists()
+
+
+def test_resume_refuses_another_methods_checkpoint(demo_store, tmp_path):
+    algo, sampler = make(demo_store)
+    fit(algo, sampler, LoopConfig(n_updates=2, batch_size=4), tmp_path / "run", progress=False)
+    config = tmp_path / "run" / "checkpoints" / "last" / "config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"method": "co-rft"}))
+    algo, sampler = make(demo_store)
+    with pytest.raises(CheckpointError, match="holds a co-rft checkpoint, not bc"):
+        fit(
+            algo,
+            sampler,
+            LoopConfig(n_updates=4, batch_size=4),
+            tmp_path / "run",
+            resume=True,
+            progress=False,
+        )
+
+
+def test_checkpoint_files_and_folders_are_fsynced(demo_store, tmp_path, monkeypatch):
+    synced = []
+    monkeypatch.setattr("os.fsync", lambda fd: synced.append(Path(f"/proc/self/fd/{fd}").resolve().name))
+    algo, sampler = make(demo_store)
+    fit(algo, sampler, LoopConfig(n_updates=1, batch_size=4), tmp_path / "run", progress=False)
+    assert {"model.safetensors", "trainer.pt", "config.json", "last.tmp", "checkpoints"} <= set(synced)

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from robocl.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from robocl.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
 from robocl.policy import batch_size_of
 from robocl.store import Feature, OnlineReplay, TrajectoryStore
 from robocl.store.fading import PHI, FadingReplay, transitions_at
@@ -544,11 +544,11 @@ class OnlineRun:
         self.last = self.run_dir / "checkpoints" / "last"
         self.env = make_env(loop.env)
         if resume:
-            if not self.last.exists():
+            if resolve_checkpoint(self.last) is None:
                 raise FileNotFoundError(f"--resume: no checkpoint at {self.last}")
-            ckpt = load_checkpoint(self.last)
+            ckpt = load_checkpoint(self.last, method=Symphony.name)
             config, spec = SymphonyConfig(**ckpt.config), SymphonySpec(**ckpt.spec)
-        elif self.last.exists():
+        elif resolve_checkpoint(self.last) is not None:
             raise FileExistsError(f"{self.run_dir} already holds a run; pass --resume or use a new run dir")
         else:
             spec = SymphonySpec(
