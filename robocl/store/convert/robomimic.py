@@ -80,9 +80,29 @@ class RobomimicSource:
         if "mask" in self.file:
             for key, names in self.file["mask"].items():
                 for name in names[:]:
-                    self.tags.setdefault(name.decode() if isinstance(name, bytes) else str(name), []).append(
-                        key
-                    )
+                    name = name.decode() if isinstance(name, bytes) else str(name)
+                    if name not in data:
+                        raise ConversionError(
+                            self.path, f"mask/{key}", f"names {name}, which data holds no group for"
+                        )
+                    self.tags.setdefault(name, []).append(key)
+        # Declared sample counts must agree with the arrays: a mismatch means a partial or edited file.
+        lengths = {
+            name: len(data[name]["actions"]) if "actions" in data[name] else 0 for _, name in self.demos
+        }
+        for _, name in self.demos:
+            declared = data[name].attrs.get("num_samples")
+            if declared is not None and int(declared) != lengths[name]:
+                raise ConversionError(
+                    self.path,
+                    f"data/{name}.num_samples",
+                    f"says {declared}, but its actions hold {lengths[name]} steps",
+                )
+        total = data.attrs.get("total")
+        if total is not None and int(total) != sum(lengths.values()):
+            raise ConversionError(
+                self.path, "data.total", f"says {total}, but the demos hold {sum(lengths.values())} steps"
+            )
         record = loads(data.attrs.get("robocl_schema"), self.path, "data.robocl_schema")
         # robomimic readers expect "dones", so exports write it even for stores without a done flag.
         self.features, meta = apply_schema(self._native_features(), record, implied=("dones",))

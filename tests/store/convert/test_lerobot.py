@@ -299,3 +299,43 @@ def test_lerobot_opens_our_export(tmp_path):
     np.testing.assert_array_equal(item["observation.state"].numpy(), state_of(2, 1)[0])
     assert item["task"] == "task 0" and item["observation.images.front"].shape == (3, 48, 64)
     store.close()
+
+
+# -------------------------------------------------------------------------------------- untrusted input
+def _edit_info(root, **changes) -> None:
+    info = json.loads((root / "meta/info.json").read_text())
+    (root / "meta/info.json").write_text(json.dumps(info | changes))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"data_path": "../outside/file-{file_index:03d}.parquet"}, "points outside the dataset folder"),
+        ({"data_path": "/etc/data-{chunk_index}.parquet"}, "points outside the dataset folder"),
+        ({"video_path": "../../../../etc/hostname{video_key}"}, "points outside the dataset folder"),
+        ({"data_path": "data/chunk-{chunk_index:0400000000d}.parquet"}, "widths up to 20"),
+        ({"data_path": "data/{0}.parquet"}, r"'\{0\}' in .* is not one of the fields"),
+        ({"data_path": "data/{chunk_index.__class__}.parquet"}, "is not one of the fields"),
+        ({"data_path": "data/{chunk_index[0]}.parquet"}, "is not one of the fields"),
+        ({"data_path": "data/chunk-{chunk_index:03d.parquet"}, "unmatched brace"),
+        ({"total_frames": 999}, "total_frames: says 999, but the dataset's metadata lists 13"),
+        ({"total_episodes": 7}, "total_episodes: says 7, but the dataset.s metadata lists 3"),
+    ],
+)
+def test_hostile_or_inconsistent_info_json_is_refused_before_reading(tmp_path, changes, message):
+    root = write_lerobot_v3(tmp_path / "ds")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "file-000.parquet").write_bytes(
+        (root / "data/chunk-000/file-000.parquet").read_bytes()
+    )
+    _edit_info(root, **changes)
+    with pytest.raises(ConversionError, match=message):
+        ingest("lerobot", root, tmp_path / "s.zarr", progress=False)
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_v21_templates_are_filled_by_the_fixed_formatter(tmp_path):
+    root = write_lerobot_v21(tmp_path / "old")
+    _edit_info(root, video_path="videos/chunk-{episode_chunk:03d}/../../../{video_key}/x.mp4")
+    with pytest.raises(ConversionError, match="points outside the dataset folder"):
+        ingest("lerobot", root, tmp_path / "s.zarr", progress=False)

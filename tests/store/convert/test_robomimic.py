@@ -90,6 +90,13 @@ def test_bad_files(tmp_path):
         del f["data/demo_1/actions"]
         f["data/demo_1/actions"] = actions
     with pytest.raises(
+        ConversionError, match=r"data/demo_1.num_samples: says 5, but its actions hold 4 steps"
+    ):
+        ingest("robomimic", path, tmp_path / "s.zarr", progress=False)
+    with h5py.File(path, "a") as f:  # declared counts agree again: the per-array check still applies
+        f["data"].attrs["total"] = 9
+        f["data/demo_1"].attrs["num_samples"] = 4
+    with pytest.raises(
         ConversionError,
         match=r"r.hdf5: data/demo_1/obs/agentview_image: shape \(5, 32, 32, 3\) does not hold 4 steps",
     ):
@@ -98,3 +105,17 @@ def test_bad_files(tmp_path):
         "robomimic", write_robomimic(tmp_path / "ok.hdf5"), tmp_path / "t.zarr", progress=False
     ) as store:
         assert store.n_episodes == 3
+
+
+def test_declared_totals_and_masks_must_match_the_demos(tmp_path):
+    path = write_robomimic(tmp_path / "r.hdf5")
+    with h5py.File(path, "a") as f:
+        f["data"].attrs["total"] = 11
+    with pytest.raises(ConversionError, match=r"data.total: says 11, but the demos hold 10 steps"):
+        ingest("robomimic", path, tmp_path / "s.zarr", progress=False)
+    path = write_robomimic(tmp_path / "m.hdf5")
+    with h5py.File(path, "a") as f:
+        del f["mask/valid"]
+        f["mask/valid"] = np.array(["demo_2", "demo_7"], dtype="S")
+    with pytest.raises(ConversionError, match=r"mask/valid: names demo_7, which data holds no group for"):
+        ingest("robomimic", path, tmp_path / "s.zarr", progress=False)
