@@ -336,6 +336,13 @@ def inside(root: Path, relative: str, where: str | Path, what: str) -> Path:
     return Path(path)
 
 
+def reward_dtype(source: Any) -> str:
+    """The store dtype for a source's rewards: a float type as it is (float64 stays float64, so round trips
+    are exact), anything else (integer or bool rewards) as float64."""
+    dtype = np.dtype(source)
+    return str(dtype) if dtype.kind == "f" else "float64"
+
+
 def dumps(record: Mapping[str, Any]) -> str:
     return json.dumps(record, separators=(",", ":"))
 

@@ -39,6 +39,7 @@ from robocl.store.convert.common import (
     prepare_dest,
     reading,
     reshape_steps,
+    reward_dtype,
     schema_record,
 )
 
@@ -131,7 +132,7 @@ class D4RLSource:
         out: FeatureMap = {}
         for key, name in CORE.items():
             kind = {"observations": "state", "actions": "action", "rewards": "reward"}[key]
-            dtype = "float32" if key == "rewards" else str(f[key].dtype)
+            dtype = reward_dtype(f[key].dtype) if key == "rewards" else str(f[key].dtype)
             out[key] = (name, Feature(kind, dtype, f[key].shape[1:]))  # type: ignore[arg-type]
         for key in self._info_keys():
             dtype = str(f[key].dtype)

@@ -14,6 +14,7 @@ and carry robocl's schema in the dataset metadata and its extras in each episode
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,10 +36,23 @@ from robocl.store.convert.common import (
     reading,
     require,
     reshape_steps,
+    reward_dtype,
     schema_record,
 )
 
 DEFAULT_FPS = 10.0
+#: Dataset metadata a store keeps under meta["minari"] and an export writes back, so that
+#: ingest -> export keeps ``recover_environment()`` working and the dataset's card whole.
+CARRIED_METADATA = (
+    "env_spec",
+    "eval_env_spec",
+    "author",
+    "author_email",
+    "code_permalink",
+    "description",
+    "algorithm_name",
+    "requirements",
+)
 
 
 def _minari() -> Any:
@@ -97,18 +111,19 @@ class MinariSource:
         record = raw.get("robocl")
         self.features, meta = apply_schema(native, record)
         self.fps = fps or (record or {}).get("fps") or DEFAULT_FPS
+        kept = (
+            "dataset_id",
+            "observation_space",
+            "action_space",
+            "ref_min_score",
+            "ref_max_score",
+            "data_format",
+        )
         self.meta = meta or {
             "minari": {
-                k: raw[k]
-                for k in (
-                    "dataset_id",
-                    "observation_space",
-                    "action_space",
-                    "env_spec",
-                    "ref_min_score",
-                    "ref_max_score",
-                    "data_format",
-                )
+                # Minari reads authors as sets, which JSON cannot hold.
+                k: sorted(raw[k]) if isinstance(raw[k], set) else raw[k]
+                for k in (*kept, *CARRIED_METADATA)
                 if k in raw
             }
         }
@@ -132,9 +147,10 @@ class MinariSource:
         if len(actions) != 1 or actions[0][1].kind == "language":
             raise ConversionError(where, "action_space", "robocl needs one Box or Discrete action space")
         out["actions"] = ("action", Feature("action", actions[0][1].dtype, actions[0][1].shape))
-        out["rewards"] = ("reward", Feature("reward", "float32"))
+        out["rewards"] = ("reward", Feature("reward", "float64"))  # Minari's own reward dtype
         if self.storage.total_episodes:
             first = next(iter(self._episodes([0])))
+            out["rewards"] = ("reward", Feature("reward", reward_dtype(np.asarray(first["rewards"]).dtype)))
             for keys, values in _info_leaves(first.get("infos") or {}, ()):
                 kind = "flag" if values.dtype == bool else "state"
                 out["/".join(("infos", *keys))] = (
@@ -313,11 +329,7 @@ def export_minari(
     The dataset lands in ``dest/<dataset_id>/data``; ``minari.load_dataset(dataset_id)`` opens it with
     ``MINARI_DATASETS_PATH=dest``, and ``minari.MinariDataset(path)`` opens it anywhere.
     """
-    minari = _minari()
-    from minari.data_collector.episode_buffer import EpisodeBuffer
-    from minari.dataset.minari_storage import MinariStorage
-    from tqdm import tqdm
-
+    _minari()  # the extra's install hint before any work
     with reading(store) as store:
         obs_space, act_space, mapping = _spaces(store)
         dataset_id = (
@@ -325,37 +337,68 @@ def export_minari(
             or store.meta.get("minari", {}).get("dataset_id")
             or f"robocl/{Path(store.location).stem}-v0"
         )
-        root = Path(dest) / dataset_id
+        dest = Path(dest).resolve()  # Minari's storage joins relative paths onto themselves
+        root = dest / dataset_id
         prepare_dest(root, overwrite)
         root.mkdir(parents=True)
+        try:
+            _write_dataset(
+                store, root, dataset_id, obs_space, act_space, mapping, data_format, episodes, progress
+            )
+        except BaseException:
+            shutil.rmtree(root)  # no half-written dataset that Minari would list
+            raise
         for parent in list(Path(dataset_id).parents)[
             :-1
         ]:  # namespaces, as minari.create_namespace marks them
-            marker = Path(dest) / parent / "namespace_metadata.json"
+            marker = dest / parent / "namespace_metadata.json"
             if not marker.exists():
                 marker.write_text("{}")
-        storage = MinariStorage.new(
-            root / "data",
-            observation_space=obs_space,
-            action_space=act_space,
-            data_format=data_format,
-            jpeg_encoding=False,
-        )
-        refs = {**store.meta.get("d4rl", {}), **store.meta.get("minari", {})}
-        storage.update_metadata(
-            {
-                "dataset_id": dataset_id,
-                "minari_version": minari.__version__,
-                "robocl": schema_record(store, mapping),
-                **{k: refs[k] for k in ("ref_min_score", "ref_max_score") if k in refs},
-            }
-        )
-        for j, index in enumerate(
-            tqdm(export_order(store, episodes), unit="ep", disable=not progress, desc="export minari")
-        ):
-            storage.update_episodes([_buffer(EpisodeBuffer, store, int(index), mapping)])
-            storage.update_episode_metadata([{"robocl": dumps(episode_extras(store, int(index)))}], [j])
         return root
+
+
+def _write_dataset(
+    store: TrajectoryStore,
+    root: Path,
+    dataset_id: str,
+    obs_space: Any,
+    act_space: Any,
+    mapping: dict[str, str],
+    data_format: str,
+    episodes: Iterable[int] | None,
+    progress: bool,
+) -> None:
+    minari = _minari()
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+    from minari.dataset.minari_storage import MinariStorage
+    from tqdm import tqdm
+
+    storage = MinariStorage.new(
+        root / "data",
+        observation_space=obs_space,
+        action_space=act_space,
+        data_format=data_format,
+        jpeg_encoding=False,
+    )
+    refs = {**store.meta.get("d4rl", {}), **store.meta.get("minari", {})}
+    recorded = store.meta.get("minari", {})
+    carried = {
+        k: set(v) if k.startswith("author") else v for k, v in recorded.items() if k in CARRIED_METADATA
+    }
+    storage.update_metadata(
+        {
+            "dataset_id": dataset_id,
+            "minari_version": minari.__version__,
+            "robocl": schema_record(store, mapping),
+            **{k: refs[k] for k in ("ref_min_score", "ref_max_score") if k in refs},
+            **carried,
+        }
+    )
+    for j, index in enumerate(
+        tqdm(export_order(store, episodes), unit="ep", disable=not progress, desc="export minari")
+    ):
+        storage.update_episodes([_buffer(EpisodeBuffer, store, int(index), mapping)])
+        storage.update_episode_metadata([{"robocl": dumps(episode_extras(store, int(index)))}], [j])
 
 
 def _buffer(buffer_cls: Any, store: TrajectoryStore, index: int, mapping: dict[str, str]) -> Any:

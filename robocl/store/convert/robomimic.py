@@ -36,6 +36,7 @@ from robocl.store.convert.common import (
     prepare_dest,
     reading,
     reshape_steps,
+    reward_dtype,
     schema_record,
 )
 
@@ -126,7 +127,7 @@ class RobomimicSource:
                 out[f"obs/{key}"] = (f"observation.{key}", Feature("state", dtype, shape))
         out["actions"] = ("action", Feature("action", str(demo["actions"].dtype), demo["actions"].shape[1:]))
         if "rewards" in demo:
-            out["rewards"] = ("reward", Feature("reward", "float32"))
+            out["rewards"] = ("reward", Feature("reward", reward_dtype(demo["rewards"].dtype)))
         if "dones" in demo:
             out["dones"] = ("done", Feature("flag", "bool"))
         if "states" in demo:

@@ -59,7 +59,7 @@ def test_ingest_dataset_made_by_minari(tmp_path, monkeypatch, data_format):
             "observation.images.pixels": Feature("rgb", "uint8", (32, 32, 3)),
             "observation.state": Feature("state", "float64", (3,)),
             "action": Feature("action", "float32", (2,)),
-            "reward": Feature("reward", "float32"),
+            "reward": Feature("reward", "float64"),  # as Minari stores it: round trips stay exact
             "info.success": Feature("flag", "bool"),
         }
         assert store.meta["minari"]["dataset_id"] == "test/pixels-v0" and store.fps == 10.0
@@ -153,7 +153,7 @@ def test_box_observations_and_discrete_actions(tmp_path, monkeypatch):
         assert store.features == {
             "observation.state": Feature("state", "float32", (3,)),
             "action": Feature("action", "int64"),
-            "reward": Feature("reward", "float32"),
+            "reward": Feature("reward", "float64"),
         }
         ep = store.episode(0)
         np.testing.assert_array_equal(ep["observation.state"], state_of(0, 3))
@@ -181,3 +181,56 @@ def test_reference_scores_carry_over_from_d4rl(tmp_path):
     np.testing.assert_allclose(scores, [0.0, 1.0])
     with ingest("minari", root, tmp_path / "back.zarr", progress=False) as back:
         assert back.meta["d4rl"]["ref_max_score"] == 3234.3  # the store's metadata came back whole
+
+
+def test_round_trip_keeps_float64_rewards_env_spec_and_card(tmp_path, monkeypatch):
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "datasets"))
+    rewards = np.array([0.1, 1.0 + 1e-9, -2.0000001], np.float64)  # none of them survives float32
+    buffer = EpisodeBuffer(
+        observations=np.zeros((4, 3), np.float32),
+        actions=np.zeros((3, 1), np.float32),
+        rewards=rewards,
+        terminations=np.zeros(3, bool),
+        truncations=np.arange(3) == 2,
+    )
+    minari.create_dataset_from_buffers(
+        "test/pendulum-v0",
+        [buffer],
+        env="Pendulum-v1",
+        author="A. Roboticist",
+        description="three steps of a pendulum",
+        code_permalink="https://example.org/code",
+    )
+    monkeypatch.chdir(tmp_path)  # a relative destination, as `robocl export minari s.zarr out` gives
+    with ingest("minari", "test/pendulum-v0", "s.zarr", progress=False) as store:
+        assert store.features["reward"] == Feature("reward", "float64")
+        root = export("minari", store, "out", dataset_id="test/pendulum-v1", progress=False)
+    assert root == tmp_path / "out/test/pendulum-v1"
+    exported = minari.MinariDataset(root / "data")
+    np.testing.assert_array_equal(exported[0].rewards, rewards)  # bit for bit
+    assert exported.recover_environment().spec.id == "Pendulum-v1"
+    card = exported.storage.metadata
+    assert card["author"] == {"A. Roboticist"} and card["description"] == "three steps of a pendulum"
+    assert card["code_permalink"] == "https://example.org/code"
+
+
+def test_failed_export_leaves_no_partial_dataset(tmp_path, monkeypatch):
+    import robocl.store.convert.minari as minari_convert
+
+    store = make_store(tmp_path / "a.zarr")
+    calls = []
+
+    def fail_on_second(buffer_cls, store, index, mapping):
+        calls.append(index)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real(buffer_cls, store, index, mapping)
+
+    real = minari_convert._buffer
+    monkeypatch.setattr(minari_convert, "_buffer", fail_on_second)
+    with pytest.raises(OSError, match="disk full"):
+        export("minari", store, tmp_path / "out", dataset_id="robocl/push-v0", progress=False)
+    assert not (tmp_path / "out/robocl/push-v0").exists()
+    store.close()

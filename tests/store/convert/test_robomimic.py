@@ -29,7 +29,7 @@ def test_ingest_demos_masks_and_next_obs(tmp_path):
             "observation.images.agentview_image": Feature("rgb", "uint8", (32, 32, 3)),
             "observation.robot0_eef_pos": Feature("state", "float64", (3,)),
             "action": Feature("action", "float64", (2,)),
-            "reward": Feature("reward", "float32"),
+            "reward": Feature("reward", "float64"),  # robomimic's own dtype, kept
             "done": Feature("flag", "bool"),
             "sim_state": Feature("state", "float64", (4,)),
         }
