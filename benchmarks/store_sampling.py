@@ -10,6 +10,12 @@ Baselines, same data, same run:
   Dataset.__getitem__ does;
 - h5py: the same per-window reads from an HDF5 file (1-frame chunks for images, lzf).
 
+The low-dimensional chunk table rebuilds the state-only store with several chunk sizes (rows per chunk;
+"1 MB" is format 1's rule of ~1 MB per chunk whatever the row count) and shows what each costs and buys:
+bytes on disk, append speed, the time to open the store and load it into a sampler (every chunk is read and
+its checksum checked), sampling speed, ``robocl validate`` time, and the most episodes one damaged chunk
+takes with it.
+
     python -m benchmarks.store_sampling            # full size, a few minutes on 2 cores
     python -m benchmarks.store_sampling --episodes 20 --steps 100   # quick look
 """
@@ -29,7 +35,10 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 from benchmarks.common import markdown_table, run_info, write_result
 from robocl.store import Feature, OnlineReplay, TrajectoryStore, WindowSampler
+from robocl.store.format import LOWDIM_CHUNK_ROWS
 from robocl.store.frames import FrameReader
+from robocl.store.integrity import units
+from robocl.store.validate import validate_store
 
 STATE_DIM, ACTION_DIM, IMAGE = 20, 7, (96, 96, 3)
 
@@ -69,7 +78,7 @@ def make_episodes(n_episodes: int, length: int, images: bool, seed: int) -> list
 
 
 def build_store(
-    path: Path, episodes: list[dict[str, np.ndarray]], images: bool
+    path: Path, episodes: list[dict[str, np.ndarray]], images: bool, chunk_rows: int = LOWDIM_CHUNK_ROWS
 ) -> tuple[TrajectoryStore, float]:
     features = {
         "observation.state": Feature("state", "float32", (STATE_DIM,)),
@@ -78,7 +87,7 @@ def build_store(
     }
     if images:
         features["observation.images.front"] = Feature("rgb", "uint8", IMAGE)
-    store = TrajectoryStore.create(path, features, fps=10, overwrite=True)
+    store = TrajectoryStore.create(path, features, fps=10, overwrite=True, lowdim_chunk_rows=chunk_rows)
     t0 = time.perf_counter()
     for ep in episodes:
         store.add_episode(ep, terminated=True)
@@ -159,6 +168,45 @@ def bench_case(tmp: Path, args: argparse.Namespace, images: bool) -> dict:
         result["h5py"] = rate(lambda: per_window(f), 1, min_time=3.0)
     store.close()
     return result
+
+
+def lowdim_chunk_table(tmp: Path, args: argparse.Namespace) -> list[dict]:
+    """The state-only store at several low-dimensional chunk sizes: size and speed against damage bounded."""
+    episodes = make_episodes(args.episodes, args.steps, False, args.seed)
+    rows = []
+    for chunk_rows in (1024, 4096, 16384, 1 << 30):
+        path = tmp / f"chunks_{chunk_rows}.zarr"
+        store, write_s = build_store(path, episodes, False, chunk_rows)
+        store.close()
+        t0 = time.perf_counter()
+        reader = TrajectoryStore.open(path)
+        sampler = WindowSampler(reader, n_obs=args.n_obs, horizon=args.horizon, seed=args.seed)
+        load_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        assert validate_store(path).ok
+        validate_s = time.perf_counter() - t0
+        worst, files = 0, 0
+        for key in reader.features:
+            array = reader.zarr_array(key)
+            chunks = units(array, 0, reader.n_steps)
+            files += len(chunks)
+            worst = max(worst, *(len(reader.episodes_touching(f"data/{key}", u.lo, u.hi)) for u in chunks))
+        rows.append(
+            {
+                "rows_per_chunk": "1 MB" if chunk_rows == 1 << 30 else chunk_rows,
+                "chunk_files": files,
+                "kb_per_step": sum(f.stat().st_size for f in (path / "data").rglob("*") if f.is_file())
+                / reader.n_steps
+                / 1024,
+                "write_steps_per_s": reader.n_steps / write_s,
+                "open_and_load_s": load_s,
+                "windows_per_s": rate(lambda sampler=sampler: sampler.sample(args.batch), args.batch),
+                "validate_s": validate_s,
+                "max_episodes_per_damaged_chunk": worst,
+            }
+        )
+        shutil.rmtree(path)
+    return rows
 
 
 def codec_table(tmp: Path, seed: int, n: int = 2048) -> list[dict]:
@@ -252,12 +300,14 @@ def main() -> None:
             "state": bench_case(tmp, args, images=False),
             "state+rgb96": bench_case(tmp, args, images=True),
         }
+        chunk_sizes = lowdim_chunk_table(tmp, args)
         codecs = codec_table(tmp, args.seed)
         replay = replay_rate(tmp, args.seed)
     payload = {
         **run_info(args.seed),
         "config": vars(args),
         "cases": cases,
+        "lowdim_chunks": chunk_sizes,
         "image_codecs": codecs,
         "online_replay": replay,
     }
@@ -296,6 +346,34 @@ def main() -> None:
         for name, c in cases.items()
     ]
     print(markdown_table(headers, rows))
+    print()
+    print(
+        markdown_table(
+            [
+                "low-dim rows/chunk",
+                "chunk files",
+                "KB/step",
+                "write steps/s",
+                "open + load s",
+                "windows/s",
+                "validate s",
+                "episodes lost per damaged chunk (max)",
+            ],
+            [
+                [
+                    r["rows_per_chunk"],
+                    r["chunk_files"],
+                    f"{r['kb_per_step']:.3f}",
+                    r["write_steps_per_s"],
+                    f"{r['open_and_load_s']:.2f}",
+                    r["windows_per_s"],
+                    f"{r['validate_s']:.2f}",
+                    r["max_episodes_per_damaged_chunk"],
+                ]
+                for r in chunk_sizes
+            ],
+        )
+    )
     print()
     print(
         markdown_table(
