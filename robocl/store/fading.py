@@ -180,14 +180,11 @@ def transitions_at(replay: OnlineReplay, idx: np.ndarray, obs_key: str) -> dict[
         table = store.episodes
         episode = np.searchsorted(table["start"], old, side="right") - 1
         last = old == table["start"][episode] + table["length"][episode] - 1
-        data = store.zarr_array(obs_key)
-        obs = data.oindex[old]
-        following = data.oindex[
-            np.where(last, old, old + 1)
-        ]  # the row after a last step is another episode's
+        obs = store.take(obs_key, old)
+        following = store.take(obs_key, np.where(last, old, old + 1))  # after a last step: another episode's
         nxt = np.where(last[:, None], store.final_obs(obs_key)[episode], following)
         out["obs"][~in_ring], out["next_obs"][~in_ring] = obs, nxt
-        out["action"][~in_ring] = store.zarr_array(replay.action_key).oindex[old]
-        out["reward"][~in_ring] = store.zarr_array(replay.reward_key).oindex[old]
+        out["action"][~in_ring] = store.take(replay.action_key, old)
+        out["reward"][~in_ring] = store.take(replay.reward_key, old)
         out["terminated"][~in_ring] = last & table["terminated"][episode]
     return out

@@ -507,6 +507,18 @@ class TrajectoryStore:
             self._cache[key] = cached
         return cached[:n]
 
+    def take(self, key: str, rows: np.ndarray) -> np.ndarray:
+        """Committed steps ``rows`` (any order) of a feature, read without loading the rest of it."""
+        self._check_key(key)
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.n_steps):
+            raise IndexError(f"rows must lie in [0, {self.n_steps}), the committed steps")
+        path = f"data/{key}"
+        try:
+            return self._array(path).oindex[rows]
+        except Exception as exc:  # codecs raise many types; find the chunk at fault and name it
+            raise self._locate_damage(path, int(rows.min()), int(rows.max()) + 1, exc) from exc
+
     def final_obs(self, key: str) -> np.ndarray:
         """Final observation of every committed episode, (E, *shape)."""
         self._check_key(key)
@@ -767,7 +779,16 @@ class TrajectoryStore:
             for k in self.observation_keys
         ]
         writes += [(f"episodes/{c}", n_eps, np.asarray(rows[c], dtype=d)) for c, d in EPISODE_COLUMNS.items()]
-        sync(_append_all([(self._array(path).async_array, at, v) for path, at, v in writes]))
+        try:
+            sync(_append_all([(self._array(path).async_array, at, v) for path, at, v in writes]))
+        except Exception as exc:
+            # A partly filled last chunk is read back before it is rewritten: if it is damaged, name it.
+            # Nothing is committed either way, so the store still holds exactly what it held.
+            for path, at, _ in writes:
+                damage = self._locate_damage(path, at - 1, at, exc) if at else None
+                if isinstance(damage, DamagedChunkError):
+                    raise damage from exc
+            raise
 
         stats_acc = dict(self._stats_acc)
         for ep in prepared:

@@ -127,7 +127,25 @@ def test_store_reads_name_the_damaged_chunk_and_episodes(damaged_dir):
         store.steps("action")  # what the samplers load
     with pytest.raises(DamagedChunkError, match="episodes 2-3"):
         store.episode(3)
+    with pytest.raises(DamagedChunkError, match=r"chunk c/3/0 .*episodes 2-3"):
+        store.take("action", np.array([25, 3]))  # the fading replay's reads of old transitions
+    np.testing.assert_array_equal(store.take("action", np.array([41, 3])), [[4.25, 1.25], [0.25, 3.25]])
     np.testing.assert_array_equal(store.episode(5)["action"], make_episode(5, LENGTH)["action"])
+
+
+def test_appending_next_to_a_damaged_chunk_names_it_and_commits_nothing(damaged_dir):
+    store = TrajectoryStore.open(damaged_dir, "a")
+    store.add_episode(make_episode(12, 3))  # rows 120..122: reward chunk c/15 is left partly filled
+    store.close()
+    path = damaged_dir / "data/reward/c/15"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    store = TrajectoryStore.open(damaged_dir, "a")
+    with pytest.raises(DamagedChunkError, match=r"data/reward chunk c/15 \(rows 120..122, episode 12\)"):
+        store.add_episode(make_episode(13, 2))  # rewriting c/15 reads it back first
+    assert store.n_episodes == N_EPISODES + 1
+    store.close()
 
 
 def test_direct_shard_decoder_checks_every_frame(damaged_dir):
