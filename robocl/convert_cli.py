@@ -20,6 +20,7 @@ INGEST_OPTIONS = {
     "repo_id": (("lerobot",), "repo_id"),
     "tolerance_s": (("lerobot",), "tolerance_s"),
     "env": (("d4rl",), "env"),
+    "cast": (("lerobot", "d4rl", "minari", "robomimic"), "cast"),
 }
 EXPORT_OPTIONS = {
     "images": (("lerobot",), "use_videos"),
@@ -43,6 +44,14 @@ def _options(args: argparse.Namespace, table: dict[str, tuple[tuple[str, ...], s
             )
         opts[keyword] = not value if option == "images" else value
     return opts
+
+
+def _casts(text: str) -> dict[str, str]:
+    """``name=dtype,name=dtype`` -> {name: dtype}."""
+    pairs = [item.partition("=") for item in text.split(",") if item.strip()]
+    if not pairs or any(not name or not sep or not dtype for name, sep, dtype in pairs):
+        raise argparse.ArgumentTypeError(f"expected FEATURE=DTYPE[,FEATURE=DTYPE...], got {text!r}")
+    return {name.strip(): dtype.strip() for name, _, dtype in pairs}
 
 
 def _ingest(args: argparse.Namespace) -> int:
@@ -93,6 +102,13 @@ def add_parsers(subparsers: Any) -> None:
     )
     ingest_p.add_argument(
         "--env", default=None, help="d4rl: env name for reference scores (default: file name)"
+    )
+    ingest_p.add_argument(
+        "--cast",
+        type=_casts,
+        default=None,
+        help="store features in another dtype of the same kind, e.g. reward=float32,action=float32 "
+        "(default: the source's dtypes, so round trips are exact)",
     )
     ingest_p.add_argument("--quiet", action="store_true", help="no progress bar")
     ingest_p.set_defaults(func=_ingest)

@@ -23,7 +23,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -111,14 +111,20 @@ class EpisodeSource(Protocol):
 
 
 def ingest_episodes(
-    store_path: str | Path, source: EpisodeSource, *, progress: bool = True
+    store_path: str | Path,
+    source: EpisodeSource,
+    *,
+    cast: Mapping[str, str] | None = None,
+    progress: bool = True,
 ) -> TrajectoryStore:
     """Create or resume ``store_path``, commit each episode of ``source`` not committed yet, close ``source``.
 
-    Returns the store, still open for appending (close it, or use it as a context manager).
+    Features keep the source's dtypes; ``cast`` (store feature name -> dtype, e.g. ``{"reward":
+    "float32"}``) asks for another dtype of the same kind. Returns the store, still open for appending
+    (close it, or use it as a context manager).
     """
     try:
-        features = dict(source.features.values())
+        features = _cast(dict(source.features.values()), cast or {})
         store = _open_or_create(Path(store_path), features, source.fps, source.meta)
         try:
             done = committed_source_episodes(store, source.source)
@@ -129,6 +135,18 @@ def ingest_episodes(
     finally:
         source.close()
     return store
+
+
+def _cast(features: dict[str, Feature], cast: Mapping[str, str]) -> dict[str, Feature]:
+    unknown = sorted(set(cast) - set(features))
+    if unknown:
+        raise ValueError(f"cast names unknown feature(s) {unknown}; this source has {sorted(features)}")
+    for name, dtype in cast.items():
+        feat = features[name]
+        if np.dtype(dtype).kind != np.dtype(feat.dtype).kind or feat.kind == "language":
+            raise ValueError(f"cannot cast {name!r} from {feat.dtype} to {dtype}: casts stay within a kind")
+        features[name] = replace(feat, dtype=str(np.dtype(dtype)))
+    return features
 
 
 def _open_or_create(

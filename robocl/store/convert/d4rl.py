@@ -19,7 +19,7 @@ the store keeps the pair used in ``meta["d4rl"]``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +190,7 @@ def ingest_d4rl(
     *,
     env: str | None = None,
     fps: float | None = None,
+    cast: Mapping[str, str] | None = None,
     progress: bool = True,
 ) -> TrajectoryStore:
     """Ingest (or resume ingesting) a D4RL HDF5 file.
@@ -197,7 +198,7 @@ def ingest_d4rl(
     ``env`` names the task for the reference scores (default: the file name, e.g. "hopper-medium-v2");
     ``fps`` is the control rate to record (default: the one robocl exported with, else 10).
     """
-    return ingest_episodes(store_path, D4RLSource(src, env=env, fps=fps), progress=progress)
+    return ingest_episodes(store_path, D4RLSource(src, env=env, fps=fps), cast=cast, progress=progress)
 
 
 def export_d4rl(

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -332,12 +332,12 @@ def ingest_lerobot(
     *,
     repo_id: str | None = None,
     tolerance_s: float = 1e-4,
+    cast: Mapping[str, str] | None = None,
     progress: bool = True,
 ) -> TrajectoryStore:
     """Ingest (or resume ingesting) a local LeRobot dataset into a store; returns the open store."""
-    return ingest_episodes(
-        store_path, LeRobotSource(src, repo_id=repo_id, tolerance_s=tolerance_s), progress=progress
-    )
+    source = LeRobotSource(src, repo_id=repo_id, tolerance_s=tolerance_s)
+    return ingest_episodes(store_path, source, cast=cast, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------- helpers

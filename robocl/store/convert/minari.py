@@ -15,7 +15,7 @@ and carry robocl's schema in the dataset metadata and its extras in each episode
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -244,10 +244,15 @@ def _data_path(src: str) -> Path:
 
 
 def ingest_minari(
-    src: str | Path, store_path: str | Path, *, fps: float | None = None, progress: bool = True
+    src: str | Path,
+    store_path: str | Path,
+    *,
+    fps: float | None = None,
+    cast: Mapping[str, str] | None = None,
+    progress: bool = True,
 ) -> TrajectoryStore:
     """Ingest (or resume ingesting) a local Minari dataset: a path or a dataset id."""
-    return ingest_episodes(store_path, MinariSource(src, fps=fps), progress=progress)
+    return ingest_episodes(store_path, MinariSource(src, fps=fps), cast=cast, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------- export

@@ -16,7 +16,7 @@ otherwise. ``env_args`` is kept in ``meta["robomimic"]``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -185,10 +185,15 @@ class RobomimicSource:
 
 
 def ingest_robomimic(
-    src: str | Path, store_path: str | Path, *, fps: float | None = None, progress: bool = True
+    src: str | Path,
+    store_path: str | Path,
+    *,
+    fps: float | None = None,
+    cast: Mapping[str, str] | None = None,
+    progress: bool = True,
 ) -> TrajectoryStore:
     """Ingest (or resume ingesting) a robomimic HDF5 file; demo_<N> becomes source episode N."""
-    return ingest_episodes(store_path, RobomimicSource(src, fps=fps), progress=progress)
+    return ingest_episodes(store_path, RobomimicSource(src, fps=fps), cast=cast, progress=progress)
 
 
 def _robomimic_keys(store: TrajectoryStore) -> dict[str, str]:

@@ -122,3 +122,27 @@ def test_cli_reports_a_missing_optional_dependency(tmp_path, monkeypatch, capsys
     monkeypatch.setitem(sys.modules, "minari", None)
     assert _run(["ingest", "minari", "some/dataset-v0", str(tmp_path / "s.zarr"), "--quiet"]) == 2
     assert "pip install 'robocl[minari]'" in capsys.readouterr().err
+
+
+def test_dtypes_are_kept_unless_a_cast_is_asked_for(tmp_path):
+    from tests.store.convert.builders import write_robomimic
+
+    src = write_robomimic(tmp_path / "r.hdf5")  # float64 rewards, actions and states
+    with ingest("robomimic", src, tmp_path / "kept.zarr", progress=False) as store:
+        assert store.features["reward"].dtype == "float64"
+    args = [
+        "ingest",
+        "robomimic",
+        str(src),
+        str(tmp_path / "cast.zarr"),
+        "--cast",
+        "reward=float32,action=float32",
+    ]
+    assert _run([*args, "--quiet"]) == 0
+    with TrajectoryStore.open(tmp_path / "cast.zarr") as store:
+        assert (store.features["reward"].dtype, store.features["action"].dtype) == ("float32", "float32")
+        assert store.features["sim_state"].dtype == "float64"
+    with pytest.raises(ValueError, match="cannot cast 'reward' from float64 to int32"):
+        ingest("robomimic", src, tmp_path / "bad.zarr", cast={"reward": "int32"}, progress=False)
+    with pytest.raises(ValueError, match=r"cast names unknown feature\(s\) \['rewards'\]"):
+        ingest("robomimic", src, tmp_path / "bad.zarr", cast={"rewards": "float32"}, progress=False)
