@@ -342,9 +342,9 @@ class TrajectoryStore:
         if handle is None:
             try:
                 array = self._root[path]
-            except KeyError:
+            except (KeyError, ValueError):  # absent, or its zarr.json is no longer valid array metadata
                 raise DamagedStoreError(
-                    f"{self.location}: array {path} is missing ({path}/zarr.json not found), so "
+                    f"{self.location}: array {path} is missing or unreadable ({path}/zarr.json), so "
                     f"{'every episode' if path.startswith('data/') else 'the episode table'} is unreadable"
                 ) from None
             # Every chunk is written, zeros included (zarr skips all-fill chunks by default), so that a

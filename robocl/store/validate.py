@@ -132,7 +132,7 @@ def _check(store: TrajectoryStore, report: ValidationReport, read_chunks: bool) 
         try:
             array = store._array(path)
         except DamagedStoreError:
-            report.add(f"array {path}", "metadata missing (zarr.json), its data unreadable", every)
+            report.add(f"array {path}", "metadata (zarr.json) missing or unreadable, its data too", every)
             continue
         if array.shape[0] < rows:
             report.add(
@@ -141,7 +141,7 @@ def _check(store: TrajectoryStore, report: ValidationReport, read_chunks: bool) 
                 store.episodes_touching(path, array.shape[0], rows),
             )
             continue
-        if not path.startswith("episodes/") or path.startswith("episodes/final/"):
+        if not _is_table(path):
             feat = store.features[path.rsplit("/", 1)[1]]
             if tuple(array.shape[1:]) != feat.shape or str(array.dtype) != feat.dtype:
                 report.add(

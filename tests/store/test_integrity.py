@@ -180,8 +180,11 @@ def test_validate_never_raises_and_names_what_is_unreadable(damaged_dir, tmp_pat
     report = validate_store(damaged_dir)
     assert report.damaged_episodes == [] and len(report.problems) == 2
     shutil.rmtree(damaged_dir / "data" / "reward")
+    meta = damaged_dir / "data" / "action" / "zarr.json"
+    meta.write_text(meta.read_text()[:50])
     report = validate_store(damaged_dir)
-    assert "array data/reward: metadata missing" in report.as_text()
+    for array in ("data/reward", "data/action"):
+        assert f"array {array}: metadata (zarr.json) missing or unreadable" in report.as_text()
     assert report.damaged_episodes == list(range(N_EPISODES))
 
     root = damaged_dir / "zarr.json"

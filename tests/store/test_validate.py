@@ -55,7 +55,7 @@ def test_missing_array_and_non_store(filled_store, tmp_path):
     zarr.open_group(filled_store.location, mode="r+")["episodes"].__delitem__("success")
     report = validate_store(filled_store.location)
     assert [str(p) for p in report.problems] == [
-        "array episodes/success: metadata missing (zarr.json), its data unreadable (episodes 0-4)"
+        "array episodes/success: metadata (zarr.json) missing or unreadable, its data too (episodes 0-4)"
     ]
     report = validate_store(tmp_path / "nothing.zarr")
     assert not report.ok and "no robocl store at" in str(report.problems[0])
