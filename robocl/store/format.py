@@ -725,7 +725,7 @@ class TrajectoryStore:
         )
 
     def _write(self, prepared: list[_Prepared]) -> list[int]:
-        commit = dict(self._commit)
+        commit = self._commit
         tasks, sources, tag_names = list(commit["tasks"]), list(commit["sources"]), list(commit["tags"])
 
         def task_id(text: str | None) -> int:
@@ -793,17 +793,9 @@ class TrajectoryStore:
         stats_acc = dict(self._stats_acc)
         for ep in prepared:
             _add_stats(stats_acc, self.features, ep.arrays)
-        commit.update(
-            n_episodes=new_eps,
-            n_steps=new_steps,
-            tasks=tasks,
-            sources=sources,
-            tags=tag_names,
-            stats={k: stats_lib.to_json(v) for k, v in stats_acc.items()},
-            commit_id=int(commit["commit_id"]) + 1,
+        self._write_commit(
+            stats_acc, n_episodes=new_eps, n_steps=new_steps, tasks=tasks, sources=sources, tags=tag_names
         )
-        self._root.update_attributes({"commit": commit})
-        self._commit, self._stats_acc, self._table = commit, stats_acc, None
         for key, cached in list(self._cache.items()):
             if len(cached) == n_steps:  # keep RAM copies current without re-reading
                 self._cache[key] = np.concatenate([cached, *[ep.arrays[key] for ep in prepared]])
@@ -820,17 +812,20 @@ class TrajectoryStore:
             steps = {key: self._rows(f"data/{key}", start, start + length) for key in self.features}
             _add_stats(stats_acc, self.features, steps)
             start += length
-        commit = dict(self._commit)
-        commit.update(
-            n_episodes=n_keep,
-            n_steps=start,
-            stats={k: stats_lib.to_json(v) for k, v in stats_acc.items()},
-            commit_id=int(commit["commit_id"]) + 1,
-        )
-        self._root.update_attributes({"commit": commit})
-        self._commit, self._stats_acc, self._table = commit, stats_acc, None
+        self._write_commit(stats_acc, n_episodes=n_keep, n_steps=start)
         self._cache.clear()
         self._truncate_uncommitted()
+
+    def _write_commit(self, stats_acc: dict[str, Any], **counts: Any) -> None:
+        """Write the commit record: the one atomic metadata write that makes everything before it visible."""
+        commit = {
+            **self._commit,
+            **counts,
+            "stats": {k: stats_lib.to_json(v) for k, v in stats_acc.items()},
+            "commit_id": int(self._commit["commit_id"]) + 1,
+        }
+        self._root.update_attributes({"commit": commit})
+        self._commit, self._stats_acc, self._table = commit, stats_acc, None
 
 
 def _add_stats(acc: dict[str, Any], features: Mapping[str, Feature], steps: Mapping[str, np.ndarray]) -> None:
