@@ -39,7 +39,14 @@ from zarr.core.sync import sync
 from robocl.store import integrity
 from robocl.store import stats as stats_lib
 from robocl.store.integrity import DamagedChunkError, DamagedStoreError
-from robocl.store.locks import LOCK_NAME, LocalLock, MemoryLock, ObjectStoreLock, WriterLock
+from robocl.store.locks import (
+    LocalLock,
+    MemoryLock,
+    ObjectStoreLock,
+    WriterLock,
+    clear_except_lock,
+    replace_dir,
+)
 from robocl.store.schema import EpisodeMeta, Feature, coerce_steps
 from robocl.store.view import StoreView
 from robocl.store.writer import EpisodeWriter
@@ -208,7 +215,7 @@ class TrajectoryStore:
                 if sync(store.exists("zarr.json")):
                     if not overwrite:
                         raise FileExistsError(f"{location} already exists; pass overwrite=True to replace it")
-                    _clear_except_lock(store, remote)
+                    clear_except_lock(store, remote)
                 root = zarr.open_group(store, mode="a", zarr_format=3)  # "w" would delete our lock
                 _write_empty_store(root, feats, header, lowdim_chunk_rows)
             except BaseException:
@@ -228,7 +235,7 @@ class TrajectoryStore:
         # flock follows the inode through the rename, so the new store is ours before anyone can see it.
         lock = LocalLock(tmp)
         try:
-            _replace_dir(path, tmp, overwrite)
+            replace_dir(path, tmp, overwrite)
         except BaseException:
             lock.release()
             shutil.rmtree(tmp, ignore_errors=True)
@@ -903,41 +910,6 @@ def _create_step_array(group: Any, key: str, feat: Feature, lowdim_chunk_rows: i
             compressors=_compressors(),
             fill_value=0,
         )
-
-
-def _replace_dir(path: Path, new: Path, overwrite: bool) -> None:
-    """Rename the store ``new`` to ``path``; an existing store there is replaced only with ``overwrite`` and
-    only while no writer holds it (its lock is taken first, so a live writer's episodes are never deleted)."""
-    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
-        if path.exists():
-            path.rmdir()
-        new.rename(path)
-        return
-    if not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-    old_lock = LocalLock(path)
-    try:
-        aside = path.with_name(f".{path.name}.replaced-{uuid.uuid4().hex[:8]}")
-        path.rename(aside)
-        try:
-            new.rename(path)
-        except BaseException:
-            aside.rename(path)
-            raise
-    finally:
-        old_lock.release()
-    shutil.rmtree(aside)
-
-
-def _clear_except_lock(store: Any, remote: Any) -> None:
-    """Delete a store's objects but not the writer lock this process holds on it."""
-    if remote is None:  # a MemoryStore: its lock lives in this process, not among the keys
-        sync(store.clear())
-        return
-    fs, root = remote
-    for entry in fs.ls(root, detail=False):
-        if not entry.endswith(f"/{LOCK_NAME}"):
-            fs.rm(entry, recursive=True)
 
 
 async def _append_all(writes: list[tuple[AsyncArray, int, np.ndarray]]) -> None:

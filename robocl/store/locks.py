@@ -4,6 +4,7 @@ Local directories use ``flock`` on a file inside the store, so the operating sys
 writer dies, even under SIGKILL. In-memory stores use a per-process registry. Object stores (S3 and other
 fsspec URLs) have no locks, so a lock object is written with a create-if-absent write (two writers racing:
 exactly one succeeds); a writer that died leaves it behind, and ``open(..., break_lock=True)`` removes it.
+Replacing a store (``create(overwrite=True)``) takes its lock first, so it never deletes one being written.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import socket
 import time
 import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Protocol
+
+from zarr.core.sync import sync
 
 LOCK_NAME = ".robocl-writer.lock"
 
@@ -128,3 +132,38 @@ class ObjectStoreLock:
             )
             return
         self._delete(*holder)
+
+
+def replace_dir(path: Path, new: Path, overwrite: bool) -> None:
+    """Rename the store ``new`` to ``path``; an existing store there is replaced only with ``overwrite`` and
+    only while no writer holds it (its lock is taken first, so a live writer's episodes are never deleted)."""
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        if path.exists():
+            path.rmdir()
+        new.rename(path)
+        return
+    if not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    old_lock = LocalLock(path)
+    try:
+        aside = path.with_name(f".{path.name}.replaced-{uuid.uuid4().hex[:8]}")
+        path.rename(aside)
+        try:
+            new.rename(path)
+        except BaseException:
+            aside.rename(path)
+            raise
+    finally:
+        old_lock.release()
+    shutil.rmtree(aside)
+
+
+def clear_except_lock(store: Any, remote: Any) -> None:
+    """Delete a store's objects but not the writer lock this process holds on it."""
+    if remote is None:  # a MemoryStore: its lock lives in this process, not among the keys
+        sync(store.clear())
+        return
+    fs, root = remote
+    for entry in fs.ls(root, detail=False):
+        if not entry.endswith(f"/{LOCK_NAME}"):
+            fs.rm(entry, recursive=True)
