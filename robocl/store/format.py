@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import numbers
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -197,7 +198,7 @@ class TrajectoryStore:
         feats = {k: v if isinstance(v, Feature) else Feature.from_dict(v) for k, v in features.items()}
         if not feats:
             raise ValueError("a store needs at least one feature")
-        if isinstance(fps, bool) or not isinstance(fps, int | float) or not fps > 0:
+        if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not fps > 0:
             raise ValueError(f"fps must be a positive number, got {fps!r}")
         if lowdim_chunk_rows < 1:
             raise ValueError(f"lowdim_chunk_rows must be >= 1, got {lowdim_chunk_rows}")

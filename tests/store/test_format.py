@@ -277,3 +277,9 @@ def test_wrong_argument_types_are_refused_not_coerced(tmp_path):
     assert store.n_episodes == 0
     store.add_episode(steps, tags=["train"], success=np.bool_(True), source_episode=np.int64(4))
     assert store.episode(0).tags == ("train",) and store.episode(0).source_episode == 4
+    with pytest.raises(ValueError, match="fps must be a positive number, got '10'"):
+        TrajectoryStore.create(zarr.storage.MemoryStore(), {"action": Feature("action")}, fps="10")
+    assert (
+        TrajectoryStore.create(zarr.storage.MemoryStore(), {"a": Feature("action")}, fps=np.float32(5)).fps
+        == 5
+    )
