@@ -33,6 +33,9 @@ from safetensors.torch import load_file, save_file
 from robocl import __version__
 
 CHECKPOINT_FORMAT = 2  # 2 added the files' SHA-256 to config.json
+#: Format 1 checkpoints (written before checksums) still load and resume, unverified: runs in progress when
+#: robocl gained checksums must not be lost.
+READABLE_FORMATS = (1, 2)
 
 
 class CheckpointError(ValueError):
@@ -49,7 +52,7 @@ class Checkpoint:
     step: int
     seed: int
 
-    sha256: dict[str, str]
+    sha256: dict[str, str] | None  # None: a format 1 checkpoint, which recorded no checksums
 
     def trainer_state(self) -> dict[str, Any]:
         path = self.path / "trainer.pt"
@@ -181,12 +184,13 @@ def _read_header(path: Path) -> dict[str, Any]:
         header = json.loads(config_path.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{config_path} is not valid JSON (truncated?): {exc}") from exc
-    if not isinstance(header, dict) or header.get("format") != CHECKPOINT_FORMAT or "method" not in header:
+    if not isinstance(header, dict) or header.get("format") not in READABLE_FORMATS or "method" not in header:
         found = header.get("format") if isinstance(header, dict) else None
         raise CheckpointError(
-            f"{config_path}: not a robocl checkpoint of format {CHECKPOINT_FORMAT} (format {found}); "
-            "load it with the robocl that wrote it, or retrain"
+            f"{config_path}: not a robocl checkpoint of format {' or '.join(map(str, READABLE_FORMATS))} "
+            f"(format {found}); load it with the robocl that wrote it, or retrain"
         )
+    header.setdefault("sha256", None)
     if header.get("robocl_version") != __version__:
         raise CheckpointError(
             f"{path} was written by robocl {header.get('robocl_version')}; this is robocl {__version__}. "
@@ -195,7 +199,9 @@ def _read_header(path: Path) -> dict[str, Any]:
     return header
 
 
-def _verify(file: Path, sha256: Mapping[str, str]) -> None:
+def _verify(file: Path, sha256: Mapping[str, str] | None) -> None:
+    if sha256 is None:  # format 1: nothing was recorded to check against
+        return
     expected = sha256.get(file.name)
     if expected is None:
         raise CheckpointError(f"{file}: config.json records no checksum for it")
@@ -208,7 +214,7 @@ def _verify(file: Path, sha256: Mapping[str, str]) -> None:
 def _verify_all(path: Path) -> dict[str, Any]:
     """The header of a complete checkpoint copy: every file it lists is there and matches its checksum."""
     header = _read_header(path)
-    for name in header["sha256"]:
+    for name in header["sha256"] or ["model.safetensors"]:
         if not (path / name).exists():
             raise CheckpointError(f"{path / name} is missing")
         _verify(path / name, header["sha256"])

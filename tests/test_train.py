@@ -233,3 +233,15 @@ def test_checkpoint_files_and_folders_are_fsynced(demo_store, tmp_path, monkeypa
     algo, sampler = make(demo_store)
     fit(algo, sampler, LoopConfig(n_updates=1, batch_size=4), tmp_path / "run", progress=False)
     assert {"model.safetensors", "trainer.pt", "config.json", "last.tmp", "checkpoints"} <= set(synced)
+
+
+def test_checkpoints_from_before_checksums_still_resume(demo_store, tmp_path):
+    algo, sampler = make(demo_store)
+    fit(algo, sampler, LoopConfig(n_updates=2, batch_size=4), tmp_path / "run", progress=False)
+    config = tmp_path / "run" / "checkpoints" / "last" / "config.json"
+    header = json.loads(config.read_text())
+    del header["sha256"]
+    config.write_text(json.dumps(header | {"format": 1}))  # what robocl wrote before checksums
+    algo, sampler = make(demo_store)
+    fit(algo, sampler, LoopConfig(n_updates=3, batch_size=4), tmp_path / "run", resume=True, progress=False)
+    assert load_checkpoint(config.parent).step == 3
