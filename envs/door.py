@@ -99,7 +99,13 @@ class DoorEnv(PandaEnv):
     v0: first version.
     """
 
-    OBJECT_DIM = 7
+    OBJECT_NAMES = (
+        *(f"grasp.{axis}" for axis in "xyz"),
+        "door.angle",
+        "door.vel",
+        "knob.angle",
+        "knob.vel",
+    )
     NOMINAL_ROT = FORWARD_ROT
     Q_REST = np.array([0.0, -0.56, 0.0, -2.17, 0.0, 3.18, np.pi / 4])  # tool forward at (0.5, 0, 0.8)
     WORKSPACE_LOW = np.array([0.2, -0.5, 0.3])

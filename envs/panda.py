@@ -61,7 +61,18 @@ POS_SCALE = 0.05  # m per step at |a| = 1 (robosuite's OSC scaling)
 ROT_SCALE = 0.5  # rad per step at |a| = 1
 INSTRUCTION_CHARSET = string.ascii_lowercase + string.digits + " ,.'-"
 
-PROPRIO_DIM = 24
+#: Per-dimension names of the proprioception (the store's ``Feature.names``); ``<entity>.x/y/z`` names a
+#: position in metres, world frame, which robocl's policies can turn into relative positions.
+PROPRIO_NAMES = (
+    *(f"joint{i}.pos" for i in range(1, 8)),
+    *(f"joint{i}.vel" for i in range(1, 8)),
+    *(f"tcp.{axis}" for axis in "xyz"),
+    *(f"tcp.q{part}" for part in "wxyz"),
+    "twist.cos",
+    "twist.sin",
+    "gripper.width",
+)
+PROPRIO_DIM = len(PROPRIO_NAMES)
 PROPRIO_DOC = """
 | index | proprio entry | unit |
 |---|---|---|
@@ -256,15 +267,15 @@ def yaw_of_quat(quat: np.ndarray) -> float:
 class PandaEnv(gym.Env[dict[str, Any], np.ndarray]):
     """Shared machinery of the robocl Panda tasks; subclasses add the scene, reset, object state and reward.
 
-    Subclasses set ``OBJECT_DIM`` and ``NOMINAL_ROT`` (the grasp orientation that zero twist means, 3x3),
-    build the model with ``_setup(xml)``, set ``self._instruction``, and implement ``_reset_task``,
-    ``_object_state``, ``reward_terms`` (a dict with at least ``"reward"``) and ``success_fn``, both pure
-    and batched.
+    Subclasses set ``OBJECT_NAMES`` (one name per object-state dimension) and ``NOMINAL_ROT`` (the grasp
+    orientation that zero twist means, 3x3), build the model with ``_setup(xml)``, set ``self._instruction``,
+    and implement ``_reset_task``, ``_object_state``, ``reward_terms`` (a dict with at least ``"reward"``)
+    and ``success_fn``, both pure and batched.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": CONTROL_HZ}
     robot: ClassVar[str] = "panda"  # recorded in the metadata of stores collected from these tasks
-    OBJECT_DIM: int = 0
+    OBJECT_NAMES: tuple[str, ...] = ()
     NOMINAL_ROT: np.ndarray = np.eye(3)
     Q_REST: np.ndarray = Q_READY  # posture the IK's nullspace term pulls the redundant elbow towards
     WORKSPACE_LOW = np.array([0.15, -0.45, 0.005])  # bounds on commanded tool positions (m)
@@ -322,7 +333,7 @@ class PandaEnv(gym.Env[dict[str, Any], np.ndarray]):
         self.action_space = spaces.Box(-1.0, 1.0, shape=(n_act,), dtype=np.float32)
         obs_spaces: dict[str, spaces.Space[Any]] = {
             "proprio": spaces.Box(-np.inf, np.inf, shape=(PROPRIO_DIM,), dtype=np.float32),
-            "object": spaces.Box(-np.inf, np.inf, shape=(self.OBJECT_DIM,), dtype=np.float32),
+            "object": spaces.Box(-np.inf, np.inf, shape=(len(self.OBJECT_NAMES),), dtype=np.float32),
             "instruction": spaces.Text(max_length=96, charset=INSTRUCTION_CHARSET),
         }
         if self.images:
@@ -331,6 +342,11 @@ class PandaEnv(gym.Env[dict[str, Any], np.ndarray]):
                     0, 255, shape=(self.image_size, self.image_size, 3), dtype=np.uint8
                 )
         self.observation_space = spaces.Dict(obs_spaces)
+
+    @property
+    def observation_names(self) -> dict[str, tuple[str, ...]]:
+        """Per-dimension names of the low-dimensional observation keys (recorded in collected stores)."""
+        return {"proprio": PROPRIO_NAMES, "object": self.OBJECT_NAMES}
 
     # ------------------------------------------------------------------------------------------ kinematics
     def _tcp_pose(self, data: mujoco.MjData) -> tuple[np.ndarray, np.ndarray]:

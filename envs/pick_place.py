@@ -84,7 +84,12 @@ class PickPlaceEnv(PandaEnv):
     v0: first version.
     """
 
-    OBJECT_DIM = 13
+    OBJECT_NAMES = (
+        *(f"object.{axis}" for axis in "xyz"),
+        *(f"object.q{part}" for part in "wxyz"),
+        *(f"object.v{axis}" for axis in "xyz"),
+        *(f"plate.{axis}" for axis in "xyz"),
+    )
     NOMINAL_ROT = np.diag(
         [1.0, -1.0, -1.0]
     )  # tool pointing down, fingers closing along world y at zero twist

@@ -104,7 +104,18 @@ class PushEnv(PandaEnv):
     v0: first version.
     """
 
-    OBJECT_DIM = 12
+    OBJECT_NAMES = (
+        *(f"block.{axis}" for axis in "xyz"),
+        "block.cos",
+        "block.sin",
+        "block.vx",
+        "block.vy",
+        "block.vyaw",
+        "goal.x",
+        "goal.y",
+        "goal.cos",
+        "goal.sin",
+    )
     NOMINAL_ROT = np.diag([1.0, -1.0, -1.0])
     REGIONS: ClassVar[dict[str, Region]] = {
         "seen": Region(center=(0.45, 0.0), outer=(0.03, 0.06)),

@@ -254,6 +254,11 @@ def test_pick_place_dict_observations_and_instruction(tmp_path):
     ep = store.episode(0)
     assert ep["observation.state"].shape == (3, 24) and ep["observation.images.wrist"].shape == (3, 32, 32, 3)
     assert ep.task.startswith("put the ") and ep.tags == ("unseen",)
+    # Every state dimension is named (positions as <entity>.x/y/z), so policies can find the tool, the
+    # object and the plate; the names are what the env's state table documents.
+    state, obj = store.features["observation.state"].names, store.features["observation.object"].names
+    assert state[14:17] == ("tcp.x", "tcp.y", "tcp.z") and len(state) == 24
+    assert obj[:3] == ("object.x", "object.y", "object.z") and obj[10:] == ("plate.x", "plate.y", "plate.z")
 
 
 def _has_experts() -> bool:

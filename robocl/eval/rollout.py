@@ -129,6 +129,12 @@ class _FeatureObs(gym.Wrapper):
             raise ValueError(f"collect needs a Box or Dict observation space, got {type(space).__name__}")
         self.observation_space = gym.spaces.Dict(subspaces)
 
+    def feature_names(self) -> dict[str, tuple[str, ...]]:
+        """Per-dimension names of the stored features, where the env names its observation keys'
+        dimensions (``env.unwrapped.observation_names``, as robocl's arm tasks do)."""
+        names = getattr(self.env.unwrapped, "observation_names", {})
+        return {feat: tuple(names[key]) for feat, key in self._sources.items() if key in names}
+
     def _convert(self, obs: Any) -> dict[str, np.ndarray]:
         if isinstance(obs, Mapping):
             return {name: obs[key] for name, key in self._sources.items()}
@@ -295,13 +301,15 @@ class _EnvPlan:
         return cls(env_id, kwargs, render_front, skip, s.positions)
 
 
-def _features(obs_space: gym.spaces.Dict, action_space: gym.Space) -> dict[str, Feature]:
+def _features(
+    obs_space: gym.spaces.Dict, action_space: gym.Space, names: Mapping[str, tuple[str, ...]]
+) -> dict[str, Feature]:
     if not isinstance(action_space, gym.spaces.Box):
         raise ValueError(f"collect stores Box actions, got {type(action_space).__name__}")
     features = {}
     for name, space in obs_space.spaces.items():
         kind = "rgb" if name.startswith("observation.images.") else "state"
-        features[name] = Feature(kind=kind, dtype=str(space.dtype), shape=space.shape)
+        features[name] = Feature(kind=kind, dtype=str(space.dtype), shape=space.shape, names=names.get(name))
     features["action"] = Feature(kind="action", dtype="float32", shape=action_space.shape)
     features["reward"] = Feature(kind="reward", dtype="float32", shape=())
     features["success"] = Feature(kind="flag", dtype="bool", shape=())
@@ -336,7 +344,7 @@ class RolloutPlan:
             probe = _make_env(plan, s.local_actor)
             try:
                 probe.reset(seed=s.seed)
-                features = _features(probe.observation_space, probe.action_space)
+                features = _features(probe.observation_space, probe.action_space, probe.feature_names())
                 fps = float(probe.metadata.get("render_fps") or 1.0 / probe.unwrapped.dt)
                 robot = getattr(probe.unwrapped, "robot", None) or type(probe.unwrapped).__name__
             finally:
