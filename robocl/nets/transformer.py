@@ -97,8 +97,8 @@ class TokenTrunk(nn.Module):
         )
         self.lang = nn.Linear(lang_dim, d_model) if lang_dim else None
         n_types = len(self.camera_keys) + (self.lowdim is not None)
-        if n_types == 0:
-            raise ValueError("the trunk needs a low-dimensional observation or at least one camera")
+        if n_types == 0 and self.lang is None:
+            raise ValueError("the trunk needs a low-dimensional observation, a camera or the instruction")
         self.time_emb = nn.Parameter(torch.randn(n_obs, 1, d_model) * 0.02)  # broadcast over token types
         self.type_emb = nn.Parameter(torch.randn(n_types, d_model) * 0.02)
         self.readout = nn.Parameter(torch.randn(1, 1, d_model) * 0.02)
@@ -117,11 +117,14 @@ class TokenTrunk(nn.Module):
             frames = images[key]  # (B, n_obs, H, W, 3)
             B, T = frames.shape[:2]
             per_step.append(self.cameras[key.replace(".", "__")](frames.flatten(0, 1)).view(B, T, -1))
-        obs_tokens = torch.stack(per_step, dim=2) + self.time_emb + self.type_emb  # (B, n_obs, n_types, d)
-        tokens = [self.readout.expand(obs_tokens.shape[0], -1, -1), obs_tokens.flatten(1, 2)]
+        tokens = []
+        if per_step:
+            obs_tokens = torch.stack(per_step, dim=2) + self.time_emb + self.type_emb  # (B, n_obs, types, d)
+            tokens.append(obs_tokens.flatten(1, 2))
         if self.lang is not None:
             assert lang is not None
             tokens.append(self.lang(lang).unsqueeze(1))
+        tokens.insert(0, self.readout.expand(tokens[0].shape[0], -1, -1))
         out = self.encoder(torch.cat(tokens, dim=1))
         return self.norm(out[:, 0])
 

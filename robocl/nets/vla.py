@@ -1,10 +1,19 @@
 """The VLA-style chunk policy CO-RFT fine-tunes, and its numpy inference wrapper.
 
 :class:`VLAPolicyNet` = :class:`~robocl.nets.transformer.TokenTrunk` (cameras, proprioception, language)
-+ an MLP head that regresses a chunk of h actions, normalised to [-1, 1] with the store's min-max statistics.
-The arm channels go through tanh and the gripper channel (the last one, when ``config.gripper``) is a logit
-(RoboVLMs' policy head: MLP+tanh for the arm, sigmoid for the gripper). :class:`VLAPolicy` runs it step by
-step in an environment through :class:`robocl.policy.ChunkExecutor`.
++ an action head that outputs a chunk of h actions, normalised to [-1, 1] with the store's min-max statistics:
+
+- ``head="flow"`` (default): a flow-matching action expert (:class:`~robocl.nets.flow.FlowHead`, pi0 /
+  SmolVLA's design), sampled from x_0 ~ N(0, sigma^2 I) in K Euler steps. The gripper channel (the last,
+  when ``config.gripper``) is a continuous value like the others and is snapped to fully open or fully
+  closed at execution (``snap_gripper``): the Panda's gripper is position-controlled, so a value between
+  the two modes (which a sample drawn between them can give) half-opens the fingers and drops the object.
+- ``head="regression"``: an MLP that regresses the chunk, tanh on the arm channels and a logit for the
+  gripper (RoboVLMs' policy head: MLP+tanh for the arm, sigmoid for the gripper).
+
+With ``relative_positions`` the low-dimensional input also holds the differences between the entities the
+state features name (:mod:`robocl.nets.relative`: object - tool, plate - object, ...). :class:`VLAPolicy` runs
+the network step by step in an environment through :class:`robocl.policy.ChunkExecutor`.
 """
 
 from __future__ import annotations
@@ -16,9 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from robocl.nets.flow import FlowHead
 from robocl.nets.language import LanguageEncoder
 from robocl.nets.mlp import MLP
 from robocl.nets.normalize import Normalizer
+from robocl.nets.relative import RelativePositions
 from robocl.nets.transformer import TokenTrunk
 from robocl.policy import ChunkExecutor, ObsHistory, batch_size_of
 
@@ -31,7 +42,6 @@ class VLAConfig(Protocol):
     language_model: str | None
     n_obs: int
     horizon: int
-    n_action_steps: int
     d_model: int
     n_layers: int
     n_heads: int
@@ -39,6 +49,10 @@ class VLAConfig(Protocol):
     aug_shift: int
     dropout: float
     gripper: bool
+    head: str
+    head_hidden: tuple[int, ...]
+    flow_steps: int
+    state_path: str
 
 
 class Spec(Protocol):
@@ -47,45 +61,97 @@ class Spec(Protocol):
     extra: dict[str, Any]
 
 
+def snap_gripper(chunk: torch.Tensor) -> torch.Tensor:
+    """The last channel of a normalised chunk (..., A) set to -1 (open) or +1 (closed) by its sign."""
+    grip = torch.where(chunk[..., -1:] >= 0, 1.0, -1.0).to(chunk.dtype)
+    return torch.cat([chunk[..., :-1], grip], -1)
+
+
 class VLAPolicyNet(nn.Module):
-    """Trunk + chunk head. Normalised chunks live in [-1, 1]; the gripper channel is 2*sigmoid(logit)-1."""
+    """Trunk + chunk head. ``spec.extra["relative_positions"]`` lists the relative-position pairs as
+    (name, earlier index, later index) over the concatenated state keys (empty: none)."""
 
     def __init__(self, config: VLAConfig, spec: Spec) -> None:
         super().__init__()
         self.config, self.spec = config, spec
         state_shapes = {k: spec.obs_shapes[k] for k in config.state_keys}
-        self.normalizer = Normalizer(
-            {**state_shapes, "action": (spec.action_dim,)},
-            {**{k: "mean_std" for k in state_shapes}, "action": "min_max"},
-        )
+        pairs = [tuple(p) for p in spec.extra.get("relative_positions", [])]
+        self.relative = RelativePositions(pairs) if pairs else None
+        shapes: dict[str, tuple[int, ...]] = {**state_shapes, "action": (spec.action_dim,)}
+        modes: dict[str, Any] = {**{k: "mean_std" for k in state_shapes}, "action": "min_max"}
+        if pairs:
+            shapes["relative"], modes["relative"] = (len(pairs),), "mean_std"
+        self.normalizer = Normalizer(shapes, modes)
         lang_dim = int(spec.extra.get("lang_dim", 0))
-        self.trunk = TokenTrunk(
-            sum(int(np.prod(s)) for s in state_shapes.values()),
-            config.image_keys,
-            lang_dim,
-            config.n_obs,
-            d_model=config.d_model,
-            n_layers=config.n_layers,
-            n_heads=config.n_heads,
-            vision_channels=config.vision_channels,
-            aug_shift=config.aug_shift,
-            dropout=config.dropout,
+        lowdim_dim = sum(int(np.prod(s)) for s in state_shapes.values()) + len(pairs)
+        # Where the low-dim history goes (see CORFTConfig.state_path). pi0 gives the robot state to its
+        # action expert, not to the VLM: the trunk then fuses the cameras and the instruction only, and is
+        # left out when there is neither.
+        self.state_to_trunk = bool(lowdim_dim) and config.state_path in ("trunk", "both")
+        self.state_to_head = bool(lowdim_dim) and config.state_path in ("head", "both")
+        has_trunk = self.state_to_trunk or bool(config.image_keys) or lang_dim > 0
+        self.trunk = (
+            TokenTrunk(
+                lowdim_dim if self.state_to_trunk else 0,
+                config.image_keys,
+                lang_dim,
+                config.n_obs,
+                d_model=config.d_model,
+                n_layers=config.n_layers,
+                n_heads=config.n_heads,
+                vision_channels=config.vision_channels,
+                aug_shift=config.aug_shift,
+                dropout=config.dropout,
+            )
+            if has_trunk
+            else None
         )
-        self.head = MLP(config.d_model, (config.d_model,), config.horizon * spec.action_dim)
+        # A per-feature gate on the trunk's output, zero at initialisation (ReZero / DiT's adaLN-zero): the
+        # head starts from the low-dim history alone and takes in the fused cameras and instruction as they
+        # prove useful. Ungated, a freshly initialised trunk's output (a LayerNorm'd 128-d vector, constant
+        # where the instruction is) swamped the first layer and halved success on 60 push demos.
+        self.trunk_gate = (
+            nn.Parameter(torch.zeros(config.d_model)) if has_trunk and self.state_to_head else None
+        )
+        # The features the head (and the critic) read: [trunk output, normalised low-dim history].
+        self.feat_dim = (config.d_model if has_trunk else 0) + (
+            config.n_obs * lowdim_dim if self.state_to_head else 0
+        )
+        h, a = config.horizon, spec.action_dim
+        self.head: nn.Module = (
+            FlowHead(self.feat_dim, h, a, config.head_hidden, config.flow_steps)
+            if config.head == "flow"
+            else MLP(self.feat_dim, config.head_hidden, h * a)
+        )
         # One frozen embedding per store task, so training and known instructions need no language model.
         self.register_buffer("task_embeddings", torch.zeros(len(spec.extra.get("tasks", [])), lang_dim))
 
-    def features(self, obs: Mapping[str, torch.Tensor], lang: torch.Tensor | None) -> torch.Tensor:
-        keys = self.config.state_keys
-        lowdim = (
-            torch.cat([self.normalizer.normalize(k, obs[k].float()).flatten(2) for k in keys], -1)
-            if keys
-            else None
-        )
-        return self.trunk(lowdim, {k: obs[k] for k in self.config.image_keys}, lang)
+    @property
+    def is_flow(self) -> bool:
+        return isinstance(self.head, FlowHead)
 
-    def act(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, d) -> normalised chunk (B, h, A), gripper logits (B, h) or None."""
+    def features(self, obs: Mapping[str, torch.Tensor], lang: torch.Tensor | None) -> torch.Tensor:
+        """(B, feat_dim) features of observation histories (B, n_obs, ...) per key."""
+        keys = self.config.state_keys
+        lowdim = None
+        if keys:
+            parts = [self.normalizer.normalize(k, obs[k].float()).flatten(2) for k in keys]  # (B, n_obs, D_k)
+            if self.relative is not None:
+                raw = torch.cat([obs[k].float().flatten(2) for k in keys], -1)
+                parts.append(self.normalizer.normalize("relative", self.relative(raw)))
+            lowdim = torch.cat(parts, -1)
+        parts = []
+        if self.trunk is not None:
+            images = {k: obs[k] for k in self.config.image_keys}
+            fused = self.trunk(lowdim if self.state_to_trunk else None, images, lang)
+            parts.append(fused if self.trunk_gate is None else fused * self.trunk_gate)
+        if self.state_to_head:
+            assert lowdim is not None
+            parts.append(lowdim.flatten(1))
+        return torch.cat(parts, -1)
+
+    def regress(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Regression head: (B, d) -> normalised chunk (B, h, A), gripper logits (B, h) or None."""
         raw = self.head(feat).view(-1, self.config.horizon, self.spec.action_dim)
         if not self.config.gripper:
             return torch.tanh(raw), None
@@ -93,26 +159,77 @@ class VLAPolicyNet(nn.Module):
         # tanh(x/2) = 2*sigmoid(x) - 1: the critic sees the gripper as a value in [-1, 1] like the data.
         return torch.cat([torch.tanh(raw[..., :-1]), torch.tanh(logit / 2).unsqueeze(-1)], -1), logit
 
+    def sample(self, feat: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """The chunk the policy executes, normalised (B, h, A): the flow integrated from x_0 = ``noise``
+        (None = 0, the deterministic mode) with the gripper snapped, or the regression head's output."""
+        if not self.is_flow:
+            return self.regress(feat)[0]
+        if noise is None:
+            noise = feat.new_zeros(len(feat), self.config.horizon, self.spec.action_dim)
+        chunk = self.head.sample(feat, noise)
+        return snap_gripper(chunk) if self.config.gripper else chunk
+
     def lang_of(self, batch: Mapping[str, Any]) -> torch.Tensor | None:
         return self.task_embeddings[batch["task_index"].long()] if self.task_embeddings.shape[1] else None
+
+
+class ChunkChooser(Protocol):
+    """How a policy turns trunk features (B, d) into the normalised chunks it executes (B, h, A), drawing any
+    noise from ``generator``: the flow at a noise scale, best-of-N under a critic, a distilled actor."""
+
+    def __call__(self, feat: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
+
+
+class FlowChooser:
+    """The network's own chunks: the flow from x_0 ~ N(0, noise_scale^2 I), or the regression output."""
+
+    def __init__(self, net: VLAPolicyNet, noise_scale: float = 0.0) -> None:
+        self.net, self.noise_scale = net, noise_scale
+
+    def __call__(self, feat: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if not self.net.is_flow or self.noise_scale == 0:
+            return self.net.sample(feat)
+        shape = (len(feat), self.net.config.horizon, self.net.spec.action_dim)
+        return self.net.sample(
+            feat, torch.randn(shape, generator=generator, device=feat.device) * self.noise_scale
+        )
 
 
 class VLAPolicy:
     """numpy inference: observations keyed by store feature names (one step, or a batch on axis 0), plus
     ``obs["task"]``, the instruction (a string, or one per row) when the policy is language-conditioned.
-    Instructions seen in training use the stored embeddings; others go through the language model."""
+    Instructions seen in training use the stored embeddings; others go through the language model.
+
+    ``choose`` picks the chunk from the trunk features (default: the flow at x_0 = 0, or the regression
+    head); its noise comes from a generator seeded with ``seed``, so a rollout is reproducible.
+    ``n_action_steps`` (0 = the whole chunk) and ``ensemble_coef`` (temporal ensembling, ACT's m; 0 = off)
+    set how chunks are executed (:class:`~robocl.policy.ChunkExecutor`).
+    """
 
     def __init__(
-        self, net: VLAPolicyNet, device: torch.device, language: LanguageEncoder | None = None
+        self,
+        net: VLAPolicyNet,
+        device: torch.device,
+        language: LanguageEncoder | None = None,
+        *,
+        choose: ChunkChooser | None = None,
+        n_action_steps: int = 0,
+        ensemble_coef: float = 0.0,
+        seed: int = 0,
     ) -> None:
         self.net, self.device, self._language = net.eval(), device, language
         cfg = net.config
+        self.choose = choose or FlowChooser(net)
+        self.generator = torch.Generator(device).manual_seed(seed)
         self.obs_keys = [*cfg.state_keys, *cfg.image_keys]
         self._single_ndim = {k: len(net.spec.obs_shapes[k]) for k in self.obs_keys}
         self._task_row = {t: i for i, t in enumerate(net.spec.extra.get("tasks", []))}
         self.history = ObsHistory(cfg.n_obs)
         self.executor = ChunkExecutor(
-            self.predict_chunk, cfg.horizon, n_action_steps=cfg.n_action_steps or None
+            self.predict_chunk,
+            cfg.horizon,
+            n_action_steps=n_action_steps or (1 if ensemble_coef else None),
+            ensemble_coef=ensemble_coef or None,
         )
 
     def reset(self) -> None:
@@ -138,7 +255,7 @@ class VLAPolicy:
         """(B, n_obs, ...) histories (+ "task_embedding" (B, E)) -> (B, h, A) actions in env units."""
         x = {k: torch.as_tensor(np.asarray(obs[k]), device=self.device) for k in self.obs_keys}
         lang = torch.as_tensor(obs["task_embedding"], device=self.device) if "task_embedding" in obs else None
-        chunk = self.net.act(self.net.features(x, lang))[0]
+        chunk = self.choose(self.net.features(x, lang), self.generator)
         return self.net.normalizer.unnormalize("action", chunk).cpu().numpy()
 
     def predict(self, obs: Mapping[str, Any]) -> np.ndarray:

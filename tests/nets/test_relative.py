@@ -1,0 +1,31 @@
+"""Relative positions from feature names: which pairs, and their values."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from robocl.nets.relative import RelativePositions, relative_position_pairs
+
+
+def test_pairs_from_names_cover_every_entity_pair_over_shared_axes():
+    names = {
+        "observation.state": ("joint1.pos", "tcp.x", "tcp.y", "tcp.z", "gripper.width"),
+        "observation.object": ("block.x", "block.y", "block.z", "block.cos", "goal.x", "goal.y"),
+        "observation.other": None,  # unnamed features give nothing
+    }
+    pairs = relative_position_pairs(names)
+    assert pairs == [
+        ("block-tcp.x", 1, 5), ("block-tcp.y", 2, 6), ("block-tcp.z", 3, 7),
+        ("goal-tcp.x", 1, 9), ("goal-tcp.y", 2, 10),
+        ("goal-block.x", 5, 9), ("goal-block.y", 6, 10),
+    ]  # fmt: skip
+    # gripper.width and block.cos are not positions; joint names (a real arm's dataset) give no pairs.
+    assert relative_position_pairs({"observation.state": ("shoulder.pos", "elbow.pos")}) == []
+
+
+def test_differences_in_torch_and_numpy_agree():
+    module = RelativePositions([("b-a.x", 0, 2), ("b-a.y", 1, 3)])
+    state = torch.tensor([[[1.0, 2.0, 4.0, 8.0]]])  # (B, n_obs, D)
+    torch.testing.assert_close(module(state), torch.tensor([[[3.0, 6.0]]]))
+    np.testing.assert_array_equal(module.numpy(state.numpy()), [[[3.0, 6.0]]])
