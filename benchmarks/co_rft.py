@@ -78,10 +78,10 @@ NETWORK_FIELDS = set(VLAConfig.__annotations__)
 
 
 def _variant(text: str) -> tuple[str, tuple[str, dict[str, Any]]]:
-    """``NAME:field=value,field=value`` -> (NAME, ("il", CORFTConfig overrides)), values parsed as JSON."""
+    """``NAME:field=value;field=value`` -> (NAME, ("il", CORFTConfig overrides)), values parsed as JSON."""
     name, _, fields = text.partition(":")
     overrides = {}
-    for item in filter(None, fields.split(",")):
+    for item in filter(None, fields.split(";")):
         key, _, value = item.partition("=")
         if key not in CORFTConfig.__dataclass_fields__:
             raise argparse.ArgumentTypeError(f"--variant {text!r}: {key!r} is not a CORFTConfig field")
@@ -240,8 +240,8 @@ def main() -> None:
         type=_variant,
         action="append",
         default=[],
-        help="an extra stage-2 variant from the flow IL policy, NAME:field=value,... (stage-2 "
-        "CORFTConfig fields, scalar values)",
+        help="an extra stage-2 variant from the flow IL policy, 'NAME:field=value;...' (stage-2 "
+        "CORFTConfig fields, JSON values)",
     )
     parser.add_argument("--only", default="", help="comma-separated methods to run; default: all")
     parser.add_argument("--name", default="", help="result file name (default co_rft_<task>[_images])")
