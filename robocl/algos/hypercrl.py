@@ -40,6 +40,7 @@ from torch import nn
 from robocl.algos.cem import CEMConfig, cem_plan
 from robocl.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from robocl.eval.continual import ContinualEvaluator, ContinualLog, continual_metrics, plot_curves
+from robocl.features import flatten_obs
 from robocl.nets.hypernet import HyperNetwork, mlp_forward, mlp_shapes
 from robocl.store import Feature, TrajectoryStore
 
@@ -103,8 +104,6 @@ FAMILY_SETTINGS: dict[str, dict[str, Any]] = {
         coreset_size=1000,
     ),
 }
-# Store features that hold a task's flat state in rollouts, in get_state() order.
-STATE_KEYS = ("observation.state", "observation.object")
 METHODS = ("hypercrl", "finetune", "single", "ewc", "si", "coreset", "multitask")
 # batch(j, idx): (model input, raw target) of task j's transitions idx; idx None: a random train batch.
 BatchFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
@@ -737,9 +736,9 @@ class HyperCRL:
 class PlannerPolicy:
     """reset()/predict(obs) around a planner of flat ``get_state()`` vectors.
 
-    The rollout engine's dict observations are turned back into that vector: ``observation.state`` then
-    ``observation.object`` (robocl's arm tasks' ``get_state`` is proprioception then object state; the
-    half-cheetahs' is their whole observation).
+    The rollout engine's dict observations are turned back into that vector (:func:`robocl.features.
+    flatten_obs`: robocl's arm tasks' ``get_state`` is proprioception then object state; the half-cheetahs'
+    is their whole observation).
     """
 
     def __init__(self, plan: Callable[[np.ndarray], np.ndarray]) -> None:
@@ -749,9 +748,7 @@ class PlannerPolicy:
         """CEM restarts from N(0, sigma0) at every step, so nothing carries over between episodes."""
 
     def predict(self, obs: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
-        if isinstance(obs, Mapping):
-            obs = np.concatenate([np.asarray(obs[k]) for k in STATE_KEYS if k in obs], axis=-1)
-        state = np.asarray(obs, dtype=np.float32)
+        state = flatten_obs(obs)
         if state.ndim == 1:
             return self.plan(state)
         return np.stack([self.plan(s) for s in state])

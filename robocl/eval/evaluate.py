@@ -16,6 +16,7 @@ import numpy as np
 from robocl.eval.rollout import rollout_episodes
 from robocl.eval.summary import EpisodeResult, episode_result, format_table, summarize, write_eval_info
 from robocl.eval.video import side_by_side, write_mp4
+from robocl.features import feature_kind
 
 
 def evaluate(
@@ -103,17 +104,7 @@ def _open_record_store(path: str | Path, ep: Any, env_id: str) -> Any:
     features = {}
     for key, value in ep.steps.items():
         arr = np.asarray(value)
-        if key.startswith("observation.images."):
-            kind = "rgb"
-        elif key == "action":
-            kind = "action"
-        elif key == "reward":
-            kind = "reward"
-        elif arr.dtype == bool:
-            kind = "flag"
-        else:
-            kind = "state"
-        features[key] = Feature(kind=kind, dtype=str(arr.dtype), shape=arr.shape[1:])
+        features[key] = Feature(kind=feature_kind(key, arr), dtype=str(arr.dtype), shape=arr.shape[1:])
     return TrajectoryStore.create(
         path, features, fps=ep.fps, meta={"env_id": env_id, "recorded_by": "robocl eval"}
     )

@@ -9,12 +9,8 @@ hand their next action back through ``info``. Finished episodes come out in inde
 the same whatever ``num_envs`` is. Checkpoint or object policies get each observation batch keyed by store
 feature names plus ``"task"`` (the instruction), one instance per sub-env.
 
-Observations map to store features as follows: a flat ``Box`` observation (the half-cheetahs, gymnasium
-ids such as ``Pusher-v5``) is ``observation.state``; arm tasks' dict keys ``proprio``, ``object``,
-``image_front`` and ``image_wrist`` become ``observation.state``, ``observation.object``,
-``observation.images.front`` and ``observation.images.wrist``; their ``instruction`` is the episode's task.
-Envs without cameras of their own are rendered (``render_mode="rgb_array"``) into
-``observation.images.front`` when images are requested.
+Observations map to store features as :mod:`robocl.features` says. Envs without cameras of their own are
+rendered (``render_mode="rgb_array"``) into ``observation.images.front`` when images are requested.
 """
 
 from __future__ import annotations
@@ -35,18 +31,11 @@ from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 from tqdm import tqdm
 
 import robocl
+from robocl.features import INSTRUCTION_KEY, FeatureObs
 from robocl.store import Feature
 
 LOCAL_POLICIES = ("scripted", "random")
 POSITIONS = ("seen", "unseen")
-# Arm-task observation keys -> store feature names (flat Box observations are "observation.state").
-OBS_FEATURES = {
-    "proprio": "observation.state",
-    "object": "observation.object",
-    "image_front": "observation.images.front",
-    "image_wrist": "observation.images.wrist",
-}
-INSTRUCTION_KEY = "instruction"
 ACTION_INFO_KEY = "policy_action"
 # Constructor arguments collect sets from its own options.
 RESERVED_ENV_KWARGS = frozenset(
@@ -96,63 +85,6 @@ class _LocalActor(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
-class _FeatureObs(gym.Wrapper):
-    """Renames observations to store feature names; moves the instruction to the reset ``info``.
-
-    ``skip`` names dict-observation keys left out of the store (e.g. ``"object"``, the privileged state).
-    """
-
-    def __init__(self, env: gym.Env, render_front: bool, skip: frozenset[str]) -> None:
-        super().__init__(env)
-        self._render_front = render_front
-        space = env.observation_space
-        subspaces: dict[str, gym.Space] = {}
-        self._sources: dict[str, str] = {}  # feature name -> key of the env's dict observation
-        if isinstance(space, gym.spaces.Box):
-            # float64 states (gymnasium's MuJoCo envs) become float32 here, the dtype policies train in.
-            low, high = space.low.astype(np.float32), space.high.astype(np.float32)
-            subspaces["observation.state"] = gym.spaces.Box(low, high, space.shape, np.float32)
-            if render_front:
-                frame_shape = (env.unwrapped.height, env.unwrapped.width, 3)
-                subspaces["observation.images.front"] = gym.spaces.Box(0, 255, frame_shape, np.uint8)
-        elif isinstance(space, gym.spaces.Dict):
-            for key, sub in space.spaces.items():
-                if key == INSTRUCTION_KEY or key in skip:
-                    continue
-                if not isinstance(sub, gym.spaces.Box):
-                    raise ValueError(
-                        f"observation key {key!r} is a {type(sub).__name__}; collect stores Box keys"
-                    )
-                name = OBS_FEATURES.get(key, f"observation.{key}")
-                subspaces[name], self._sources[name] = sub, key
-        else:
-            raise ValueError(f"collect needs a Box or Dict observation space, got {type(space).__name__}")
-        self.observation_space = gym.spaces.Dict(subspaces)
-
-    def feature_names(self) -> dict[str, tuple[str, ...]]:
-        """Per-dimension names of the stored features, where the env names its observation keys'
-        dimensions (``env.unwrapped.observation_names``, as robocl's arm tasks do)."""
-        names = getattr(self.env.unwrapped, "observation_names", {})
-        return {feat: tuple(names[key]) for feat, key in self._sources.items() if key in names}
-
-    def _convert(self, obs: Any) -> dict[str, np.ndarray]:
-        if isinstance(obs, Mapping):
-            return {name: obs[key] for name, key in self._sources.items()}
-        out = {"observation.state": np.asarray(obs, dtype=np.float32)}
-        if self._render_front:
-            out["observation.images.front"] = self.env.render()
-        return out
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
-        obs, info = self.env.reset(seed=seed, options=options)
-        task = obs[INSTRUCTION_KEY] if isinstance(obs, Mapping) and INSTRUCTION_KEY in obs else None
-        return self._convert(obs), {**info, INSTRUCTION_KEY: task}
-
-    def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict]:
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        return self._convert(obs), reward, terminated, truncated, info
-
-
 def _accepts(env_id: str, name: str) -> bool:
     """Whether the env constructor takes a parameter called ``name`` (a bare ``**kwargs`` does not count)."""
     entry = gym.spec(_registered_id(env_id)).entry_point
@@ -171,7 +103,7 @@ def _make_env(plan: _EnvPlan, actor: tuple | None) -> gym.Env:
     env = gym.make(plan.env_id, **plan.env_kwargs)
     if actor is not None:
         env = _LocalActor(env, *actor)
-    return _FeatureObs(env, plan.render_front, plan.skip)
+    return FeatureObs(env, plan.render_front, plan.skip)
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -301,21 +233,6 @@ class _EnvPlan:
         return cls(env_id, kwargs, render_front, skip, s.positions)
 
 
-def _features(
-    obs_space: gym.spaces.Dict, action_space: gym.Space, names: Mapping[str, tuple[str, ...]]
-) -> dict[str, Feature]:
-    if not isinstance(action_space, gym.spaces.Box):
-        raise ValueError(f"collect stores Box actions, got {type(action_space).__name__}")
-    features = {}
-    for name, space in obs_space.spaces.items():
-        kind = "rgb" if name.startswith("observation.images.") else "state"
-        features[name] = Feature(kind=kind, dtype=str(space.dtype), shape=space.shape, names=names.get(name))
-    features["action"] = Feature(kind="action", dtype="float32", shape=action_space.shape)
-    features["reward"] = Feature(kind="reward", dtype="float32", shape=())
-    features["success"] = Feature(kind="flag", dtype="bool", shape=())
-    return features
-
-
 @dataclass(frozen=True)
 class RolloutPlan:
     """Everything checked before the first episode: per-env plans and the schema they share."""
@@ -344,7 +261,7 @@ class RolloutPlan:
             probe = _make_env(plan, s.local_actor)
             try:
                 probe.reset(seed=s.seed)
-                features = _features(probe.observation_space, probe.action_space, probe.feature_names())
+                features = probe.features()
                 fps = float(probe.metadata.get("render_fps") or 1.0 / probe.unwrapped.dt)
                 robot = getattr(probe.unwrapped, "robot", None) or type(probe.unwrapped).__name__
             finally:
