@@ -53,8 +53,8 @@ from robocl.algos.bc import BC, BCConfig
 from robocl.algos.co_rft import CORFT, CORFTConfig
 from robocl.eval.metrics import wilson_interval
 from robocl.nets.vla import VLAConfig
+from robocl.run.loop import to_torch
 from robocl.store import TrajectoryStore
-from robocl.train import to_torch
 
 # Scripted demos of a less practised teleoperator (noise, pauses, detours; datasets/pick_place_50_mixed.toml
 # for pick-and-place): the data where a -1/step critic has faster chunks to prefer. Push uses the block with

@@ -22,7 +22,9 @@ import numpy as np
 import torch
 
 from benchmarks.common import RESULTS, markdown_table, run_info, write_result
-from robocl.algos.hypercrl import HyperCRL, HyperCRLConfig
+from robocl.algos.dynamics import HyperCRLConfig, TaskData
+from robocl.algos.hypercrl import HyperCRL
+from robocl.run.continual import train_hypercrl
 
 SMALL_BUDGET = {
     "n_tasks": 2,
@@ -47,8 +49,6 @@ def _planner_setup(seed: int) -> tuple[HyperCRL, Any, np.ndarray]:
     env = gym.make(algo.env_ids[0])
     env.reset(seed=seed)
     rng = np.random.default_rng(seed)
-    from robocl.algos.hypercrl import TaskData
-
     data = TaskData(algo.state_dim, algo.action_dim)
     state = env.unwrapped.get_state()
     for _ in range(50):  # a few transitions so the task has statistics
@@ -141,7 +141,7 @@ def compare(
             t0 = time.perf_counter()
             config = HyperCRLConfig(family=family, method=method, seed=seed, **budget)
             run_dir = out / family / f"seed{seed}" / method
-            metrics = HyperCRL.open(config, run_dir).run(run_dir)
+            metrics = train_hypercrl(config, run_dir, progress=False)
             metrics["wall_s"] = time.perf_counter() - t0
             metrics["seed"] = seed
             runs[method].append(metrics)

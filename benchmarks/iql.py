@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from robocl.nets import MLP, Normalizer
+from robocl.run.loop import to_torch
 from robocl.store import TrajectoryStore, WindowSampler
 from robocl.store.chunked import ChunkedTDSampler, mc_returns, step_rewards
-from robocl.train import to_torch
 
 
 @dataclass

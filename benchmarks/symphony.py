@@ -28,14 +28,12 @@ import numpy as np
 import torch
 
 from benchmarks.common import RESULTS, markdown_table, run_info, write_result
-from robocl.algos.symphony import (
-    OnlineLoopConfig,
-    SymphonyConfig,
-    evaluate_policy,
-    flat_obs,
-    make_env,
-    train_online,
-)
+from robocl.algos.symphony import SymphonyConfig
+from robocl.eval.evaluate import EnvEvaluation
+from robocl.features import flatten_obs
+from robocl.run.layout import RunDir
+from robocl.run.online import make_env
+from robocl.run.train import OnlineLoopConfig, train_symphony
 
 PAPER_ANCHOR = {"env": "Humanoid-v4", "return": 5000, "env_steps": 240_000, "seeds": 10}
 SAC_NOTE = "stable-baselines3 SAC, default hyper-parameters, learning_starts = n_explore"
@@ -50,21 +48,32 @@ def run_symphony(env_id: str, seed: int, args: argparse.Namespace, root: Path) -
         n_q=args.n_q,
         batch_size=args.batch_size,
     )
-    loop = OnlineLoopConfig(
+    online = OnlineLoopConfig(
         env=env_id,
         steps=args.steps,
         eval_every=args.eval_every,
         eval_episodes=args.eval_episodes,
         checkpoint_every=args.steps,
         device=args.device,
+        threads=args.threads,
     )
-    run_dir = root / f"symphony_{env_id}_{seed}"
+    run = RunDir(root / f"symphony_{env_id}_{seed}")
     start = time.perf_counter()
-    train_online(config, loop, run_dir, progress=False)
+    train_symphony(config, online, run.path, progress=False)
     wall = time.perf_counter() - start
-    rows = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
-    curve = {r["env_step"]: r["mean_return"] for r in rows}
+    # The loop counts updates: update u is env step n_explore + u / updates_per_step.
+    curve = {
+        config.n_explore + step // config.updates_per_step: json.loads(path.read_text())["aggregate"][
+            "mean_return"
+        ]
+        for step, path in run.evaluations("online")
+    }
     return {"curve": curve, "wall_s": wall, "exploration_steps": config.n_explore}
+
+
+def evaluation(env_id: str, seed: int, args: argparse.Namespace) -> EnvEvaluation:
+    """Symphony's evaluations: the same episodes and reset seeds for both methods."""
+    return EnvEvaluation(env_id, args.eval_episodes, seed=10**9 + 1000 * seed)
 
 
 class _SB3Policy:
@@ -75,7 +84,7 @@ class _SB3Policy:
         """SAC's policy is memoryless."""
 
     def predict(self, obs: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
-        return self.model.predict(flat_obs(obs), deterministic=True)[0]
+        return self.model.predict(flatten_obs(obs), deterministic=True)[0]
 
 
 def run_sac(env_id: str, seed: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -83,21 +92,32 @@ def run_sac(env_id: str, seed: int, args: argparse.Namespace, tmp: Path) -> dict
     from stable_baselines3.common.callbacks import BaseCallback
 
     curve: dict[int, float] = {}
+    # Symphony is evaluated every eval_every env steps after its exploration, and at the end: SAC too.
+    marks = set(range(args.n_explore, args.steps + 1, args.eval_every or args.steps)) | {args.steps}
+    evaluate = evaluation(env_id, seed, args)
 
     class Evaluate(BaseCallback):
         def _on_step(self) -> bool:
             n = self.num_timesteps
-            if (args.eval_every and n % args.eval_every == 0) or n == args.steps:
-                # The same evaluator and reset seeds as Symphony's runs.
-                out = tmp / f"sac_{env_id}_seed{seed}" / "eval" / f"step_{n:08d}"
-                summary = evaluate_policy(_SB3Policy(self.model), env_id, args.eval_episodes, seed, out)
-                curve[n] = float(summary["mean_return"])
+            if n in marks:
+                out = tmp / f"sac_{env_id}_seed{seed}" / f"{n:08d}"
+                curve[n] = evaluate(_SB3Policy(self.model), lambda task: out / task)["mean_return"]
             return True
 
-    model = SAC("MlpPolicy", make_env(env_id), seed=seed, device=args.device, learning_starts=args.n_explore)
+    model = SAC("MlpPolicy", flat_env(env_id), seed=seed, device=args.device, learning_starts=args.n_explore)
     start = time.perf_counter()
     model.learn(total_timesteps=args.steps, callback=Evaluate())
     return {"curve": curve, "wall_s": time.perf_counter() - start, "exploration_steps": args.n_explore}
+
+
+def flat_env(env_id: str) -> Any:
+    """SAC's env: observations flattened as robocl's policies flatten them (arm tasks: proprio, object)."""
+    import gymnasium as gym
+
+    env = make_env(env_id)
+    dim = sum(int(np.prod(s.shape)) for s in env.observation_space.spaces.values())
+    space = gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
+    return gym.wrappers.TransformObservation(env, flatten_obs, space)
 
 
 def main() -> None:
@@ -114,11 +134,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=SymphonyConfig.batch_size)
     parser.add_argument("--name", default="symphony", help="result name: <name>.json and <name>.png")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--no-sac", action="store_true")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     try:
         import stable_baselines3  # noqa: F401
 

@@ -12,7 +12,8 @@ __all__ = ["__version__", "load_policy"]
 
 
 def load_policy(path: str, device: str = "cpu") -> Any:
-    """Restore any method's policy from a checkpoint directory for inference (no trainer state needed).
+    """Restore any method's policy from a checkpoint directory for inference: only the networks and
+    normalisers are built (no optimiser, replay buffer or trainer state), and no global RNG is touched.
 
     Returns an object with ``reset()`` and ``predict(obs) -> action`` (numpy in, numpy out).
     """
@@ -20,4 +21,4 @@ def load_policy(path: str, device: str = "cpu") -> Any:
     from robocl.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
-    return get_algorithm(ckpt.method).from_checkpoint(ckpt, device).policy()
+    return get_algorithm(ckpt.method).policy_from_checkpoint(ckpt, device)

@@ -55,27 +55,31 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_bc(args: argparse.Namespace) -> int:
-    from robocl.algos.bc import BC, BCConfig
+    from robocl.algos.bc import BCConfig
     from robocl.config import config_from_args
-    from robocl.store import TrajectoryStore
-    from robocl.train import LoopConfig, fit
+    from robocl.run.loop import LoopConfig
+    from robocl.run.train import train_bc
 
-    config = config_from_args(BCConfig, args)
-    loop = config_from_args(LoopConfig, args)
-    with TrajectoryStore.open(args.data, "r") as store:
-        view = store.view(tags=args.tags.split(",")) if args.tags else store.view()
-        algo = BC.from_store(config, store, device=loop.device)
-        evaluate = _periodic_eval(args) if args.eval_env else None
-        fit(algo, algo.sampler(view), loop, args.run_dir, resume=args.resume, evaluate=evaluate)
-    print(f"checkpoint: {Path(args.run_dir) / 'checkpoints' / 'last'}")
+    paths = train_bc(
+        config_from_args(BCConfig, args),
+        args.data,
+        args.run_dir,
+        config_from_args(LoopConfig, args),
+        resume=args.resume,
+        tags=_tags(args),
+        evaluate=_evaluation(args, args.eval_env),
+        progress=not args.quiet,
+    )
+    print(f"checkpoint: {paths['bc']}")
     return 0
 
 
 def _cmd_train_co_rft(args: argparse.Namespace) -> int:
-    from robocl.algos.co_rft import CORFTConfig, train_co_rft
+    from robocl.algos.co_rft_config import CORFTConfig
     from robocl.config import config_from_args
+    from robocl.run.loop import LoopConfig
+    from robocl.run.train import train_co_rft
     from robocl.store import TrajectoryStore
-    from robocl.train import LoopConfig
 
     if args.n_updates is not None:
         raise ValueError("co-rft trains two stages: use --il-updates and --rl-updates, not --n-updates")
@@ -90,6 +94,7 @@ def _cmd_train_co_rft(args: argparse.Namespace) -> int:
     il_loop = config_from_args(LoopConfig, args, n_updates=args.il_updates) if args.il_updates else None
     rl_updates = 0 if pretrain else args.rl_updates
     rl_loop = config_from_args(LoopConfig, args, n_updates=rl_updates) if rl_updates else None
+    env_id = None if pretrain else _eval_env(args)
     paths = train_co_rft(
         config,
         args.data,
@@ -98,97 +103,83 @@ def _cmd_train_co_rft(args: argparse.Namespace) -> int:
         rl_loop=rl_loop,
         init=args.init,
         resume=args.resume,
-        tags=args.tags.split(",") if args.tags else (),
+        tags=_tags(args),
+        evaluate=_evaluation(args, env_id, positions=("seen", "unseen")),
+        progress=not args.quiet,
     )
     for stage, path in paths.items():
         print(f"{stage} checkpoint: {path}")
     if pretrain:
         print(f"fine-tune from it: robocl train co-rft --init {paths['il']} --images ...")
-    elif args.eval_episodes:
-        _evaluate_stages(paths, args)
+    elif env_id is not None and args.eval_episodes:
+        print(f"evaluations: {Path(args.run_dir) / 'eval'} (robocl compare {args.run_dir})")
     return 0
 
 
-def _eval_dir(ckpt: Path, env_id: str, positions: str) -> Path:
-    """Where ``robocl eval`` writes by default: beside the checkpoint, not inside it (a later save replaces
-    the checkpoint folder whole)."""
-    return ckpt.parent / "eval" / f"{ckpt.name}_{env_id.replace('/', '_')}_{positions}"
+def _tags(args: argparse.Namespace) -> list[str]:
+    return args.tags.split(",") if args.tags else []
 
 
-def _evaluate_stages(paths: dict[str, Path], args: argparse.Namespace) -> None:
-    """``robocl eval`` of every stage's checkpoint at seen and unseen positions, on the store's env."""
-    from robocl.eval.evaluate import evaluate
+def _eval_env(args: argparse.Namespace) -> str | None:
+    """The env a training run is evaluated on: --eval-env, else the store's env id when it needs no import."""
+    if args.eval_env is not None:
+        return args.eval_env
     from robocl.store import TrajectoryStore
 
-    env_id = args.eval_env
-    if env_id is None:
-        with TrajectoryStore.open(args.data, "r") as store:
-            env_id = store.meta.get("env_id")
-        if isinstance(env_id, str) and ":" in env_id:
-            # Metadata never triggers an import: a module:Env id runs only when the user passes it.
-            module = env_id.rsplit(":", 1)[0]
-            print(
-                f"no evaluation: the store's env {env_id!r} would import module {module!r}; "
-                f"pass --eval-env {env_id} to evaluate on it"
-            )
-            return
-    if env_id is None:
+    with TrajectoryStore.open(args.data, "r") as store:
+        env_id = store.meta.get("env_id")
+    if isinstance(env_id, str) and ":" in env_id:
+        # Metadata never triggers an import: a module:Env id runs only when the user passes it.
+        module = env_id.rsplit(":", 1)[0]
+        print(f"no evaluation: the store's env {env_id!r} would import module {module!r}; "
+              f"pass --eval-env {env_id} to evaluate on it")  # fmt: skip
+        return None
+    if not isinstance(env_id, str):
         print("no evaluation: the store names no simulated env (pass --eval-env ID)")
-        return
-    for stage, path in paths.items():
-        for positions in ("seen", "unseen"):
-            out = _eval_dir(Path(path), env_id, positions)
-            result = evaluate(
-                str(path), env_id, n_episodes=args.eval_episodes, out_dir=out, positions=positions
-            )
-            print(f"[{stage}] " + result["table"])
+        return None
+    return env_id
+
+
+def _evaluation(args: argparse.Namespace, env_id: str | None, positions: tuple[str, ...] = ("seen",)) -> Any:
+    """The shared evaluator at the end of every stage (and every --eval-every updates), or None."""
+    if env_id is None or not args.eval_episodes:
+        return None
+    from robocl.eval.evaluate import EnvEvaluation
+
+    return EnvEvaluation(env_id, args.eval_episodes, positions)
 
 
 def _cmd_train_hypercrl(args: argparse.Namespace) -> int:
-    from robocl.algos.hypercrl import HyperCRL, HyperCRLConfig
+    from robocl.algos.dynamics import HyperCRLConfig
     from robocl.config import config_from_args
+    from robocl.run.continual import train_hypercrl
 
-    algo = HyperCRL.open(config_from_args(HyperCRLConfig, args), args.run_dir)
-    metrics = algo.run(args.run_dir)
+    metrics = train_hypercrl(config_from_args(HyperCRLConfig, args), args.run_dir, progress=not args.quiet)
     print(json.dumps({k: metrics[k] for k in ("after_task_matrix", "average", "forgetting_ratio")}, indent=2))
     print(f"metrics: {Path(args.run_dir) / 'continual.json'}, curves: {Path(args.run_dir) / 'curves.png'}")
     return 0
 
 
 def _cmd_train_symphony(args: argparse.Namespace) -> int:
-    from robocl.algos.symphony import OnlineLoopConfig, SymphonyConfig, train_online
+    from robocl.algos.symphony import SymphonyConfig
     from robocl.config import config_from_args
+    from robocl.run.train import OnlineLoopConfig, train_symphony
 
     config = config_from_args(SymphonyConfig, args)
-    loop = config_from_args(OnlineLoopConfig, args)
-    run_dir = args.run_dir or f"runs/symphony/{loop.env.replace('/', '_')}_seed{config.seed}"
-    train_online(config, loop, run_dir, resume=args.resume)
-    print(f"checkpoint: {Path(run_dir) / 'checkpoints' / 'last'}")
-    print(f"experience: {Path(run_dir) / 'replay.zarr'} (robocl info shows it)")
+    online = config_from_args(OnlineLoopConfig, args)
+    run_dir = args.run_dir or f"runs/symphony/{online.env.replace('/', '_')}_seed{config.seed}"
+    paths = train_symphony(config, online, run_dir, resume=args.resume, progress=not args.quiet)
+    print(f"checkpoint: {paths['online']}")
+    print(f"experience: {Path(run_dir) / 'data' / 'replay.zarr'} (robocl info shows it)")
     return 0
-
-
-def _periodic_eval(args: argparse.Namespace) -> Any:
-    from robocl.eval.evaluate import evaluate
-
-    def run(algo: Any) -> dict[str, float]:
-        out = Path(args.run_dir) / "eval" / f"step_{algo.step:07d}"
-        result = evaluate(
-            algo.policy(), args.eval_env, n_episodes=args.eval_episodes, out_dir=out, progress=False
-        )
-        summary = result["summary"]
-        metrics = {"success_rate": summary["success_rate"], "mean_return": summary["mean_return"]}
-        if summary["cycle_time_mean"] is not None:
-            metrics["cycle_time"] = summary["cycle_time_mean"]
-        return metrics
-
-    return run
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from robocl.eval.evaluate import evaluate
+    from robocl.run.layout import safe_name
+    from robocl.run.runtime import resolve_device
 
-    out = Path(args.out) if args.out else _eval_dir(Path(args.policy), args.env, args.positions)
+    out = Path(args.out) if args.out else _eval_dir(Path(args.policy), args.env, args.positions, safe_name)
     result = evaluate(
         args.policy,
         args.env,
@@ -201,167 +192,267 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         n_videos=args.n_videos,
         record=args.record,
         max_steps=args.max_steps,
+        device=str(resolve_device(args.device)),
+        progress=not args.quiet,
     )
     print(result["table"])
     print(f"wrote {out / 'eval_info.json'}")
     return 0
 
 
+def _eval_dir(ckpt: Path, env_id: str, positions: str, safe_name: Any) -> Path:
+    """Where ``robocl eval`` writes by default: beside the checkpoint, not inside it (a later save replaces
+    the checkpoint folder whole)."""
+    return ckpt.parent / "eval" / safe_name(f"{ckpt.name}_{env_id}_{positions}")
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from robocl.eval.compare import compare
 
-    table, _ = compare(args.runs, out_dir=args.out)
+    table, _ = compare(args.runs, out_dir=args.out, step=args.step)
     print(table)
     if args.out:
         print(f"plots in {args.out}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+# ---------------------------------------------------------------------------------------------- the parser
+# Subcommands are built lazily: only the one on the command line imports its modules (torch, the algorithms,
+# MuJoCo), so ``robocl --help`` and ``robocl info`` start in a fraction of a second.
+COMMANDS = {
+    "info": "summarise a trajectory store",
+    "validate": "check a store's schema, commit record and chunks",
+    "train": "train a policy (robocl train METHOD --help)",
+    "eval": "roll out a policy and report success, cycle time and returns",
+    "compare": "compare runs: success, cycle time, learning curves (IQM + CIs)",
+    "collect": "roll out a policy and write the episodes to a trajectory store",
+    "ingest": "read a LeRobot/D4RL/Minari/robomimic dataset into a store",
+    "export": "write a store (or its filtered episodes) as a LeRobot/D4RL/Minari/robomimic dataset",
+}
+METHODS = {
+    "bc": "chunked behaviour cloning on low-dimensional observations",
+    "co-rft": "CO-RFT: flow-matching imitation, then chunked offline RL (Cal-QL critic, best-of-N)",
+    "vla-pretrain": "pretrain the CO-RFT policy by imitation on a multi-task store (a generalist for --init)",
+    "symphony": "Symphony online actor-critic on a gymnasium env",
+    "hypercrl": "HyperCRL continual model-based RL (and its CL baselines)",
+}
+
+
+def _add_runtime_args(p: argparse.ArgumentParser, *, device: bool = False) -> None:
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: robocl's networks are small, and more threads oversubscribe a "
+        "shared machine; raise it for image policies on a machine of their own)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    if device:
+        p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+
+
+def _add_info(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="store path or URL")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(func=_cmd_info)
+
+
+def _add_validate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="store path or URL")
+    p.add_argument("--quick", action="store_true", help="check chunks exist without reading them")
+    p.add_argument(
+        "--repair",
+        choices=("truncate", "drop"),
+        help="remove the damage found: truncate = keep the episodes before the first damaged one (in "
+        "place); drop = keep every undamaged episode (local stores: rewritten, the original kept aside)",
+    )
+    p.set_defaults(func=_cmd_validate)
+
+
+def _add_train(p: argparse.ArgumentParser, method: str | None) -> None:
+    methods = p.add_subparsers(dest="method", metavar="METHOD", required=True)
+    for name, help_text in METHODS.items():
+        sub = methods.add_parser(name, help=help_text)
+        if name == method:
+            _TRAIN_BUILDERS[name](sub)
+
+
+def _add_train_bc(p: argparse.ArgumentParser) -> None:
+    from robocl.algos.bc import BCConfig
+    from robocl.config import add_config_args
+    from robocl.run.loop import LoopConfig
+
+    p.add_argument("--data", required=True, help="trajectory store to train on")
+    p.add_argument("--run-dir", required=True, help="the run directory (run.json, checkpoints/, eval/, tb/)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument("--tags", help="train on episodes with all these comma-separated tags")
+    p.add_argument("--eval-env", help="env id evaluated every --eval-every updates and at the end")
+    p.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_config_args(p, BCConfig)
+    add_config_args(p, LoopConfig)
+    p.set_defaults(func=_cmd_train_bc)
+
+
+def _add_train_co_rft(p: argparse.ArgumentParser, *, pretrain: bool = False) -> None:
+    from robocl.algos.co_rft_config import CORFTConfig
+    from robocl.config import add_config_args
+    from robocl.run.loop import LoopConfig
+
+    p.add_argument("--data", required=True, help="trajectory store to train on (pretraining: multi-task)")
+    p.add_argument("--run-dir", required=True, help="the run directory; stages il and rl")
+    p.add_argument("--init", help="pretrained backbone: a robocl checkpoint dir or a .safetensors file")
+    p.add_argument("--images", action="store_true", help="use every camera of the store")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument("--tags", help="train on episodes with all these comma-separated tags")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    if pretrain:
+        p.add_argument("--il-updates", type=int, default=50_000, help="imitation updates")
+        p.set_defaults(rl_updates=0, eval_env=None, eval_episodes=0)
+    else:
+        p.add_argument("--il-updates", type=int, default=3_000, help="stage-1 updates; 0 skips stage 1")
+        p.add_argument("--rl-updates", type=int, default=1_000, help="stage-2 updates; 0 = imitation only")
+        p.add_argument("--eval-env", help="env evaluated after each stage (default: the store's env_id)")
+        p.add_argument(
+            "--eval-episodes", type=int, default=20, help="episodes per stage and position set; 0 skips"
+        )
+    add_config_args(p, CORFTConfig)
+    add_config_args(p, LoopConfig)
+    p.set_defaults(func=_cmd_train_co_rft)
+
+
+def _add_train_symphony(p: argparse.ArgumentParser) -> None:
+    from robocl.algos.symphony import SymphonyConfig
+    from robocl.config import add_config_args
+    from robocl.run.train import OnlineLoopConfig
+
+    p.add_argument(
+        "--run-dir", help="the run directory (run.json, checkpoints/, eval/, tb/, data/replay.zarr)"
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_config_args(p, OnlineLoopConfig)
+    add_config_args(p, SymphonyConfig)
+    p.set_defaults(func=_cmd_train_symphony)
+
+
+def _add_train_hypercrl(p: argparse.ArgumentParser) -> None:
+    from robocl.algos.dynamics import HyperCRLConfig
+    from robocl.config import add_config_args
+
+    p.add_argument("--run-dir", required=True, help="checkpoints, store, metrics; a killed run resumes")
+    _add_runtime_args(p)
+    add_config_args(p, HyperCRLConfig)
+    p.set_defaults(func=_cmd_train_hypercrl)
+
+
+_TRAIN_BUILDERS = {
+    "bc": _add_train_bc,
+    "co-rft": _add_train_co_rft,
+    "vla-pretrain": lambda p: _add_train_co_rft(p, pretrain=True),
+    "symphony": _add_train_symphony,
+    "hypercrl": _add_train_hypercrl,
+}
+
+
+def _add_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--policy", required=True, help="checkpoint directory")
+    p.add_argument("--env", required=True, help="gymnasium env id (robocl/... or any registered id)")
+    p.add_argument("--episodes", type=int, default=50)
+    p.add_argument("--positions", choices=("seen", "unseen"), default="seen")
+    p.add_argument("--num-envs", type=int, default=1, help="parallel worker envs")
+    p.add_argument("--video", action="store_true", help="write MP4s of the first --n-videos episodes")
+    p.add_argument("--n-videos", type=int, default=2)
+    p.add_argument("--record", help="also write every episode into this store (tag 'eval')")
+    p.add_argument("--seed", type=int, default=100_000, help="episode i starts from reset(seed + i)")
+    p.add_argument("--max-steps", type=int, help="episode length override")
+    p.add_argument("--out", help="output folder (default: <policy>/../eval/<name>_<env>_<positions>)")
+    _add_runtime_args(p, device=True)
+    p.set_defaults(func=_cmd_eval)
+
+
+def _add_compare(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", help="run directories, or folders of runs (one run per seed)")
+    p.add_argument("--out", help="folder for the PNG plots")
+    p.add_argument(
+        "--step",
+        choices=("final", "best"),
+        default="final",
+        help="which evaluation of each stage a run contributes: its final one (default), or its best",
+    )
+    p.set_defaults(func=_cmd_compare)
+
+
+def _add_collect(p: argparse.ArgumentParser) -> None:
+    from robocl import collect
+
+    collect.configure_parser(p)
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the policy (default 1)")
+
+
+def _add_convert(p: argparse.ArgumentParser, name: str) -> None:
+    from robocl import convert_cli
+
+    convert_cli.configure_parser(p, name)
+
+
+_BUILDERS = {
+    "info": _add_info,
+    "validate": _add_validate,
+    "eval": _add_eval,
+    "compare": _add_compare,
+    "collect": _add_collect,
+    "ingest": lambda p: _add_convert(p, "ingest"),
+    "export": lambda p: _add_convert(p, "export"),
+}
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The ``robocl`` parser; only the subcommand named in ``argv`` gets its full options (and imports)."""
     parser = argparse.ArgumentParser(
         prog="robocl",
         description="robocl: offline and continual RL for robot learning on one trajectory store",
     )
     parser.add_argument("--version", action="version", version=f"robocl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    info = sub.add_parser("info", help="summarise a trajectory store")
-    info.add_argument("path", help="store path or URL")
-    info.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    info.set_defaults(func=_cmd_info)
-
-    validate = sub.add_parser("validate", help="check a store's schema, commit record and chunks")
-    validate.add_argument("path", help="store path or URL")
-    validate.add_argument("--quick", action="store_true", help="check chunks exist without reading them")
-    validate.add_argument(
-        "--repair",
-        choices=("truncate", "drop"),
-        help="remove the damage found: truncate = keep the episodes before the first damaged one (in "
-        "place); drop = keep every undamaged episode (local stores: rewritten, the original kept aside)",
-    )
-    validate.set_defaults(func=_cmd_validate)
-
-    from robocl.algos.bc import BCConfig
-    from robocl.config import add_config_args
-    from robocl.train import LoopConfig
-
-    train = sub.add_parser("train", help="train a policy (robocl train METHOD --help)")
-    methods = train.add_subparsers(dest="method", metavar="METHOD", required=True)
-    bc = methods.add_parser("bc", help="chunked behaviour cloning on low-dimensional observations")
-    bc.add_argument("--data", required=True, help="trajectory store to train on")
-    bc.add_argument("--run-dir", required=True, help="where checkpoints, config and TensorBoard logs go")
-    bc.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
-    bc.add_argument("--tags", help="train on episodes with all these comma-separated tags")
-    bc.add_argument("--eval-env", help="env id evaluated every --eval-every updates and at the end")
-    bc.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation")
-    add_config_args(bc, BCConfig)
-    add_config_args(bc, LoopConfig)
-    bc.set_defaults(func=_cmd_train_bc)
-
-    from robocl.algos.symphony import OnlineLoopConfig, SymphonyConfig
-
-    sym = methods.add_parser("symphony", help="Symphony online actor-critic on a gymnasium env")
-    sym.add_argument("--run-dir", help="checkpoints, TensorBoard, eval.jsonl and the run's replay.zarr store")
-    sym.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
-    add_config_args(sym, OnlineLoopConfig)
-    add_config_args(sym, SymphonyConfig)
-    sym.set_defaults(func=_cmd_train_symphony)
-
-    from robocl.algos.co_rft import CORFTConfig
-
-    corft = methods.add_parser("co-rft", help="CO-RFT: imitation, then chunked offline RL (Cal-QL + TD3+BC)")
-    corft.add_argument("--data", required=True, help="trajectory store to train on")
-    corft.add_argument("--run-dir", required=True, help="checkpoints + TensorBoard logs: DIR/il, DIR/rl")
-    corft.add_argument("--init", help="pretrained backbone: a robocl checkpoint dir or a .safetensors file")
-    corft.add_argument("--images", action="store_true", help="use every camera of the store")
-    corft.add_argument("--il-updates", type=int, default=20_000, help="stage-1 updates; 0 skips stage 1")
-    corft.add_argument("--rl-updates", type=int, default=20_000, help="stage-2 updates; 0 = imitation only")
-    corft.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
-    corft.add_argument("--tags", help="train on episodes with all these comma-separated tags")
-    corft.add_argument("--eval-env", help="env evaluated at the end (default: the store's env_id)")
-    corft.add_argument(
-        "--eval-episodes", type=int, default=20, help="episodes per stage and position set; 0 skips"
-    )
-    add_config_args(corft, CORFTConfig)
-    add_config_args(corft, LoopConfig)
-    corft.set_defaults(func=_cmd_train_co_rft, method="co-rft")
-
-    pre = methods.add_parser(
-        "vla-pretrain",
-        help="pretrain the CO-RFT policy by imitation on a multi-task store (a generalist for --init)",
-    )
-    pre.add_argument("--data", required=True, help="multi-task store, e.g. datasets/generalist.toml")
-    pre.add_argument("--run-dir", required=True, help="checkpoint DIR/il/checkpoints/last + TensorBoard")
-    pre.add_argument("--init", help="start from this backbone instead of scratch")
-    pre.add_argument("--images", action="store_true", help="use every camera of the store")
-    pre.add_argument("--il-updates", type=int, default=50_000, help="imitation updates")
-    pre.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
-    pre.add_argument("--tags", help="train on episodes with all these comma-separated tags")
-    add_config_args(pre, CORFTConfig)
-    add_config_args(pre, LoopConfig)
-    pre.set_defaults(func=_cmd_train_co_rft, method="vla-pretrain")
-
-    from robocl.algos.hypercrl import HyperCRLConfig
-
-    hcrl = methods.add_parser("hypercrl", help="HyperCRL continual model-based RL (and its CL baselines)")
-    hcrl.add_argument("--run-dir", required=True, help="checkpoints, store, metrics; a killed run resumes")
-    add_config_args(hcrl, HyperCRLConfig)
-    hcrl.set_defaults(func=_cmd_train_hypercrl)
-
-    ev = sub.add_parser("eval", help="roll out a policy and report success, cycle time and returns")
-    ev.add_argument("--policy", required=True, help="checkpoint directory")
-    ev.add_argument("--env", required=True, help="gymnasium env id (robocl/... or any registered id)")
-    ev.add_argument("--episodes", type=int, default=50)
-    ev.add_argument("--positions", choices=("seen", "unseen"), default="seen")
-    ev.add_argument("--num-envs", type=int, default=1, help="parallel worker envs")
-    ev.add_argument("--video", action="store_true", help="write MP4s of the first --n-videos episodes")
-    ev.add_argument("--n-videos", type=int, default=2)
-    ev.add_argument("--record", help="also write every episode into this store (tag 'eval')")
-    ev.add_argument("--seed", type=int, default=100_000, help="episode i starts from reset(seed + i)")
-    ev.add_argument("--max-steps", type=int, help="episode length override")
-    ev.add_argument("--out", help="output folder (default: <policy>/../eval/<name>_<env>_<positions>)")
-    ev.set_defaults(func=_cmd_eval)
-
-    cmp_ = sub.add_parser("compare", help="compare runs: success, cycle time, learning curves (IQM + CIs)")
-    cmp_.add_argument("runs", nargs="+", help="one folder per method (its seeds' runs below it)")
-    cmp_.add_argument("--out", help="folder for the PNG plots")
-    cmp_.set_defaults(func=_cmd_compare)
-
-    from robocl import collect, convert_cli
-
-    collect.add_parser(sub)
-    convert_cli.add_parsers(sub)
+    words = [a for a in argv if not a.startswith("-")]
+    command = words[0] if words else None
+    for name, help_text in COMMANDS.items():
+        # collect's options are SUPPRESSed so that a recipe's values apply unless a flag overrides them.
+        default = argparse.SUPPRESS if name == "collect" else None
+        p = sub.add_parser(name, help=help_text, description=help_text, argument_default=default)
+        if name != command:
+            continue
+        if name == "train":
+            _add_train(p, words[1] if len(words) > 1 else None)
+        else:
+            _BUILDERS[name](p)
     return parser
-
-
-def user_errors() -> tuple[type[Exception], ...]:
-    """What the command line reports as one line, without a traceback: bad input (files, stores,
-    checkpoints, options), a store held by another writer, a diverged run, a dead env worker."""
-    from robocl.eval.rollout import WorkerDiedError
-    from robocl.store import StoreLockedError
-    from robocl.train import TrainingDiverged
-
-    return (
-        FileNotFoundError,
-        FileExistsError,
-        ValueError,
-        KeyError,
-        PermissionError,
-        StoreLockedError,
-        TrainingDiverged,
-        WorkerDiedError,
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     # MuJoCo picks its OpenGL backend at import; EGL renders headless (no display on servers and CI).
     os.environ.setdefault("MUJOCO_GL", "egl")
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
+    if getattr(args, "threads", None) is not None:
+        from robocl.run.runtime import set_threads
+
+        set_threads(args.threads)
+    from robocl.errors import user_errors
+
     try:
         return int(args.func(args) or 0)
     except user_errors() as exc:
         print(f"robocl {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        # The loop saved the state before this reached us; say where, and how to go on.
+        message = f"robocl {args.command}: {exc or 'interrupted'}"
+        if args.command == "train" and "--resume" not in argv:
+            message += "; continue with: " + " ".join(["robocl", *argv, "--resume"])
+        print(message, file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -97,15 +97,9 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``collect`` subcommand to an argparse subparsers object (``func=run``)."""
-    # SUPPRESS keeps unset flags out of the namespace: recipe values apply unless a flag overrides them.
-    p = subparsers.add_parser(
-        "collect",
-        help="roll out a policy and write the episodes to a trajectory store",
-        description=__doc__.split("\n\n")[0],
-        argument_default=argparse.SUPPRESS,
-    )
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    """Add ``robocl collect``'s options to its parser (made with ``argument_default=SUPPRESS``, so unset
+    flags stay out of the namespace and a recipe's values apply unless a flag overrides them)."""
     p.add_argument(
         "--recipe", type=Path, help="TOML file whose keys are this command's options (flags override)"
     )
@@ -143,9 +137,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="end episodes at success, for tasks that support it (default: yes)",
     )
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    p.add_argument("--quiet", dest="progress", action="store_false", help="no progress output")
     p.set_defaults(func=run)
-    return p
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
@@ -169,7 +162,7 @@ def _as_list(value: str | Sequence[str]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``robocl collect`` from parsed arguments; returns the exit status."""
-    from robocl.cli import user_errors
+    from robocl.errors import user_errors
 
     # The namespace also carries the main parser's fields (the subcommand name, func); keep collect's own.
     given = {k: v for k, v in vars(args).items() if k in _OPTIONS or k == "recipe"}

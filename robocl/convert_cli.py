@@ -79,12 +79,16 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(subparsers: Any) -> None:
-    """Add the ``ingest`` and ``export`` subcommands to ``robocl``'s subparsers."""
+def configure_parser(p: argparse.ArgumentParser, command: str) -> None:
+    """Add the options of ``robocl ingest`` or ``robocl export`` to its parser."""
     formats = sorted(FORMATS)
-    ingest_p = subparsers.add_parser(
-        "ingest", help="read a LeRobot/D4RL/Minari/robomimic dataset into a store"
-    )
+    if command == "ingest":
+        _ingest_options(p, formats)
+    else:
+        _export_options(p, formats)
+
+
+def _ingest_options(ingest_p: argparse.ArgumentParser, formats: list[str]) -> None:
     ingest_p.add_argument("format", choices=formats)
     ingest_p.add_argument("src", help="dataset: LeRobot root, .hdf5 file, Minari dataset path or id")
     ingest_p.add_argument("store", help="store path (created, or resumed if it exists)")
@@ -113,9 +117,8 @@ def add_parsers(subparsers: Any) -> None:
     ingest_p.add_argument("--quiet", action="store_true", help="no progress bar")
     ingest_p.set_defaults(func=_ingest)
 
-    export_p = subparsers.add_parser(
-        "export", help="write a store as a LeRobot/D4RL/Minari/robomimic dataset"
-    )
+
+def _export_options(export_p: argparse.ArgumentParser, formats: list[str]) -> None:
     export_p.add_argument("format", choices=formats)
     export_p.add_argument("store", help="store path or URL")
     export_p.add_argument("dest", help="LeRobot root, .hdf5 file, or Minari datasets root")

@@ -17,6 +17,7 @@ The same run from the command line: ``robocl train co-rft --data STORE --run-dir
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -39,13 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from robocl.algos.co_rft import CORFT, CORFTConfig, train_co_rft
+    from robocl.algos.co_rft import CORFT
+    from robocl.algos.co_rft_config import CORFTConfig
     from robocl.checkpoint import load_checkpoint
     from robocl.collect import collect, load_recipe
-    from robocl.eval.evaluate import evaluate
+    from robocl.eval.evaluate import EnvEvaluation, evaluate
+    from robocl.run.layout import RunDir
+    from robocl.run.loop import LoopConfig
+    from robocl.run.train import train_co_rft
     from robocl.store import TrajectoryStore
     from robocl.store.validate import validate_store
-    from robocl.train import LoopConfig
 
     out = Path(args.out)
     store_path = out / f"pick_place_50_mixed{'_images' if args.images else ''}.zarr"
@@ -74,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         config = CORFTConfig(language_model=None, seed=args.seed)
     loop = {"batch_size": 128, "checkpoint_every": 500}
+    run = RunDir(run_dir)
     paths = train_co_rft(
         config,
         store_path,
@@ -81,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         il_loop=LoopConfig(n_updates=args.il_updates, **loop),
         # 0: IL only; stage 2 validates its critic on the held-out demos every 500 updates (TensorBoard)
         rl_loop=LoopConfig(n_updates=args.rl_updates, eval_every=500, **loop) if args.rl_updates else None,
-        resume=(run_dir / "il" / "checkpoints" / "last").exists(),
+        # every stage ends with the shared evaluator at seen and unseen positions, into run_dir/eval/
+        evaluate=EnvEvaluation(ENV, args.eval_episodes, ("seen", "unseen")),
+        resume=run.info_path.exists(),
     )
 
     if "rl" in paths:  # how well the critic that ranks the proposals scores demonstrations it never saw
@@ -95,26 +102,20 @@ def main(argv: list[str] | None = None) -> int:
                     f"{val['val_q_mc_corr']:.2f}, mean |Q - return| {val['val_q_abs_err']:.1f} steps"
                 )
 
-    print("== 3. evaluation of both stages")
+    print("== 3. evaluation of both stages (the shared evaluator at the end of each stage)")
     rows = []
-    for stage, ckpt in paths.items():
-        for positions in ("seen", "unseen"):
-            result = evaluate(
-                str(ckpt),
-                ENV,
-                n_episodes=args.eval_episodes,
-                positions=positions,
-                out_dir=run_dir / stage / "eval" / positions,
-                num_envs=2,
-                video=positions == "seen",
-                n_videos=1,
-                progress=False,
-            )
-            rows.append((stage, positions, result["summary"]))
-    print(_table(rows))
     for stage in paths:
-        print(f"video ({stage}): {run_dir / stage / 'eval' / 'seen' / 'videos' / 'episode_000.mp4'}")
-    print(f"TensorBoard: tensorboard --logdir {run_dir}")
+        history = list(run.evaluations(stage))
+        final = max(step for step, _ in history)
+        reports = [json.loads(path.read_text()) for step, path in history if step == final]
+        rows += [(stage, info["positions"], info["aggregate"]) for info in reports]
+    print(_table(rows))
+    for stage, ckpt in paths.items():
+        videos = run.path / "videos" / stage
+        evaluate(str(ckpt), ENV, n_episodes=1, out_dir=videos, video=True, n_videos=1, progress=False)
+        print(f"video ({stage}): {videos / 'videos' / 'episode_000.mp4'}")
+    print(f"compare the stages: robocl compare {run_dir}")
+    print(f"TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from robocl import cli
-from robocl.train import TrainingDiverged
+from robocl.run.loop import TrainingDiverged
 
 
 def test_dead_env_worker_is_one_line(tmp_path, capsys):
     args = ["collect", "--env", "tests.eval.dying_robot:DyingArm-v0", "--episodes", "2", "--policy", "random"]
-    assert cli.main([*args, "--num-envs", "2", "--out", str(tmp_path / "s.zarr"), "--no-progress"]) == 2
+    assert cli.main([*args, "--num-envs", "2", "--out", str(tmp_path / "s.zarr"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "DyingArm-v0: an env worker process died mid-episode" in err
 
@@ -47,6 +47,6 @@ def test_env_id_from_store_metadata_never_imports(tmp_path, capsys, monkeypatch)
         tmp_path / "s.zarr", {"action": Feature("action")}, fps=10, meta={"env_id": env_id}
     ).close()
     args = argparse.Namespace(eval_env=None, data=str(tmp_path / "s.zarr"), eval_episodes=1)
-    cli._evaluate_stages({"il": tmp_path / "ckpt"}, args)
+    assert cli._eval_env(args) is None
     assert "tests.eval.imported_by_metadata" not in sys.modules
     assert f"pass --eval-env {env_id} to evaluate on it" in capsys.readouterr().out

@@ -5,7 +5,6 @@ import os
 # MuJoCo picks its OpenGL backend when first imported; EGL renders without a display.
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-import argparse
 from pathlib import Path
 
 import gymnasium as gym
@@ -14,7 +13,8 @@ import pytest
 import robocl_envs
 
 import robocl
-from robocl.collect import add_parser, collect, load_recipe, run
+from robocl.cli import build_parser
+from robocl.collect import collect, load_recipe, run
 from robocl.eval.rollout import actor_seed, expand_env_ids, rollout_episodes
 from robocl.store import TrajectoryStore
 
@@ -39,9 +39,7 @@ def _assert_same_episodes(a: TrajectoryStore, b: TrajectoryStore) -> None:
 
 
 def _parse(argv):
-    parser = argparse.ArgumentParser(prog="robocl")
-    add_parser(parser.add_subparsers(dest="command"))
-    return parser.parse_args(argv)
+    return build_parser(argv).parse_args(argv)
 
 
 def test_cheetah_random_episodes_are_recorded(tmp_path):
@@ -148,7 +146,7 @@ def test_checkpoint_policy_goes_through_load_policy(tmp_path, monkeypatch):
 
     loaded = []
     monkeypatch.setattr(
-        robocl, "load_policy", lambda path: loaded.append(path) or ZeroPolicy(), raising=False
+        robocl, "load_policy", lambda path, device: loaded.append(path) or ZeroPolicy(), raising=False
     )
     store = _collect_cheetah(tmp_path / "p.zarr", policy="ckpt-dir", n_episodes=2, max_steps=5)
     assert loaded == ["ckpt-dir"] and ZeroPolicy.n_resets == 2  # one instance, reset at each episode start
@@ -175,7 +173,7 @@ def test_cli_recipe_with_command_line_override(tmp_path, capsys):
         f'env = "{CHEETAH}"\nepisodes = 4\npolicy = "random"\nmax_steps = 6\ntags = ["train", "demo"]\n'
     )
     out = tmp_path / "cli.zarr"
-    args = _parse(["collect", "--recipe", str(recipe), "--out", str(out), "--episodes", "2", "--no-progress"])
+    args = _parse(["collect", "--recipe", str(recipe), "--out", str(out), "--episodes", "2", "--quiet"])
     assert args.func is run
     assert run(args) == 0
     assert "wrote 2 episodes (12 steps" in capsys.readouterr().out
@@ -184,7 +182,7 @@ def test_cli_recipe_with_command_line_override(tmp_path, capsys):
         assert store.meta["collect"]["max_steps"] == 6
 
     # The store exists now: without --overwrite the command fails cleanly.
-    assert run(_parse(["collect", "--recipe", str(recipe), "--out", str(out), "--no-progress"])) == 2
+    assert run(_parse(["collect", "--recipe", str(recipe), "--out", str(out), "--quiet"])) == 2
     assert "already exists" in capsys.readouterr().err
 
     recipe.write_text('env = "x"\nepisode = 3\n')
@@ -221,7 +219,7 @@ def test_recipe_builds_with_one_command(path, tmp_path):
     out = tmp_path / "r.zarr"
     # The recipe as written, shortened: 1 episode of 2 steps per env, no cameras.
     argv = ["collect", "--recipe", str(path), "--out", str(out), "--episodes", "1", "--max-steps", "2",
-            "--no-images", "--no-progress"]  # fmt: skip
+            "--no-images", "--quiet"]  # fmt: skip
     assert run(_parse(argv)) == 0
     with TrajectoryStore.open(out) as store:
         assert store.n_episodes == len(env_ids)

@@ -10,7 +10,7 @@ loop's contract tests run.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,8 +20,9 @@ from torch import nn
 from robocl.checkpoint import Checkpoint
 from robocl.nets import MLP, Normalizer
 from robocl.policy import ChunkExecutor, ObsHistory, batch_size_of
+from robocl.run.loop import guarded_step
+from robocl.run.runtime import seeded
 from robocl.store import StoreView, TrajectoryStore, WindowSampler
-from robocl.train import guarded_step
 
 
 @dataclass
@@ -54,6 +55,12 @@ class PolicySpec:
     action_dim: int
     fps: float = 10.0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any]) -> PolicySpec:
+        """The spec a checkpoint's config.json records."""
+        shapes = {k: tuple(v) for k, v in spec["obs_shapes"].items()}
+        return cls(shapes, int(spec["action_dim"]), float(spec["fps"]), dict(spec["extra"]))
 
     @classmethod
     def from_store(
@@ -92,9 +99,9 @@ class BC:
     name: ClassVar[str] = "bc"
 
     def __init__(self, config: BCConfig, spec: PolicySpec, device: str | torch.device = "cpu") -> None:
-        torch.manual_seed(config.seed)
         self.config, self.spec, self.device = config, spec, torch.device(device)
-        self.net = BCNet(config, spec).to(self.device)
+        with seeded(config.seed):
+            self.net = BCNet(config, spec).to(self.device)
         self.optimizer = torch.optim.AdamW(
             self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
@@ -130,38 +137,21 @@ class BC:
         return {"loss": loss.item(), "grad_norm": grad_norm}
 
     # ------------------------------------------------------------------ checkpoints
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return dict(self.net.state_dict())
+    def state_dict(self) -> dict[str, Any]:
+        trainer = {"optimizer": self.optimizer.state_dict(), "step": self.step}
+        return {"model": dict(self.net.state_dict()), "trainer": trainer}
 
-    def load_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
-        self.net.load_state_dict(tensors)
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["trainer"]["optimizer"])
+        self.step = int(state["trainer"]["step"])
 
-    def trainer_state(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "step": self.step}
-
-    def load_trainer_state(self, state: Mapping[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step = int(state["step"])
-
-    def checkpoint_header(self) -> dict[str, Any]:
-        return {"config": asdict(self.config), "spec": asdict(self.spec), "seed": self.config.seed}
-
-    @classmethod
-    def from_checkpoint(cls, ckpt: Checkpoint, device: str = "cpu") -> BC:
-        spec = ckpt.spec
-        algo = cls(
-            BCConfig(**ckpt.config),
-            PolicySpec(
-                obs_shapes={k: tuple(v) for k, v in spec["obs_shapes"].items()},
-                action_dim=spec["action_dim"],
-                fps=spec["fps"],
-                extra=spec["extra"],
-            ),
-            device,
-        )
-        algo.load_tensors(ckpt.tensors)
-        algo.step = ckpt.step
-        return algo
+    @staticmethod
+    def policy_from_checkpoint(ckpt: Checkpoint, device: str = "cpu") -> ChunkPolicy:
+        """The network alone (no optimiser), for inference."""
+        net = BCNet(BCConfig(**ckpt.config), PolicySpec.from_dict(ckpt.spec)).to(device)
+        net.load_state_dict(ckpt.tensors)
+        return ChunkPolicy(net, torch.device(device))
 
     def policy(self) -> ChunkPolicy:
         return ChunkPolicy(self.net, self.device)

@@ -27,8 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from robocl.algos.hypercrl import BatchFn, HyperCRLConfig, TaskData, _bytes, _stream, task_loss
+from robocl.algos.dynamics import BatchFn, HyperCRLConfig, TaskData, stream_seed, task_loss
 from robocl.nets.hypernet import mlp_forward
+from robocl.run.runtime import seeded
 
 
 class MultiHeadLearner(nn.Module):
@@ -55,11 +56,11 @@ class MultiHeadLearner(nn.Module):
 
     def start_task(self, task: int, data: Sequence[TaskData]) -> None:
         del data
-        torch.manual_seed(_stream(self.config.seed, task, 5))  # head init (and trunk re-init for single)
-        self.ensure_tasks(task + 1)
-        if self.config.method == "single":
-            for layer in self.trunk:
-                layer.reset_parameters()
+        with seeded(stream_seed(self.config.seed, task, 5)):  # head init (and trunk re-init for single)
+            self.ensure_tasks(task + 1)
+            if self.config.method == "single":
+                for layer in self.trunk:
+                    layer.reset_parameters()
         self.optimizer = torch.optim.Adam(self.parameters(), lr=self.config.baseline_lr)
         self.si_path = {n: torch.zeros_like(p) for n, p in self._trunk_params().items()}
         self.si_start = {n: p.detach().clone() for n, p in self._trunk_params().items()}
@@ -133,7 +134,7 @@ class MultiHeadLearner(nn.Module):
                 self.register_buffer(f"mem_omega_{n}", omega.clamp_min(0))
                 self.register_buffer(f"mem_anchor_{n}", p.detach().clone())
         elif cfg.method == "coreset" and len(train_idx):
-            gen = torch.Generator().manual_seed(_stream(cfg.seed, task, 6))
+            gen = torch.Generator().manual_seed(stream_seed(cfg.seed, task, 6))
             keep = train_idx[torch.randperm(len(train_idx), generator=gen)[: cfg.coreset_size]]
             x, y = batch(task, keep)
             self.register_buffer(f"mem_core_x_{task}", x)
@@ -168,8 +169,8 @@ class MultiHeadLearner(nn.Module):
 
     def n_data_bytes(self, data: Sequence[TaskData], task: int) -> int:
         """Transitions training reads: the current task, plus all old ones (multitask) or the coresets."""
-        n = _bytes(data[task]) if data else 0
+        n = data[task].nbytes() if data else 0
         if self.config.method == "multitask":
-            n += sum(_bytes(d) for d in data[:task])
+            n += sum(d.nbytes() for d in data[:task])
         cores = [b for k, b in self._buffers.items() if k.startswith("mem_core_") and b is not None]
         return n + sum(b.numel() * b.element_size() for b in cores)

@@ -59,343 +59,37 @@ Deviations and why:
 from __future__ import annotations
 
 import copy
-import itertools
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
 from robocl.algos.bc import PolicySpec
-from robocl.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
+from robocl.algos.chunk_losses import (
+    chunk_bc_loss,
+    chunked_targets,
+    conservative_loss,
+    critic_td_loss,
+    distill_actor_loss,
+    soft_update,
+    td3_bc_actor_loss,
+)
+from robocl.algos.co_rft_config import CORFTConfig
+from robocl.checkpoint import Checkpoint, load_checkpoint
 from robocl.nets.critic import PrefixMLPCritic
 from robocl.nets.flow import OneStepActor
-from robocl.nets.language import DEFAULT_LANGUAGE_MODEL, LanguageEncoder
+from robocl.nets.language import LanguageEncoder
 from robocl.nets.relative import RelativePositions, relative_position_pairs
 from robocl.nets.transformer import ChunkCritic
-from robocl.nets.vla import ChunkChooser, FlowChooser, VLAPolicy, VLAPolicyNet, snap_gripper
+from robocl.nets.vla import BestOfN, ChunkChooser, FlowChooser, OneStep, VLAPolicy, VLAPolicyNet
+from robocl.run.loop import guarded_step, to_torch
+from robocl.run.runtime import seeded
 from robocl.store import StoreView, TrajectoryStore, WindowSampler
 from robocl.store.chunked import ChunkedTDSampler, mc_returns, step_rewards
-from robocl.train import LoopConfig, fit, guarded_step, to_torch
-
-
-@dataclass
-class CORFTConfig:
-    """CO-RFT: imitation, then chunked offline RL (Cal-QL critic; best-of-N, distilled or TD3+BC actor)."""
-
-    # ---- the policy network
-    state_keys: tuple[str, ...] = ("observation.state", "observation.object")  # low-dim store features
-    image_keys: tuple[str, ...] = ()  # camera features (uint8 HxWx3); empty = the state-only policy
-    # Frozen sentence encoder for the instruction (name or folder); None = off. A store with one instruction
-    # gets none: a constant input tells the policy nothing.
-    language_model: str | None = DEFAULT_LANGUAGE_MODEL
-    # Add the differences between the positions the state features name (object - tool, ...; see
-    # robocl.nets.relative); stores without position names get none.
-    relative_positions: bool = True
-    n_obs: int = 2  # observation history length (RoboVLMs uses 8-16; 2 keeps CPU runs fast)
-    horizon: int = 10  # actions per chunk h (RoboVLMs' fwd_pred_next_n)
-    d_model: int = 128  # width of the trunk and critic transformers
-    n_layers: int = 2  # transformer layers in the trunk and in each critic
-    n_heads: int = 4  # attention heads
-    vision_channels: tuple[int, ...] = (32, 64, 128, 128)  # conv widths per camera encoder (stride 2 each)
-    aug_shift: int = 4  # random-shift augmentation of frames during training, pixels
-    dropout: float = 0.1  # trunk transformer dropout in stage 1 (ACT's 0.1: a few dozen demos overfit fast)
-    head: Literal["flow", "regression"] = "flow"  # flow-matching action expert, or chunk regression
-    head_hidden: tuple[int, ...] = (256, 256, 256)  # MLP widths of the action head (and the one-step actor)
-    flow_steps: int = 10  # Euler steps K from noise to chunk (FQL, QC, pi0, SmolVLA: 10)
-    # Where the low-dim history goes: "head" = straight to the action head and the critic (pi0's robot state;
-    # the trunk fuses cameras and instruction), "trunk" = a token of the trunk, "both".
-    state_path: Literal["head", "trunk", "both"] = "head"
-    gripper: bool = True  # the last action channel is a gripper (flow: snapped at execution; regression: BCE)
-    # ---- execution
-    n_action_steps: int = 0  # actions executed per predicted chunk; 0 = the whole chunk, open loop
-    ensemble_coef: float = 0.0  # temporal ensembling weight m (ACT: 0.01), a chunk every step; 0 = off
-    flow_noise: float = 0.0  # noise scale sigma of x_0 ~ N(0, sigma^2 I) when acting; 0 = deterministic
-    # ---- stage 1: imitation
-    gripper_weight: float = 0.01  # regression: BCE weight against the arm Huber loss (RoboVLMs)
-    huber_delta: float = 1.0  # regression: Huber threshold on normalised arm actions (torch's default)
-    il_lr: float = 3e-4  # stage-1 AdamW lr, also the trunk's in stage 2 (RoboVLMs' 2e-5 is for a VLM)
-    weight_decay: float = 0.0  # AdamW decoupled weight decay (RoboVLMs: 0)
-    max_grad_norm: float = 1.0  # stage-1 gradient clipping (RoboVLMs: 1.0)
-    # ---- stage 2: chunked offline RL
-    # How the policy improves through the critic; None = best_of_n for a flow head, td3_bc for regression.
-    actor: Literal["best_of_n", "distill", "td3_bc"] | None = None
-    # Best-of-N proposals per decision: the first from x_0 = 0 (the flow's mode), the others from noise of the
-    # ``candidate_noise`` scales in turn. QC draws 32 at full noise; on 60 mixed demos (seed-0 pilots, 1k
-    # updates) that lifted push from 20/28% (seen/unseen) to 58/68% but cut pick-place from 90/62% to
-    # 50/30%: the critic's errors grow away from the mode, and the argmax of 32 finds them. 8 proposals at
-    # 0.25/0.5 gave 50/70% and 80/52%; 32 at 0.25/0.5 40/62% and 74/54%; 32 at 0.1/0.25 30/42% and 86/60%.
-    n_candidates: int = 8
-    candidate_noise: tuple[float, ...] = (0.25, 0.5)
-    bon_refresh: int = 50  # best-of-N: updates between re-ranking every history's candidates (target)
-    distill_alpha: float = 10.0  # distill: weight of ||mu(o, z) - flow(o, z)||^2 (FQL: 10)
-    val_fraction: float = 0.1  # episodes held out of stage 2 to validate the critic (0 = none)
-    # Stage-2 clipping, against spikes only: TD3/Cal-QL do not clip, and clipping the critic at 1.0 left its
-    # TD error growing (critic gradient norms are 10-200 while it fits -1/step returns).
-    rl_max_grad_norm: float = 100.0
-    gamma: float = 0.99  # per-step discount (QC, Cal-QL, TD3+BC)
-    reward: Literal["step_penalty", "sparse", "store"] = "step_penalty"  # -1/step until success | +1 | stored
-    critic_loss: Literal["prefix", "full"] = "prefix"  # TD target for every prefix j, or only the whole chunk
-    n_critics: int = 2  # twin critics; targets take the minimum
-    # critic network: "mlp" = PrefixMLPCritic (causal by a cumulative first layer, LayerNorm; ~5x cheaper),
-    # "transformer" = T-SAC's causal transformer over [context, a_1..a_h] (ChunkCritic)
-    critic: Literal["mlp", "transformer"] = "mlp"
-    critic_hidden: tuple[int, ...] = (256, 256)  # widths of the MLP critic (TD3+BC, Cal-QL: 256 x 2-3)
-    critic_lr: float = 3e-4  # critic Adam lr (QC, TD3+BC)
-    actor_lr: float = 3e-4  # stage-2 actor Adam lr (TD3+BC; FQL)
-    tau: float = 0.005  # Polyak rate of the target networks, per critic step
-    # Stage 2 trains the trunk (through the critic) or freezes it (the notes: "frozen or at the IL lr").
-    # Frozen: the policy keeps the features it imitated with, and each history is encoded once for the
-    # whole stage (see rl_sampler); recomputing the trunk per batch took 4.4x an IL update (batch 256).
-    rl_train_backbone: bool = False
-    # Conservative term on Q^(h). Without it stage 2 collapsed on the arm tasks (regression head, 60 mixed
-    # demos, 3 seeds: 0-1% success against IL's 30% pick-place and 79% push): the critic extrapolates over
-    # 20-50-d chunks the demos never visit (benchmarks/results/co_rft_*_ablation.json).
-    conservative: Literal["calql", "cql", "none"] = "calql"
-    # Weight of the conservative term. Cal-QL's 5.0 over h x A = 50-d chunks pushed the logged chunks' Q up
-    # without bound (TD error 19 -> 114 over 1k updates, pick-place, 60 mixed demos); 1.0 kept it at 3-6.
-    cql_alpha: float = 1.0
-    # Chunks per kind (uniform, policy at o, policy at o'). Cal-QL uses 10; 3 measured as good: on pick-place
-    # (20 demos, h=10) one draw's critic gradient has cosine 0.95 with a 3x40-sample mean, as at n=10
-    # (0.95) and above n=1-2 (0.92-0.93), at 40% of n=10's update time (the term is ~90% of it).
-    cql_n_samples: int = 3
-    cql_temperature: float = 1.0  # logsumexp temperature
-    cql_sample_noise: float = 0.2  # std of the Gaussian added to TD3+BC / distilled chunks for the CQL term
-    cql_importance_sample: bool = False  # subtract the uniform log-density h*d*log(0.5) (see deviations)
-    # TD3+BC: lambda = alpha_bc / mean|Q|. TD3+BC's 2.5 assumes an MSE over one d-dim action; this BC term
-    # averages a Huber over h x A chunk entries, ~17x smaller gradients per entry, and 2.5 (or 1.0) drove
-    # the policy off the demos (0-13% success from 27%); 0.05 was the best of the pilots, and with Cal-QL
-    # at weight 1, 2.5 still fell to 5% (pick-place) and 33% (push) against 41% and 84% (the ablation).
-    alpha_bc: float = 0.05
-    policy_delay: int = 2  # TD3+BC: critic steps per actor step
-    target_noise: float = 0.2  # TD3+BC: target policy smoothing std, normalised actions
-    target_noise_clip: float = 0.5  # TD3+BC: clip of that noise
-    seed: int = 0  # network initialisation (both stages), the samplers' streams and the acting noise
-
-    def __post_init__(self) -> None:
-        self.state_keys, self.image_keys = tuple(self.state_keys), tuple(self.image_keys)
-        self.critic_hidden, self.head_hidden = tuple(self.critic_hidden), tuple(self.head_hidden)
-        self.vision_channels, self.candidate_noise = tuple(self.vision_channels), tuple(self.candidate_noise)
-        if not self.state_keys and not self.image_keys:
-            raise ValueError("CO-RFT needs state_keys or image_keys")
-        if self.horizon < 1 or self.n_obs < 1 or self.flow_steps < 1:
-            raise ValueError(
-                f"horizon={self.horizon}, n_obs={self.n_obs}, flow_steps={self.flow_steps} must be >= 1"
-            )
-        if not 0 <= self.n_action_steps <= self.horizon:
-            raise ValueError(f"n_action_steps={self.n_action_steps} must be in [0, horizon={self.horizon}]")
-        if self.ensemble_coef < 0 or (self.ensemble_coef and self.n_action_steps > 1):
-            raise ValueError(
-                f"ensemble_coef={self.ensemble_coef} must be >= 0, and temporal ensembling predicts every "
-                f"step (n_action_steps={self.n_action_steps} must be 0 or 1)"
-            )
-        if not 0.0 <= self.gamma < 1.0:
-            raise ValueError(f"gamma={self.gamma} must be in [0, 1) (V_MC of unfinished episodes needs it)")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction={self.val_fraction} must be in [0, 1)")
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
-        if self.actor is None:
-            self.actor = "best_of_n" if self.head == "flow" else "td3_bc"
-        choices = {
-            "head": ("flow", "regression"),
-            "state_path": ("head", "trunk", "both"),
-            "actor": ("best_of_n", "distill", "td3_bc"),
-            "reward": ("step_penalty", "sparse", "store"),
-            "critic_loss": ("prefix", "full"),
-            "conservative": ("calql", "cql", "none"),
-            "critic": ("mlp", "transformer"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be one of {allowed}")
-        if self.actor == "best_of_n" and self.rl_train_backbone:
-            raise ValueError(
-                "actor='best_of_n' ranks candidates drawn once from the frozen trunk's features: it needs "
-                "rl_train_backbone=False (or use actor='distill')"
-            )
-        if (self.head == "regression") != (self.actor == "td3_bc"):
-            raise ValueError(
-                f"actor={self.actor!r} does not fit head={self.head!r}: a regression head improves by "
-                "'td3_bc', a flow head by 'best_of_n' or 'distill'"
-            )
-        for name in ("n_critics", "policy_delay", "cql_n_samples", "n_candidates", "bon_refresh"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
-        if self.flow_noise < 0 or any(s <= 0 for s in self.candidate_noise):
-            raise ValueError(
-                f"flow_noise={self.flow_noise} must be >= 0 and candidate_noise={self.candidate_noise} > 0"
-            )
-        if self.language_model in ("", "none", "None"):
-            self.language_model = None
-
-
-# ---------------------------------------------------------------------------------------------- losses
-def chunk_bc_loss(
-    chunk: torch.Tensor,
-    grip_logit: torch.Tensor | None,
-    target: torch.Tensor,
-    is_pad: torch.Tensor,
-    *,
-    gripper_weight: float,
-    huber_delta: float,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Huber on arm channels + w * BCE(gripper logit, (g+1)/2), averaged over unpadded steps (B, h)."""
-    valid = (~is_pad).float()
-    n_valid = valid.sum().clamp_min(1.0)
-    if grip_logit is None:
-        per_step = F.huber_loss(chunk, target, reduction="none", delta=huber_delta).mean(-1)
-        return (per_step * valid).sum() / n_valid, {}
-    arm = F.huber_loss(chunk[..., :-1], target[..., :-1], reduction="none", delta=huber_delta).mean(-1)
-    grip = F.binary_cross_entropy_with_logits(
-        grip_logit, ((target[..., -1] + 1) / 2).clamp(0, 1), reduction="none"
-    )
-    arm_loss, grip_loss = (arm * valid).sum() / n_valid, (grip * valid).sum() / n_valid
-    return arm_loss + gripper_weight * grip_loss, {"bc_arm": arm_loss.item(), "bc_gripper": grip_loss.item()}
-
-
-def chunked_targets(
-    reward: torch.Tensor,
-    is_pad: torch.Tensor,
-    done: torch.Tensor,
-    next_q: torch.Tensor,
-    gamma: float,
-    *,
-    per_prefix: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """TD targets y^(j) (B, h) and the loss mask (B, h) of each prefix j = 1..h of a window.
-
-    y^(j) = sum_{k<j} gamma^k r_{t+k} + gamma^j (1 - done_j) next_q[:, j-1], with next_q[:, j-1] the
-    bootstrap value at o_{t+j}; only prefixes within the episode (j <= h_eff) count, and only the one that
-    reaches a terminal end (j = h_eff, done) drops its bootstrap. ``per_prefix=False`` keeps j = h_eff only.
-    """
-    h = reward.shape[1]
-    j = torch.arange(1, h + 1, device=reward.device)
-    discounts = gamma ** (j - 1).to(reward.dtype)
-    prefix_return = torch.cumsum(reward * discounts, dim=1)  # (B, h): R^(j) at index j-1
-    valid = ~is_pad
-    h_eff = valid.sum(1, keepdim=True)  # (B, 1)
-    terminal = done.bool().unsqueeze(1) & (j == h_eff)
-    y = prefix_return + (gamma**j).to(reward.dtype) * (~terminal).to(reward.dtype) * next_q
-    return y, (valid if per_prefix else j == h_eff)
-
-
-def critic_td_loss(q: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Sum over critics (C, B, h) of the squared error averaged over the masked-in prefixes."""
-    m = mask.to(q.dtype)
-    return (((q - y) ** 2) * m).sum((1, 2)).div(m.sum().clamp_min(1.0)).sum()
-
-
-def conservative_loss(
-    q_data: torch.Tensor,
-    q_uniform: torch.Tensor,
-    q_policy: torch.Tensor,
-    q_next_policy: torch.Tensor,
-    mc_return: torch.Tensor | None,
-    *,
-    alpha: float,
-    temperature: float,
-    log_uniform_density: float = 0.0,
-) -> torch.Tensor:
-    """alpha * mean[T logsumexp(Q(samples)/T) - Q(data)]; q_data (..., B), sample Qs (..., B, n).
-
-    Cal-QL (``mc_return`` given) floors the policy samples' Q at V_MC(o) before the logsumexp, so the
-    push-down stops once Q is calibrated; uniform samples are not floored. Uniform Qs have the log-density
-    subtracted (0 = no importance weighting).
-    """
-    if mc_return is not None:
-        floor = mc_return.unsqueeze(-1)
-        q_policy, q_next_policy = torch.maximum(q_policy, floor), torch.maximum(q_next_policy, floor)
-    samples = torch.cat([q_uniform - log_uniform_density, q_policy, q_next_policy], dim=-1)
-    push_down = temperature * torch.logsumexp(samples / temperature, dim=-1)
-    return alpha * (push_down - q_data).mean(-1).sum()
-
-
-def td3_bc_actor_loss(
-    q_pi: torch.Tensor, bc_loss: torch.Tensor, alpha_bc: float
-) -> tuple[torch.Tensor, float]:
-    """-lambda mean Q(o, pi(o)) + L_BC with lambda = alpha_bc / mean|Q| (not differentiated)."""
-    lam = alpha_bc / q_pi.abs().mean().detach().clamp_min(1e-6)
-    return -lam * q_pi.mean() + bc_loss, float(lam)
-
-
-def distill_actor_loss(
-    q_pi: torch.Tensor, actor_chunk: torch.Tensor, flow_chunk: torch.Tensor, alpha: float
-) -> tuple[torch.Tensor, float]:
-    """FQL's one-step actor loss with the Q term normalised; q_pi (B,), chunks (B, h, A):
-
-    L = alpha * mean_{b,k,a} (mu(o_b, z_b) - Euler_K(o_b, z_b))^2 - mean_b Q(o_b, mu(o_b, z_b)) / mean_b |Q|
-
-    where Euler_K(o, z) is the flow's sample from the same noise z (a fixed target) and mean|Q| is not
-    differentiated. Returns the loss and the distillation error (the first mean).
-    """
-    distill = ((actor_chunk - flow_chunk) ** 2).mean()
-    return alpha * distill - q_pi.mean() / q_pi.abs().mean().detach().clamp_min(1e-6), distill.item()
-
-
-def candidate_scales(n: int, noise: Sequence[float]) -> torch.Tensor:
-    """(n,) noise scale of each best-of-N proposal: 0 for the first (the flow's mode), then ``noise`` in
-    turn."""
-    return torch.tensor([0.0, *itertools.islice(itertools.cycle(noise), n - 1)])
-
-
-def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
-    with torch.no_grad():
-        for t, o in zip(target.parameters(), online.parameters(), strict=True):
-            t.lerp_(o, tau)
-
-
-# ---------------------------------------------------------------------------------------------- acting
-class BestOfN:
-    """Best-of-N acting (QC): the flow proposes ``n`` chunks per row (:func:`candidate_scales`) and the one
-    with the highest Q^(h), averaged over the critics, is executed."""
-
-    def __init__(self, net: VLAPolicyNet, critics: nn.ModuleList, n: int, noise: Sequence[float]) -> None:
-        self.net, self.critics, self.n, self.noise = net, critics, n, tuple(noise)
-
-    def propose(self, feat: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """(B, d) features -> (B, N, h, A) normalised candidate chunks."""
-        cfg, a = self.net.config, self.net.spec.action_dim
-        scales = candidate_scales(self.n, self.noise).to(feat.device)
-        noise = torch.randn(len(feat), self.n, cfg.horizon, a, generator=generator, device=feat.device)
-        chunks = self.net.sample(
-            feat.repeat_interleave(self.n, 0), (noise * scales[:, None, None]).flatten(0, 1)
-        )
-        return chunks.view(len(feat), self.n, cfg.horizon, a)
-
-    def __call__(self, feat: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        candidates = self.propose(feat, generator)
-        q = torch.stack(
-            [c.q_chunk(feat.repeat_interleave(self.n, 0), candidates.flatten(0, 1)) for c in self.critics]
-        ).mean(0)
-        return candidates[torch.arange(len(feat)), q.view(-1, self.n).argmax(1)]
-
-
-class OneStep:
-    """The distilled actor's chunk mu(o, z) from z ~ N(0, noise_scale^2 I), clipped (gripper snapped)."""
-
-    def __init__(self, actor: OneStepActor, horizon: int, action_dim: int, gripper: bool, noise_scale: float):
-        self.actor, self.shape, self.gripper, self.noise_scale = (
-            actor,
-            (horizon, action_dim),
-            gripper,
-            noise_scale,
-        )
-
-    def chunk(self, feat: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        out = self.actor(feat, noise).clamp(-1.0, 1.0)
-        return snap_gripper(out) if self.gripper else out
-
-    def __call__(self, feat: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        noise = (
-            torch.randn(len(feat), *self.shape, generator=generator, device=feat.device) * self.noise_scale
-        )
-        return self.chunk(feat, noise)
 
 
 # ---------------------------------------------------------------------------------------------- algorithm
@@ -419,9 +113,9 @@ class CORFT:
     def __init__(
         self, config: CORFTConfig, spec: PolicySpec, device: str | torch.device = "cpu", *, stage: str = "il"
     ) -> None:
-        torch.manual_seed(config.seed)
         self.config, self.spec, self.device = config, spec, torch.device(device)
-        self.policy_net = VLAPolicyNet(config, spec).to(self.device)
+        with seeded(config.seed):
+            self.policy_net = VLAPolicyNet(config, spec).to(self.device)
         self.il_opt = torch.optim.AdamW(
             self.policy_net.parameters(), lr=config.il_lr, weight_decay=config.weight_decay
         )
@@ -434,6 +128,7 @@ class CORFT:
         self._features: torch.Tensor | None = None
         self._candidates: torch.Tensor | None = None
         self._choice: torch.Tensor | None = None
+        self.one_step: OneStepActor | None = None  # the distilled actor of stage 2
         if stage == "rl":
             self.start_rl()
 
@@ -521,8 +216,13 @@ class CORFT:
         """Enter stage 2 from the current policy: critics, target copies, the actor and optimisers; step
         restarts at 0. The flow head (if any) is frozen from here on."""
         cfg = self.config
-        torch.manual_seed(cfg.seed + 1)
-        self.critics = nn.ModuleList(self._critic() for _ in range(cfg.n_critics)).to(self.device)
+        with seeded(cfg.seed + 1):
+            feat_dim = self.policy_net.feat_dim
+            critics = (_critic(cfg, self.spec, feat_dim) for _ in range(cfg.n_critics))
+            self.critics = nn.ModuleList(critics).to(self.device)
+            if cfg.actor == "distill":
+                actor = OneStepActor(feat_dim, cfg.horizon, self.spec.action_dim, cfg.head_hidden)
+                self.one_step = actor.to(self.device)
         self.target_policy = copy.deepcopy(self.policy_net).requires_grad_(False).eval()  # no dropout
         self.target_critics = copy.deepcopy(self.critics).requires_grad_(False)
         groups: list[dict[str, Any]] = [{"params": list(self.critics.parameters()), "lr": cfg.critic_lr}]
@@ -532,28 +232,16 @@ class CORFT:
                 groups.append({"params": list(trunk.parameters()), "lr": cfg.il_lr})
             trunk.requires_grad_(cfg.rl_train_backbone)
         self.critic_opt = torch.optim.Adam(groups)
-        self.one_step: OneStepActor | None = None
         self.actor_opt: torch.optim.Optimizer | None = None
         if cfg.actor == "td3_bc":
             self.actor_opt = torch.optim.Adam(self.policy_net.head.parameters(), lr=cfg.actor_lr)
         else:
             self.policy_net.head.requires_grad_(False)
-        if cfg.actor == "distill":
-            a = self.spec.action_dim
-            feat_dim = self.policy_net.feat_dim
-            self.one_step = OneStepActor(feat_dim, cfg.horizon, a, cfg.head_hidden).to(self.device)
+        if self.one_step is not None:
             self.actor_opt = torch.optim.Adam(self.one_step.parameters(), lr=cfg.actor_lr)
         self.stage, self.step = "rl", 0
         self.spec.extra["stage"] = "rl"
         self._features = self._candidates = self._choice = None
-
-    def _critic(self) -> nn.Module:
-        cfg, a, feat_dim = self.config, self.spec.action_dim, self.policy_net.feat_dim
-        if cfg.critic == "mlp":
-            return PrefixMLPCritic(feat_dim, a, cfg.horizon, cfg.critic_hidden)
-        return ChunkCritic(
-            feat_dim, a, cfg.horizon, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads
-        )
 
     def _best_of_n(self) -> BestOfN:
         cfg = self.config
@@ -882,69 +570,15 @@ class CORFT:
         return view, {"n_obs": cfg.n_obs, "horizon": cfg.horizon, "gamma": cfg.gamma, "obs_keys": keys,
                       "reward_key": None}  # fmt: skip
 
-    def fit(
-        self,
-        data: TrajectoryStore | StoreView,
-        run_dir: str | Path,
-        il_loop: LoopConfig | None,
-        rl_loop: LoopConfig | None,
-        *,
-        resume: bool = False,
-        progress: bool = True,
-    ) -> dict[str, Path]:
-        """Stage 1 into ``run_dir/il`` (skipped when ``il_loop`` is None), stage 2 into ``run_dir/rl``
-        (skipped when ``rl_loop`` is None), both through :func:`robocl.train.fit`; stage 2 trains on all
-        but the held-out episodes (:meth:`split`) and logs :meth:`validate` on them at every evaluation.
-        Returns the checkpoint paths of the stages run, {"il": ..., "rl": ...}."""
-        if il_loop is None and rl_loop is None:
-            raise ValueError("nothing to train: give stage 1 or stage 2 some updates")
-        run_dir = Path(run_dir)
-        paths = {}
-        rl_last = run_dir / "rl" / "checkpoints" / "last"
-        rl_saved = resume and resolve_checkpoint(rl_last) is not None
-        if il_loop is not None and not rl_saved:
-            il_resume = resume and resolve_checkpoint(run_dir / "il" / "checkpoints" / "last") is not None
-            fit(self, self.il_sampler(data), il_loop, run_dir / "il", resume=il_resume, progress=progress)
-        if il_loop is not None:
-            paths["il"] = run_dir / "il" / "checkpoints" / "last"
-        if rl_loop is None:
-            return paths
-        if self.stage == "il":
-            self.start_rl()
-        train, val = self.split(data)
-        val_sampler = self.val_sampler(val) if val is not None else None
-        fit(
-            self,
-            self.rl_sampler(train),
-            rl_loop,
-            run_dir / "rl",
-            resume=rl_saved,
-            evaluate=None if val_sampler is None else lambda algo: algo.validate(val_sampler),
-            progress=progress,
-        )
-        return {**paths, "rl": rl_last}
-
     # ------------------------------------------------------------------ checkpoints
-    def tensors(self) -> dict[str, torch.Tensor]:
-        out = {f"policy.{k}": v for k, v in self.policy_net.state_dict().items()}
-        if self.stage == "rl":
-            out.update({f"critic.{k}": v for k, v in self.critics.state_dict().items()})
-            if self.one_step is not None:
-                out.update({f"actor.{k}": v for k, v in self.one_step.state_dict().items()})
-        return out
-
-    def load_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
-        self.policy_net.load_state_dict(_strip(tensors, "policy."))
-        self._features = self._candidates = None  # recomputed from these weights at the next update
-        if self.stage == "rl":
-            self.critics.load_state_dict(_strip(tensors, "critic."))
-            if self.one_step is not None:
-                self.one_step.load_state_dict(_strip(tensors, "actor."))
-
-    def trainer_state(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
+        model = {f"policy.{k}": v for k, v in self.policy_net.state_dict().items()}
         if self.stage == "il":
-            return {"il_opt": self.il_opt.state_dict(), "step": self.step}
-        return {
+            return {"model": model, "trainer": {"il_opt": self.il_opt.state_dict(), "step": self.step}}
+        model |= {f"critic.{k}": v for k, v in self.critics.state_dict().items()}
+        if self.one_step is not None:
+            model |= {f"actor.{k}": v for k, v in self.one_step.state_dict().items()}
+        trainer = {
             "critic_opt": self.critic_opt.state_dict(),
             "actor_opt": None if self.actor_opt is None else self.actor_opt.state_dict(),
             "target_policy": self.target_policy.state_dict(),
@@ -952,32 +586,51 @@ class CORFT:
             "best_of_n_choice": self._choice,  # the candidates' ranking, which only a refresh recomputes
             "step": self.step,
         }
+        return {"model": model, "trainer": trainer}
 
-    def load_trainer_state(self, state: Mapping[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        load_networks(self, state["model"])
+        self._features = self._candidates = None  # recomputed from these weights at the next update
+        trainer = state["trainer"]
         if self.stage == "il":
-            self.il_opt.load_state_dict(state["il_opt"])
+            self.il_opt.load_state_dict(trainer["il_opt"])
         else:
-            self.critic_opt.load_state_dict(state["critic_opt"])
+            self.critic_opt.load_state_dict(trainer["critic_opt"])
             if self.actor_opt is not None:
-                self.actor_opt.load_state_dict(state["actor_opt"])
-            self.target_policy.load_state_dict(state["target_policy"])
-            self.target_critics.load_state_dict(state["target_critics"])
-            self._choice = state["best_of_n_choice"]
-        self.step = int(state["step"])
-
-    def checkpoint_header(self) -> dict[str, Any]:
-        return {"config": asdict(self.config), "spec": asdict(self.spec), "seed": self.config.seed}
+                self.actor_opt.load_state_dict(trainer["actor_opt"])
+            self.target_policy.load_state_dict(trainer["target_policy"])
+            self.target_critics.load_state_dict(trainer["target_critics"])
+            self._choice = trainer["best_of_n_choice"]
+        self.step = int(trainer["step"])
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, device: str = "cpu") -> CORFT:
-        s = ckpt.spec
-        spec = PolicySpec(
-            {k: tuple(v) for k, v in s["obs_shapes"].items()}, s["action_dim"], s["fps"], s["extra"]
-        )
-        algo = cls(CORFTConfig(**ckpt.config), spec, device, stage=s["extra"]["stage"])
-        algo.load_tensors(ckpt.tensors)
+        """The whole algorithm (optimisers and targets fresh) with the checkpoint's networks."""
+        spec = PolicySpec.from_dict(ckpt.spec)
+        algo = cls(CORFTConfig(**ckpt.config), spec, device, stage=spec.extra["stage"])
+        load_networks(algo, ckpt.tensors)
         algo.step = ckpt.step
         return algo
+
+    @staticmethod
+    def policy_from_checkpoint(ckpt: Checkpoint, device: str = "cpu") -> VLAPolicy:
+        """The policy alone, for inference: the network, and the critics (best-of-N) or the distilled actor
+        a stage-2 policy acts with; no optimiser, no target copies, no candidate tables."""
+        config, spec = CORFTConfig(**ckpt.config), PolicySpec.from_dict(ckpt.spec)
+        net = VLAPolicyNet(config, spec).to(device)
+        net.load_state_dict(_strip(ckpt.tensors, "policy."))
+        choose: ChunkChooser = FlowChooser(net, config.flow_noise)
+        if spec.extra["stage"] == "rl" and config.actor == "best_of_n":
+            critics = nn.ModuleList(_critic(config, spec, net.feat_dim) for _ in range(config.n_critics))
+            critics.load_state_dict(_strip(ckpt.tensors, "critic."))
+            choose = BestOfN(net, critics.to(device).eval(), config.n_candidates, config.candidate_noise)
+        elif spec.extra["stage"] == "rl" and config.actor == "distill":
+            actor = OneStepActor(net.feat_dim, config.horizon, spec.action_dim, config.head_hidden)
+            actor.load_state_dict(_strip(ckpt.tensors, "actor."))
+            choose = OneStep(
+                actor.to(device), config.horizon, spec.action_dim, config.gripper, config.flow_noise
+            )
+        return _policy(net, torch.device(device), None, choose, config)
 
     def policy(
         self,
@@ -995,39 +648,48 @@ class CORFT:
             choose = self._best_of_n()
         elif self.stage == "rl" and cfg.actor == "distill":
             choose = self._one_step(noise)
-        return VLAPolicy(
-            self.policy_net,
-            self.device,
-            self._language,
-            choose=choose,
-            n_action_steps=cfg.n_action_steps if n_action_steps is None else n_action_steps,
-            ensemble_coef=cfg.ensemble_coef if ensemble_coef is None else ensemble_coef,
-            seed=cfg.seed,
-        )
+        execution = {"n_action_steps": n_action_steps, "ensemble_coef": ensemble_coef}
+        return _policy(self.policy_net, self.device, self._language, choose, cfg, **execution)
+
+
+def _policy(
+    net: VLAPolicyNet,
+    device: torch.device,
+    language: LanguageEncoder | None,
+    choose: ChunkChooser,
+    config: CORFTConfig,
+    *,
+    n_action_steps: int | None = None,
+    ensemble_coef: float | None = None,
+) -> VLAPolicy:
+    return VLAPolicy(
+        net,
+        device,
+        language,
+        choose=choose,
+        n_action_steps=config.n_action_steps if n_action_steps is None else n_action_steps,
+        ensemble_coef=config.ensemble_coef if ensemble_coef is None else ensemble_coef,
+        seed=config.seed,
+    )
+
+
+def _critic(config: CORFTConfig, spec: PolicySpec, feat_dim: int) -> nn.Module:
+    if config.critic == "mlp":
+        return PrefixMLPCritic(feat_dim, spec.action_dim, config.horizon, config.critic_hidden)
+    return ChunkCritic(
+        feat_dim, spec.action_dim, config.horizon,
+        d_model=config.d_model, n_layers=config.n_layers, n_heads=config.n_heads,
+    )  # fmt: skip
+
+
+def load_networks(algo: CORFT, tensors: Mapping[str, torch.Tensor]) -> None:
+    """The checkpoint's networks into ``algo`` (its stage decides which it has)."""
+    algo.policy_net.load_state_dict(_strip(tensors, "policy."))
+    if algo.stage == "rl":
+        algo.critics.load_state_dict(_strip(tensors, "critic."))
+        if algo.one_step is not None:
+            algo.one_step.load_state_dict(_strip(tensors, "actor."))
 
 
 def _strip(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
-
-
-def train_co_rft(
-    config: CORFTConfig,
-    data: str | Path,
-    run_dir: str | Path,
-    *,
-    il_loop: LoopConfig | None,
-    rl_loop: LoopConfig | None,
-    init: str | Path | None = None,
-    resume: bool = False,
-    tags: Sequence[str] = (),
-    language: LanguageEncoder | None = None,
-    progress: bool = True,
-) -> dict[str, Path]:
-    """Both stages on the store at ``data`` (episodes with all ``tags``); returns the checkpoint paths."""
-    with TrajectoryStore.open(data, "r") as store:
-        device = (rl_loop or il_loop or LoopConfig()).device
-        algo = CORFT.from_store(config, store, device=device, language=language)
-        if init is not None and not resume:
-            algo.init_backbone(init)
-        view = store.view(tags=list(tags)) if tags else store.view()
-        return algo.fit(view, run_dir, il_loop, rl_loop, resume=resume, progress=progress)

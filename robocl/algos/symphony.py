@@ -25,23 +25,21 @@ Deviations, and why:
 from __future__ import annotations
 
 import copy
-import json
 import math
-import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from robocl.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
+from robocl.checkpoint import Checkpoint
+from robocl.features import flatten_obs
 from robocl.policy import batch_size_of
-from robocl.store import Feature, OnlineReplay, TrajectoryStore
-from robocl.store.fading import PHI, FadingReplay, transitions_at
-from robocl.train import guarded_step
+from robocl.run.loop import guarded_step
+from robocl.run.runtime import seeded
+from robocl.store.fading import PHI, ScaledFadingFeed
 
 ADV_FLOOR = 1e-6  # smallest |baseline| the advantage is divided by (robocl's guard, see module docstring)
 
@@ -89,26 +87,6 @@ class SymphonyConfig:
             raise ValueError(f"swaddle_clamp must be in (0, 0.5), got {self.swaddle_clamp}")
         if self.tile * self.n_explore < 2:
             raise ValueError(f"buffer tile * n_explore = {self.tile * self.n_explore} must be >= 2")
-
-
-@dataclass
-class OnlineLoopConfig:
-    """How long and how observably a Symphony run trains (method hyper-parameters are in SymphonyConfig)."""
-
-    env: str = "Humanoid-v5"  # gymnasium id with a time limit; Dict observations are flattened
-    steps: int = 1_000_000  # env steps in total, exploration included (a resumed run continues up to it)
-    eval_every: int = 2_500  # env steps between deterministic evaluations (paper: 2,500); 0: end only
-    eval_episodes: int = 25  # episodes per evaluation (paper: 25)
-    checkpoint_every: int = 10_000  # env steps between checkpoints (one more is written at exit)
-    log_every: int = 1_000  # env steps between TensorBoard writes of the update metrics
-    device: str = "cpu"  # training device: "cpu", "cuda" or "cuda:N"
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "eval_episodes", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.eval_every < 0:
-            raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
 
 
 @dataclass
@@ -328,16 +306,17 @@ class SymphonyAdamW(torch.optim.Optimizer):
 
 # ---------------------------------------------------------------------------------------------- algorithm
 class Symphony:
-    """The algorithm object: networks, optimiser, EMA and reward-scale state, and the fading buffer."""
+    """The learner: networks, optimiser, the advantage baseline's EMA and the noise generator. Its data come
+    from :meth:`feed` (the fading replay), filled by an online source (:mod:`robocl.run.online`)."""
 
     name: ClassVar[str] = "symphony"
 
     def __init__(
         self, config: SymphonyConfig, spec: SymphonySpec, device: str | torch.device = "cpu"
     ) -> None:
-        torch.manual_seed(config.seed)
         self.config, self.spec, self.device = config, spec, torch.device(device)
-        self.net = ActorCritic(config, spec).to(self.device)
+        with seeded(config.seed):
+            self.net = ActorCritic(config, spec).to(self.device)
         self.target = copy.deepcopy(self.net).requires_grad_(False)
         self.optimizer = SymphonyAdamW(
             self.net.parameters(), config.lr, config.betas, config.weight_decay, config.anneal_eps
@@ -345,28 +324,26 @@ class Symphony:
         self.generator = torch.Generator(self.device).manual_seed(config.seed)
         self.weights = value_weights(config.n_critics * config.n_q, config.value_weights).to(self.device)
         self.ema = torch.zeros((), device=self.device)  # the advantage baseline's EMA state M (M0 = 0)
-        self.reward_mean_abs = torch.ones((), device=self.device)  # r_bar, set when exploration ends
-        self.buffer = FadingReplay(
-            config.tile * config.n_explore,
-            spec.obs_dim,
-            spec.action_dim,
-            weights=config.replay_weights,
-            recycle=config.recycle,
-            device=self.device,
-        )
         self.step = 0  # gradient updates done
 
+    def feed(self) -> ScaledFadingFeed:
+        """Symphony's replay: the fading buffer sized tile x exploration, rewards scaled as in S3."""
+        cfg = self.config
+        return ScaledFadingFeed(
+            cfg.tile * cfg.n_explore, self.spec.obs_dim, self.spec.action_dim, gamma=cfg.gamma,
+            seed=cfg.seed + 1, weights=cfg.replay_weights, recycle=cfg.recycle, device=self.device,
+        )  # fmt: skip
+
     @torch.no_grad()
-    def act(self, obs: np.ndarray, actor_on: bool = True) -> np.ndarray:
-        """Training action a_max tanh(S A + eps) for one (obs_dim,) obs; noise only if not actor_on."""
+    def act(self, obs: np.ndarray, training: bool, t: int) -> np.ndarray:
+        """Exploration action a_max tanh(S A + eps) for one flat (obs_dim,) observation at step ``t`` of its
+        episode. The deliberate noise-only fall (the last ``fall_steps`` of a capped episode) ends training
+        episodes only; exploration keeps the actor on (S3)."""
+        actor_on = not training or t < self.spec.max_episode_steps - self.config.fall_steps
         direction, strength, _ = self.net.heads(torch.as_tensor(obs, device=self.device)[None])
         noise = action_noise((1, self.spec.action_dim), self.config.noise_bound, self.generator, self.device)
         signal = strength * direction if actor_on else torch.zeros_like(direction)
         return (self.config.a_max * torch.tanh(signal + noise))[0].cpu().numpy()
-
-    def scale_reward(self, reward: torch.Tensor) -> torch.Tensor:
-        """r_hat = r / r_bar; the one place rewards are scaled, so a rebuilt buffer matches bit for bit."""
-        return reward.to(self.device, torch.float32) / self.reward_mean_abs
 
     def update(self, batch: Mapping[str, torch.Tensor]) -> dict[str, float]:
         """One gradient step on a batch (obs, action, reward, next_obs, discount), then Polyak."""
@@ -388,63 +365,40 @@ class Symphony:
         values = torch.stack([loss.detach(), *terms.values(), self.ema]).tolist()  # one device sync
         return {**dict(zip(names, values, strict=True)), "grad_norm": grad_norm}
 
-    def train_step(self) -> dict[str, float]:
-        """Sample a fresh batch from the fading buffer and update on it."""
-        return self.update(self.buffer.sample(self.config.batch_size, self.generator))
-
     # ------------------------------------------------------------------ checkpoints
-    def tensors(self) -> dict[str, torch.Tensor]:
-        net = {f"net.{k}": v for k, v in self.net.state_dict().items()}
-        return {**net, **{f"target.{k}": v for k, v in self.target.state_dict().items()}}
-
-    def load_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
-        for prefix, module in (("net.", self.net), ("target.", self.target)):
-            module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
-
-    def trainer_state(self) -> dict[str, Any]:
-        """Optimiser, step, EMA, reward scale, generator, buffer layout (transitions are in the store)."""
-        return {
+    def state_dict(self) -> dict[str, Any]:
+        trainer = {
+            "target": self.target.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "ema": self.ema.cpu(),
-            "reward_mean_abs": self.reward_mean_abs.cpu(),
             "generator": self.generator.get_state(),
-            "buffer": self.buffer.state_dict(),
         }
+        return {"model": {f"net.{k}": v for k, v in self.net.state_dict().items()}, "trainer": trainer}
 
-    def load_trainer_state(self, state: Mapping[str, Any], raw: Mapping[str, np.ndarray]) -> None:
-        """``raw``: :func:`~robocl.store.fading.transitions_at` of the buffer's unique sources, ascending."""
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step = int(state["step"])
-        self.ema = state["ema"].to(self.device)
-        self.reward_mean_abs = state["reward_mean_abs"].to(self.device)
-        self.generator.set_state(state["generator"])
-        self.buffer.load_state_dict(state["buffer"], self.buffer_rows(raw))
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.net.load_state_dict(_strip(state["model"], "net."))
+        trainer = state["trainer"]
+        self.target.load_state_dict(trainer["target"])
+        self.optimizer.load_state_dict(trainer["optimizer"])
+        self.step = int(trainer["step"])
+        self.ema = trainer["ema"].to(self.device)
+        self.generator.set_state(trainer["generator"])
 
-    def buffer_rows(self, raw: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        """Raw transitions (env rewards, terminated flags) -> buffer rows (scaled rewards, discounts)."""
-        terminated = torch.from_numpy(raw["terminated"])
-        return {
-            "obs": torch.from_numpy(raw["obs"]),
-            "action": torch.from_numpy(raw["action"]),
-            "reward": self.scale_reward(torch.from_numpy(raw["reward"])),
-            "next_obs": torch.from_numpy(raw["next_obs"]),
-            "discount": torch.full(terminated.shape, self.config.gamma).masked_fill(terminated, 0.0),
-        }
-
-    def checkpoint_header(self) -> dict[str, Any]:
-        return {"config": asdict(self.config), "spec": asdict(self.spec), "seed": self.config.seed}
-
-    @classmethod
-    def from_checkpoint(cls, ckpt: Checkpoint, device: str = "cpu") -> Symphony:
-        """Weights only (for inference); a training resume goes through :func:`train_online`."""
-        algo = cls(SymphonyConfig(**ckpt.config), SymphonySpec(**ckpt.spec), device)
-        algo.load_tensors(ckpt.tensors)
-        algo.step = ckpt.step
-        return algo
+    @staticmethod
+    def policy_from_checkpoint(ckpt: Checkpoint, device: str = "cpu") -> SymphonyPolicy:
+        """The actor-critic network alone (no target copy, optimiser or fading buffer), for inference."""
+        config = SymphonyConfig(**ckpt.config)
+        net = ActorCritic(config, SymphonySpec(**ckpt.spec)).to(device)
+        net.load_state_dict(_strip(ckpt.tensors, "net."))
+        return SymphonyPolicy(net, torch.device(device), config.a_max)
 
     def policy(self) -> SymphonyPolicy:
         return SymphonyPolicy(self.net, self.device, self.config.a_max)
+
+
+def _strip(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 class SymphonyPolicy:
@@ -459,275 +413,9 @@ class SymphonyPolicy:
     @torch.no_grad()
     def predict(self, obs: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
         """A flat observation, or the rollout engine's dict keyed by store feature names."""
-        obs = flat_obs(obs)
+        obs = flatten_obs(obs)
         _, single = batch_size_of(obs, 1)
-        x = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)
+        x = torch.as_tensor(obs, device=self.device)
         direction, strength, _ = self.net.heads(x[None] if single else x)
         action = (self.a_max * torch.tanh(strength * direction)).cpu().numpy()
         return action[0] if single else action
-
-
-# ---------------------------------------------------------------------------------------------- online loop
-OBS_KEY = "observation.state"
-# Store features of a dict-observation task (robocl's arm tasks) that Symphony sees, concatenated in order.
-STATE_KEYS = (OBS_KEY, "observation.object")
-
-
-def flat_obs(obs: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
-    """The evaluator's dict keyed by store feature names -> the flat vector :func:`make_env` gives."""
-    if isinstance(obs, Mapping):
-        return np.concatenate([np.asarray(obs[k]) for k in STATE_KEYS if k in obs], axis=-1)
-    return np.asarray(obs)
-
-
-def make_env(env_id: str) -> Any:
-    """A gymnasium env with flat float observations; Symphony's last-steps rule needs its time limit."""
-    import gymnasium as gym
-
-    env = gym.make(env_id)
-    if isinstance(env.observation_space, gym.spaces.Dict):
-        # robocl's arm tasks: proprioception then object state, as the rollout engine's observation.state
-        # and observation.object (the instruction is text, and the cameras are off).
-        keys = [k for k in ("proprio", "object") if k in env.observation_space.spaces]
-        space = gym.spaces.Box(
-            -np.inf, np.inf, (sum(env.observation_space[k].shape[0] for k in keys),), np.float32
-        )
-        env = gym.wrappers.TransformObservation(
-            env, lambda o: np.concatenate([o[k] for k in keys]).astype(np.float32), space
-        )
-    if env.spec is None or env.spec.max_episode_steps is None:
-        raise ValueError(f"{env_id} has no registered time limit (max_episode_steps)")
-    return env
-
-
-def train_seed(seed: int, episode: int) -> int:
-    """Reset seed of training episode ``episode``: even numbers, so never an evaluation seed."""
-    return 2 * (seed * 2**20 + episode)
-
-
-def eval_start_seed(seed: int) -> int:
-    """Reset seed of a run's first evaluation episode (episode i: + i), far above every training seed."""
-    return 10**9 + 1000 * seed
-
-
-def evaluate_policy(policy: Any, env_id: str, n_episodes: int, seed: int, out_dir: Path) -> dict[str, Any]:
-    """Deterministic episodes through the shared evaluator (``robocl eval``'s engine and eval_info.json),
-    with the same reset seeds at every evaluation of the run; returns the evaluator's summary."""
-    from robocl.eval.evaluate import evaluate
-
-    result = evaluate(policy, env_id, n_episodes=n_episodes, out_dir=out_dir, seed=eval_start_seed(seed),
-                      progress=False)  # fmt: skip
-    return result["summary"]
-
-
-def _tree(value: Any, leaf: Any) -> Any:
-    """Map ``leaf`` over the arrays of nested dicts (trainer.pt holds tensors, the replay numpy)."""
-    if isinstance(value, Mapping):
-        return {k: _tree(v, leaf) for k, v in value.items()}
-    return leaf(value) if isinstance(value, np.ndarray | torch.Tensor) else value
-
-
-class OnlineRun:
-    """One Symphony run: env, algorithm, trajectory store (``run_dir/replay.zarr``) and episode state.
-
-    Every transition goes to the store through :class:`OnlineReplay`; commits happen only at checkpoints
-    (the replay's ring is sized to hold what comes between two), so the store never runs ahead of the
-    checkpoint a resume starts from. A resume rebuilds the fading buffer from the store and re-plays the
-    unfinished episode's stored actions from its reset seed, which restores a deterministic simulator's
-    state mid-episode.
-    """
-
-    def __init__(
-        self, config: SymphonyConfig, loop: OnlineLoopConfig, run_dir: str | Path, resume: bool
-    ) -> None:
-        self.loop, self.run_dir = loop, Path(run_dir)
-        self.last = self.run_dir / "checkpoints" / "last"
-        self.env = make_env(loop.env)
-        if resume:
-            if resolve_checkpoint(self.last) is None:
-                raise FileNotFoundError(f"--resume: no checkpoint at {self.last}")
-            ckpt = load_checkpoint(self.last, method=Symphony.name)
-            config, spec = SymphonyConfig(**ckpt.config), SymphonySpec(**ckpt.spec)
-        elif resolve_checkpoint(self.last) is not None:
-            raise FileExistsError(f"{self.run_dir} already holds a run; pass --resume or use a new run dir")
-        else:
-            spec = SymphonySpec(
-                obs_dim=int(np.prod(self.env.observation_space.shape)),
-                action_dim=int(np.prod(self.env.action_space.shape)),
-                env_id=loop.env,
-                max_episode_steps=int(self.env.spec.max_episode_steps),
-            )
-        self.config, self.spec = config, spec
-        self.algo = Symphony(config, spec, loop.device)
-        store_path = self.run_dir / "replay.zarr"
-        capacity = loop.checkpoint_every + spec.max_episode_steps + 1
-        kwargs = {"flush_every": capacity + 1, "task": loop.env, "source": "symphony"}
-        if resume:
-            self.store = TrajectoryStore.open(store_path, "a")
-            self._restore(ckpt, capacity, kwargs)
-        else:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            features = {
-                OBS_KEY: Feature("state", "float32", (spec.obs_dim,)),
-                "action": Feature("action", "float32", (spec.action_dim,)),
-                "reward": Feature("reward", "float32"),
-            }
-            meta = {"env_id": loop.env, "method": "symphony", "seed": config.seed}
-            fps = float(self.env.metadata.get("render_fps") or 50)
-            self.store = TrajectoryStore.create(store_path, features, fps=fps, meta=meta)
-            self.replay = OnlineReplay(self.store, capacity, **kwargs)
-            self.episode, self.episode_return = 0, 0.0
-            self._reset()
-
-    # ------------------------------------------------------------------ stepping
-    def _reset(self) -> None:
-        obs, _ = self.env.reset(seed=train_seed(self.config.seed, self.episode))
-        self.obs, self.t = np.asarray(obs, np.float32), 0
-
-    def env_step(self) -> tuple[list[dict[str, float]], float | None]:
-        """Act, store, update ``updates_per_step`` times -> (update metrics, return of a finished episode)."""
-        config, algo = self.config, self.algo
-        src = self.replay.total_added  # this transition's index in the run
-        training = src >= config.n_explore
-        # The deliberate noise-only fall ends training episodes only; exploration keeps the actor on (S3).
-        actor_on = not training or self.t < self.spec.max_episode_steps - config.fall_steps
-        action = algo.act(self.obs, actor_on)
-        next_obs, reward, terminated, truncated, _ = self.env.step(action)
-        next_obs = np.asarray(next_obs, np.float32)
-        self.replay.add(self.obs, action, float(reward), next_obs, terminated, truncated)
-        if src + 1 == config.n_explore:
-            raw = transitions_at(self.replay, np.arange(config.n_explore), OBS_KEY)
-            r_bar = torch.from_numpy(raw["reward"]).abs().mean()
-            if r_bar == 0:
-                raise ValueError(f"all {config.n_explore} exploration rewards are 0: no reward scale")
-            algo.reward_mean_abs = r_bar.to(algo.device)
-            algo.buffer.fill(algo.buffer_rows(raw), np.arange(config.n_explore))
-        elif training:
-            dev = algo.device
-            algo.buffer.add(
-                torch.from_numpy(self.obs).to(dev),
-                torch.from_numpy(action).to(dev),
-                algo.scale_reward(torch.tensor(float(reward), dtype=torch.float32)),
-                torch.from_numpy(next_obs).to(dev),
-                0.0 if terminated else config.gamma,  # truncation bootstraps
-                src,
-            )
-        # Updates start at the first step after exploration, as in S3 (the fill step itself trains nothing).
-        metrics = [algo.train_step() for _ in range(config.updates_per_step)] if training else []
-        self.t += 1
-        self.episode_return += float(reward)
-        finished = None
-        if terminated or truncated:
-            finished, self.episode, self.episode_return = self.episode_return, self.episode + 1, 0.0
-            self._reset()
-        else:
-            self.obs = next_obs
-        return metrics, finished
-
-    # ------------------------------------------------------------------ checkpoints
-    def save(self) -> Path:
-        replay_state = self.replay.state_dict()  # commits the finished episodes first
-        loop_state = {
-            "episode": self.episode,
-            "episode_return": self.episode_return,
-            "store_steps": self.store.n_steps,
-            "replay": _tree(replay_state, torch.from_numpy),
-        }
-        state = {"algorithm": self.algo.trainer_state(), "loop": loop_state}
-        header = self.algo.checkpoint_header()
-        return save_checkpoint(
-            self.last, method=Symphony.name, tensors=self.algo.tensors(), step=self.algo.step,
-            trainer_state=state, **header,
-        )  # fmt: skip
-
-    def _restore(self, ckpt: Checkpoint, capacity: int, kwargs: dict[str, Any]) -> None:
-        state = ckpt.trainer_state()
-        loop_state = state["loop"]
-        if self.store.n_steps != loop_state["store_steps"]:
-            raise ValueError(
-                f"{self.store.location} holds {self.store.n_steps} steps but the checkpoint expects "
-                f"{loop_state['store_steps']}: the run was killed while saving; it cannot resume exactly"
-            )
-        replay_state = _tree(loop_state["replay"], lambda t: t.numpy())
-        self.replay = OnlineReplay.from_store(self.store, capacity, replay_state, **kwargs)
-        self.algo.load_tensors(ckpt.tensors)
-        buffer_src = state["algorithm"]["buffer"]["src"].numpy()
-        raw = transitions_at(self.replay, np.unique(buffer_src[buffer_src >= 0]), OBS_KEY)
-        self.algo.load_trainer_state(state["algorithm"], raw)
-        self.episode, self.episode_return = int(loop_state["episode"]), float(loop_state["episode_return"])
-        self._reset()
-        tail = replay_state["tail"]
-        if tail is not None:
-            for action in tail["action"]:
-                obs, *_ = self.env.step(action)
-                self.obs, self.t = np.asarray(obs, np.float32), self.t + 1
-            if not np.array_equal(self.obs, tail["next_obs"][OBS_KEY][-1]):
-                raise RuntimeError(f"{self.spec.env_id} is not deterministic: the unfinished episode differs")
-
-    # ------------------------------------------------------------------ the loop
-    def run(self, progress: bool = True) -> list[dict[str, float]]:
-        """Train to ``loop.steps`` env steps; returns every update's metrics with its ``env_step``."""
-        from torch.utils.tensorboard import SummaryWriter
-        from tqdm import tqdm
-
-        loop = self.loop
-        start = self.replay.total_added
-        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=start or None)
-        history: list[dict[str, float]] = []
-        bar = tqdm(total=loop.steps, initial=start, disable=not progress, desc="symphony", unit="step")
-        tick, tick_step = time.perf_counter(), start
-        try:
-            while self.replay.total_added < loop.steps:
-                metrics, finished = self.env_step()
-                n = self.replay.total_added
-                history += [{"env_step": n, **m} for m in metrics]
-                bar.update(1)
-                if finished is not None:
-                    writer.add_scalar("train/episode_return", finished, n)
-                if n % loop.log_every == 0:
-                    now = time.perf_counter()
-                    writer.add_scalar("perf/env_steps_per_s", (n - tick_step) / max(now - tick, 1e-9), n)
-                    tick, tick_step = now, n
-                    for key, value in (metrics[-1] if metrics else {}).items():
-                        writer.add_scalar(f"train/{key}", value, n)
-                if (loop.eval_every and n % loop.eval_every == 0) or n == loop.steps:
-                    self.evaluate(writer, n)
-                if n % loop.checkpoint_every == 0:
-                    self.save()
-        finally:
-            bar.close()
-            self.save()
-            writer.close()
-        return history
-
-    def evaluate(self, writer: Any, env_step: int) -> float:
-        out = self.run_dir / "eval" / f"step_{env_step:08d}"
-        summary = evaluate_policy(
-            self.algo.policy(), self.loop.env, self.loop.eval_episodes, self.config.seed, out
-        )
-        row = {
-            "env_step": env_step,
-            "mean_return": summary["mean_return"],
-            "success_rate": summary["success_rate"],
-        }
-        for key in ("mean_return", "success_rate"):
-            writer.add_scalar(f"eval/{key}", summary[key], env_step)
-        with open(self.run_dir / "eval.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        return float(summary["mean_return"])
-
-    def close(self) -> None:
-        self.env.close()
-        self.store.close()
-
-
-def train_online(
-    config: SymphonyConfig, loop: OnlineLoopConfig, run_dir: str | Path, *, resume: bool = False,
-    progress: bool = True,
-) -> list[dict[str, float]]:  # fmt: skip
-    """Train Symphony online on ``loop.env``; a resume takes the config from the checkpoint."""
-    run = OnlineRun(config, loop, run_dir, resume)
-    try:
-        return run.run(progress)
-    finally:
-        run.close()

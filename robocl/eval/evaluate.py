@@ -8,6 +8,8 @@ go through ``gymnasium.register`` first), so simulated and real rollouts are sco
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ def evaluate(
     record: str | Path | None = None,
     max_steps: int | None = None,
     env_kwargs: dict[str, Any] | None = None,
+    device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``policy`` (a checkpoint path or an object with reset/predict) and write eval_info.json.
@@ -54,6 +57,7 @@ def evaluate(
             images=video,
             max_steps=max_steps,
             env_kwargs=env_kwargs or {},
+            device=device,
             progress=progress,
         ):
             fps = ep.fps
@@ -108,3 +112,34 @@ def _open_record_store(path: str | Path, ep: Any, env_id: str) -> Any:
     return TrajectoryStore.create(
         path, features, fps=ep.fps, meta={"env_id": env_id, "recorded_by": "robocl eval"}
     )
+
+
+@dataclass
+class EnvEvaluation:
+    """The training loop's periodic evaluation: ``n_episodes`` of ``env_id`` at each position set through
+    :func:`evaluate`, one eval_info.json per task (``robocl compare`` reads them), metrics named
+    ``<positions>/success_rate`` etc. when there are several position sets."""
+
+    env_id: str
+    n_episodes: int = 10
+    positions: tuple[str, ...] = ("seen",)
+    seed: int = 100_000
+
+    def __call__(self, policy: Any, out_dir: Callable[[str], Path]) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for positions in self.positions:
+            result = evaluate(
+                policy,
+                self.env_id,
+                n_episodes=self.n_episodes,
+                out_dir=out_dir(f"{self.env_id}_{positions}"),
+                positions=positions,
+                seed=self.seed,
+                progress=False,
+            )
+            summary = result["summary"]
+            prefix = f"{positions}/" if len(self.positions) > 1 else ""
+            for key in ("success_rate", "mean_return", "cycle_time_mean"):
+                if summary.get(key) is not None:
+                    metrics[prefix + key] = float(summary[key])
+        return metrics

@@ -28,10 +28,10 @@ import numpy as np
 import robocl_envs  # importing it registers the robocl/ task ids with gymnasium
 from gymnasium.envs.registration import load_env_creator
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
-from tqdm import tqdm
 
 import robocl
 from robocl.features import INSTRUCTION_KEY, FeatureObs
+from robocl.progress import Progress
 from robocl.store import Feature
 
 LOCAL_POLICIES = ("scripted", "random")
@@ -123,6 +123,7 @@ class RolloutSettings:
     max_steps: int | None = None  # override of the registered episode length
     terminate_on_success: bool = True  # end episodes at success, for tasks that have the option
     object_state: bool = True  # record the arm tasks' privileged object state as observation.object
+    device: str = "cpu"  # where a checkpoint policy runs
     # Further constructor arguments, each given to the envs whose constructor takes it (e.g.
     # {"planar": False} gives the pushers the 5-d action of the other arm tasks).
     env_kwargs: Mapping[str, Any] = field(default_factory=dict)
@@ -283,11 +284,12 @@ def _reads_cameras(policy: Any) -> bool:
     return any(key.startswith("observation.images.") for key in getattr(policy, "obs_keys", ()))
 
 
-def make_policies(policy: Any, n: int) -> list[Any] | None:
+def make_policies(policy: Any, n: int, device: str = "cpu") -> list[Any] | None:
     """``None`` for the policies that run beside the env, else one policy instance per sub-env.
 
     One instance per sub-env keeps per-episode state (action queues, ``reset()``) apart and makes every call
-    a batch of one, so the actions do not depend on how many sub-envs run.
+    a batch of one, so the actions do not depend on how many sub-envs run. A checkpoint is loaded once, and
+    the instances share its networks (evaluation only reads them).
     """
     if isinstance(policy, str):
         if policy in LOCAL_POLICIES:
@@ -295,8 +297,22 @@ def make_policies(policy: Any, n: int) -> list[Any] | None:
         load_policy = getattr(robocl, "load_policy", None)
         if load_policy is None:
             raise ValueError(f"policy {policy!r}: loading policies from checkpoints needs robocl.load_policy")
-        return [load_policy(policy) for _ in range(n)]
-    return [policy] + [copy.deepcopy(policy) for _ in range(n - 1)]
+        policy = load_policy(policy, device)
+    shared = {id(m): m for m in _modules(policy)}
+    return [policy] + [copy.deepcopy(policy, dict(shared)) for _ in range(n - 1)]
+
+
+def _modules(obj: Any, depth: int = 2) -> list[Any]:
+    """The torch modules a policy holds, in its attributes and theirs (a chooser's critics)."""
+    import torch
+
+    found = []
+    for value in vars(obj).values() if hasattr(obj, "__dict__") else ():
+        if isinstance(value, torch.nn.Module):
+            found.append(value)
+        elif depth > 1 and hasattr(value, "__dict__") and not isinstance(value, type):
+            found += _modules(value, depth - 1)
+    return found
 
 
 def _vector_env(plan: _EnvPlan, actor: tuple | None, num_envs: int) -> gym.vector.VectorEnv:
@@ -491,7 +507,7 @@ def run_rollouts(
     recorder: RecorderFactory,
     progress: bool,
 ) -> Iterator[Any]:
-    with tqdm(total=n_episodes * len(plan.envs), unit="ep", disable=not progress) as bar:
+    with Progress(n_episodes * len(plan.envs), unit="ep", enabled=progress) as bar:
         for env_plan in plan.envs:
             bar.set_description(env_plan.env_id)
             vec = _vector_env(env_plan, settings.local_actor, settings.num_envs)
@@ -527,7 +543,7 @@ def rollout_episodes(
     s = RolloutSettings(**settings)
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
-    policies = make_policies(s.policy, s.num_envs)
+    policies = make_policies(s.policy, s.num_envs, s.device)
     if policies and not s.images and _reads_cameras(policies[0]):
         s = replace(s, images=True)  # a camera policy needs the frames rendered, recorded or not
     plan = RolloutPlan.build(expand_env_ids(env_id), s)

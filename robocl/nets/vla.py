@@ -18,6 +18,7 @@ the network step by step in an environment through :class:`robocl.policy.ChunkEx
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from robocl.nets.flow import FlowHead
+from robocl.nets.flow import FlowHead, OneStepActor
 from robocl.nets.language import LanguageEncoder
 from robocl.nets.mlp import MLP
 from robocl.nets.normalize import Normalizer
@@ -193,6 +194,59 @@ class FlowChooser:
         return self.net.sample(
             feat, torch.randn(shape, generator=generator, device=feat.device) * self.noise_scale
         )
+
+
+def candidate_scales(n: int, noise: Sequence[float]) -> torch.Tensor:
+    """(n,) noise scale of each best-of-N proposal: 0 for the first (the flow's mode), then ``noise`` in
+    turn."""
+    return torch.tensor([0.0, *itertools.islice(itertools.cycle(noise), n - 1)])
+
+
+class BestOfN:
+    """Best-of-N acting (QC): the flow proposes ``n`` chunks per row (:func:`candidate_scales`) and the one
+    with the highest Q^(h), averaged over the critics, is executed."""
+
+    def __init__(self, net: VLAPolicyNet, critics: nn.ModuleList, n: int, noise: Sequence[float]) -> None:
+        self.net, self.critics, self.n, self.noise = net, critics, n, tuple(noise)
+
+    def propose(self, feat: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """(B, d) features -> (B, N, h, A) normalised candidate chunks."""
+        cfg, a = self.net.config, self.net.spec.action_dim
+        scales = candidate_scales(self.n, self.noise).to(feat.device)
+        noise = torch.randn(len(feat), self.n, cfg.horizon, a, generator=generator, device=feat.device)
+        chunks = self.net.sample(
+            feat.repeat_interleave(self.n, 0), (noise * scales[:, None, None]).flatten(0, 1)
+        )
+        return chunks.view(len(feat), self.n, cfg.horizon, a)
+
+    def __call__(self, feat: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        candidates = self.propose(feat, generator)
+        q = torch.stack(
+            [c.q_chunk(feat.repeat_interleave(self.n, 0), candidates.flatten(0, 1)) for c in self.critics]
+        ).mean(0)
+        return candidates[torch.arange(len(feat)), q.view(-1, self.n).argmax(1)]
+
+
+class OneStep:
+    """The distilled actor's chunk mu(o, z) from z ~ N(0, noise_scale^2 I), clipped (gripper snapped)."""
+
+    def __init__(self, actor: OneStepActor, horizon: int, action_dim: int, gripper: bool, noise_scale: float):
+        self.actor, self.shape, self.gripper, self.noise_scale = (
+            actor,
+            (horizon, action_dim),
+            gripper,
+            noise_scale,
+        )
+
+    def chunk(self, feat: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        out = self.actor(feat, noise).clamp(-1.0, 1.0)
+        return snap_gripper(out) if self.gripper else out
+
+    def __call__(self, feat: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        noise = (
+            torch.randn(len(feat), *self.shape, generator=generator, device=feat.device) * self.noise_scale
+        )
+        return self.chunk(feat, noise)
 
 
 class VLAPolicy:

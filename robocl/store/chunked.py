@@ -139,6 +139,13 @@ class ChunkedTDSampler:
             obs[key] = np.where(pick, batch["next_obs"][key], now)
         return obs, batch["task_index"]
 
+    @property
+    def seed(self) -> int:
+        return self.sampler.seed
+
+    def reseed(self, seed: int) -> None:
+        self.sampler.reseed(seed)
+
     def state_dict(self) -> dict[str, Any]:
         return self.sampler.state_dict()
 

@@ -154,24 +154,30 @@ class FadingReplay:
         self.recycled = state["recycled"].numpy().copy()
 
 
-def transitions_at(replay: OnlineReplay, idx: np.ndarray, obs_key: str) -> dict[str, np.ndarray]:
+def transitions_at(replay: OnlineReplay, idx: np.ndarray) -> dict[str, np.ndarray]:
     """Raw transitions with global indices ``idx`` (ascending): from the replay's RAM ring when it still
-    holds them, otherwise from the committed episodes of its store. Rewards are the env's, unscaled."""
+    holds them, otherwise from the committed episodes of its store. Observations are flat (the replay's
+    observation features concatenated in order); rewards are the env's, unscaled."""
     idx = np.asarray(idx, dtype=np.int64)
     first_in_ring = replay.total_added - replay.size
     in_ring = idx >= first_in_ring
+    obs_dim = sum(int(np.prod(replay.obs[k].shape[1:])) for k in replay.obs_keys)
     out = {
-        "obs": np.zeros((len(idx), *replay.obs[obs_key].shape[1:]), np.float32),
+        "obs": np.zeros((len(idx), obs_dim), np.float32),
         "action": np.zeros((len(idx), *replay.action.shape[1:]), np.float32),
         "reward": np.zeros(len(idx), np.float32),
         "terminated": np.zeros(len(idx), bool),
     }
     out["next_obs"] = np.zeros_like(out["obs"])
+
+    def flat(parts: dict[str, np.ndarray]) -> np.ndarray:
+        return np.concatenate([parts[k].reshape(len(parts[k]), -1) for k in replay.obs_keys], axis=1)
+
     if in_ring.any():
         got = replay.get(idx[in_ring] - first_in_ring)
         for key in ("action", "reward", "terminated"):
             out[key][in_ring] = got[key]
-        out["obs"][in_ring], out["next_obs"][in_ring] = got["obs"][obs_key], got["next_obs"][obs_key]
+        out["obs"][in_ring], out["next_obs"][in_ring] = flat(got["obs"]), flat(got["next_obs"])
     old = idx[~in_ring]
     if len(old):
         store = replay.store
@@ -180,11 +186,85 @@ def transitions_at(replay: OnlineReplay, idx: np.ndarray, obs_key: str) -> dict[
         table = store.episodes
         episode = np.searchsorted(table["start"], old, side="right") - 1
         last = old == table["start"][episode] + table["length"][episode] - 1
-        obs = store.take(obs_key, old)
-        following = store.take(obs_key, np.where(last, old, old + 1))  # after a last step: another episode's
-        nxt = np.where(last[:, None], store.final_obs(obs_key)[episode], following)
-        out["obs"][~in_ring], out["next_obs"][~in_ring] = obs, nxt
+        following = np.where(last, old, old + 1)  # after an episode's last step: another episode's
+        obs = flat({k: store.take(k, old) for k in replay.obs_keys})
+        nxt = flat({k: store.take(k, following) for k in replay.obs_keys})
+        final = flat({k: store.final_obs(k)[episode] for k in replay.obs_keys})
+        out["obs"][~in_ring], out["next_obs"][~in_ring] = obs, np.where(last[:, None], final, nxt)
         out["action"][~in_ring] = store.take(replay.action_key, old)
         out["reward"][~in_ring] = store.take(replay.reward_key, old)
         out["terminated"][~in_ring] = last & table["terminated"][episode]
     return out
+
+
+class ScaledFadingFeed:
+    """The fading replay as Symphony (S3) feeds its learner: raw env transitions in; rows out with the
+    reward divided by the mean |r| of the exploration transitions that fill the buffer, and the discount
+    gamma (0 where the episode terminated; a truncation bootstraps). Batches come from its own seeded
+    generator. The scale is fixed when the buffer is filled, and saved with the buffer's sources."""
+
+    def __init__(
+        self,
+        capacity: int,
+        obs_dim: int,
+        action_dim: int,
+        *,
+        gamma: float,
+        seed: int,
+        weights: Literal["tanh", "bell"] = "tanh",
+        recycle: Literal["forever", "once"] = "forever",
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.buffer = FadingReplay(
+            capacity, obs_dim, action_dim, weights=weights, recycle=recycle, device=device
+        )
+        self.gamma, self.device = gamma, torch.device(device)
+        self.reward_scale = torch.ones((), dtype=torch.float32)
+        self.generator = torch.Generator(self.device).manual_seed(seed)
+
+    def rows(self, raw: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        terminated = torch.from_numpy(raw["terminated"])
+        return {
+            "obs": torch.from_numpy(raw["obs"]),
+            "action": torch.from_numpy(raw["action"]),
+            "reward": torch.from_numpy(raw["reward"]).float() / self.reward_scale,
+            "next_obs": torch.from_numpy(raw["next_obs"]),
+            "discount": torch.full(terminated.shape, self.gamma).masked_fill(terminated, 0.0),
+        }
+
+    def fill(self, raw: dict[str, np.ndarray], src: np.ndarray) -> None:
+        """Set the reward scale from the exploration transitions and tile them over the buffer."""
+        scale = float(np.abs(raw["reward"]).mean())
+        if scale == 0:
+            raise ValueError(f"all {len(src)} exploration rewards are 0: no reward scale")
+        self.reward_scale = torch.tensor(scale, dtype=torch.float32)
+        self.buffer.fill(self.rows(raw), src)
+
+    def add(self, raw: dict[str, np.ndarray], src: int) -> None:
+        """One transition (arrays with a leading axis of 1), the newest."""
+        row = {k: v[0].to(self.device) for k, v in self.rows(raw).items()}
+        self.buffer.add(
+            row["obs"], row["action"], row["reward"], row["next_obs"], float(row["discount"]), src
+        )
+
+    def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
+        return self.buffer.sample(batch_size, self.generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "buffer": self.buffer.state_dict(),
+            "reward_scale": self.reward_scale.clone(),
+            "generator": self.generator.get_state(),
+        }
+
+    @staticmethod
+    def sources(state: dict[str, Any]) -> np.ndarray:
+        """The transitions a saved feed holds (ascending): what :meth:`load_state_dict` needs read back."""
+        src = state["buffer"]["src"].numpy()
+        return np.unique(src[src >= 0])
+
+    def load_state_dict(self, state: dict[str, Any], raw: dict[str, np.ndarray]) -> None:
+        """Restore from :meth:`state_dict` plus :func:`transitions_at` of :meth:`sources`."""
+        self.reward_scale = state["reward_scale"].float()
+        self.generator.set_state(state["generator"])
+        self.buffer.load_state_dict(state["buffer"], self.rows(raw))

@@ -54,6 +54,8 @@ class OnlineReplay:
         self.next_obs = {k: ring(k) for k in self.obs_keys}
         self.action = ring(action_key)
         self.reward = ring(reward_key)
+        # A store with robocl's rollout schema also has the per-step success flag (info["success"]).
+        self.success = ring("success") if "success" in feats else None
         self.terminated = np.zeros(capacity, dtype=bool)
         self._ptr = 0  # physical slot of the next write
         self.size = 0
@@ -71,11 +73,12 @@ class OnlineReplay:
         next_obs: Mapping[str, np.ndarray] | np.ndarray,
         terminated: bool,
         truncated: bool,
+        success: bool = False,
     ) -> None:
         """Append one transition; an episode ends when ``terminated or truncated``."""
         if self._pending and self._pending[0][0] <= self.total_added - self.capacity:
             self.flush()  # the next write would overwrite the oldest episode still waiting to be persisted
-        self._write_slot(obs, action, reward, next_obs, terminated)
+        self._write_slot(obs, action, reward, next_obs, terminated, success)
         if terminated or truncated:
             length = self.total_added - self._episode_begin
             self._pending.append((self._episode_begin, length, bool(terminated), bool(truncated)))
@@ -84,7 +87,9 @@ class OnlineReplay:
             if self._pending_steps >= self.flush_every:
                 self.flush()
 
-    def _write_slot(self, obs: Any, action: Any, reward: Any, next_obs: Any, terminated: bool) -> None:
+    def _write_slot(
+        self, obs: Any, action: Any, reward: Any, next_obs: Any, terminated: bool, success: bool
+    ) -> None:
         i = self._ptr
         if isinstance(obs, Mapping):
             for key in self.obs_keys:
@@ -96,6 +101,8 @@ class OnlineReplay:
         self.action[i] = action
         self.reward[i] = reward
         self.terminated[i] = terminated
+        if self.success is not None:
+            self.success[i] = success
         self._ptr = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
         self.total_added += 1
@@ -118,10 +125,12 @@ class OnlineReplay:
             steps: dict[str, np.ndarray] = {k: self.obs[k][slots] for k in self.obs_keys}
             steps[self.action_key] = self.action[slots]
             steps[self.reward_key] = self.reward[slots]
+            if self.success is not None:
+                steps["success"] = self.success[slots]
             final = {k: self.next_obs[k][slots[-1]] for k in self.obs_keys}
             meta = EpisodeMeta(
                 task=self.task,
-                success=False,
+                success=bool(self.success is not None and self.success[slots].any()),
                 terminated=term,
                 truncated=trunc,
                 source=self.source,
@@ -140,13 +149,16 @@ class OnlineReplay:
     def get(self, logical: np.ndarray) -> dict[str, Any]:
         """Transitions at logical indices: obs, action, reward, next_obs, terminated."""
         slots = self.physical(logical)
-        return {
+        out = {
             "obs": {k: v[slots] for k, v in self.obs.items()},
             "action": self.action[slots],
             "reward": self.reward[slots],
             "next_obs": {k: v[slots] for k, v in self.next_obs.items()},
             "terminated": self.terminated[slots],
         }
+        if self.success is not None:
+            out["success"] = self.success[slots]
+        return out
 
     def sample(
         self, batch_size: int, rng: np.random.Generator, weights: np.ndarray | None = None
@@ -187,6 +199,7 @@ class OnlineReplay:
             ep = store.episode(e)
             obs, length = {k: ep[k] for k in replay.obs_keys}, len(ep)
             nxt = {k: np.concatenate([obs[k][1:], ep.final_obs[k][None]]) for k in replay.obs_keys}
+            success = ep["success"] if replay.success is not None else np.zeros(length, bool)
             for t in range(length):
                 last = t == length - 1
                 replay._add_restored(
@@ -195,6 +208,7 @@ class OnlineReplay:
                     ep[replay.reward_key][t],
                     {k: v[t] for k, v in nxt.items()},
                     ep.terminated and last,
+                    bool(success[t]),
                     last,
                 )
         if state is not None:
@@ -207,14 +221,17 @@ class OnlineReplay:
                         tail["reward"][t],
                         {k: v[t] for k, v in tail["next_obs"].items()},
                         bool(tail["terminated"][t]),
+                        bool(tail["success"][t]) if "success" in tail else False,
                         False,
                     )
             replay.total_added = int(state["total_added"])
             replay._episode_begin = replay.total_added - (0 if tail is None else len(tail["action"]))
         return replay
 
-    def _add_restored(self, obs: Any, action: Any, reward: Any, next_obs: Any, term: bool, end: bool) -> None:
+    def _add_restored(
+        self, obs: Any, action: Any, reward: Any, next_obs: Any, term: bool, success: bool, end: bool
+    ) -> None:
         """Like ``add`` but for steps already in the store: nothing is queued for persistence."""
-        self._write_slot(obs, action, reward, next_obs, term)
+        self._write_slot(obs, action, reward, next_obs, term, success)
         if end:
             self._episode_begin = self.total_added

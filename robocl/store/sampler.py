@@ -141,6 +141,10 @@ class WindowSampler:
     def sample(self, batch_size: int, *, with_obs: bool = True) -> Batch:
         return self.get_batch(self.rng.integers(0, len(self), size=batch_size), with_obs=with_obs)
 
+    def reseed(self, seed: int) -> None:
+        """A new stream of windows (a data-parallel rank's own, see robocl.run.dist)."""
+        self.seed, self.rng = seed, np.random.default_rng(seed)
+
     def state_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "rng": self.rng.bit_generator.state}
 

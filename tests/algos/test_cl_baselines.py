@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from robocl.algos.cl_baselines import MultiHeadLearner
-from robocl.algos.hypercrl import HyperCRL, HyperCRLConfig, TaskData, task_loss
+from robocl.algos.dynamics import HyperCRLConfig, TaskData, task_loss
+from robocl.algos.hypercrl import HyperCRL
 from robocl.checkpoint import load_checkpoint
 from robocl.cli import main
 from robocl.store import TrajectoryStore
@@ -31,9 +32,8 @@ def _toy_tasks(n_tasks: int, n: int, seed: int = 0) -> tuple[list[TaskData], Bat
     data = []
     for _ in range(n_tasks):
         d = TaskData(S, A)
-        d.state, d.action = torch.randn(n, S, generator=gen), torch.randn(n, A, generator=gen)
-        d.next_state = d.state + 0.3 * torch.randn(n, S, generator=gen)
-        d.train = torch.arange(n) % 3 != 0
+        state, action = torch.randn(n, S, generator=gen), torch.randn(n, A, generator=gen)
+        d.extend(state, action, state + 0.3 * torch.randn(n, S, generator=gen), torch.arange(n) % 3 != 0)
         data.append(d)
 
     def batch(j: int, idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -258,7 +258,7 @@ def test_a_task_that_ended_without_train_transitions_protects_nothing_and_breaks
 
 
 def test_statistics_of_a_task_without_transitions_are_the_identity() -> None:
-    from robocl.algos.hypercrl import StateCodec
+    from robocl.algos.dynamics import StateCodec
 
     stats = TaskData(S, A).stats(StateCodec("push", S))
     for name, dim in (("feature", S), ("action", A)):
@@ -300,8 +300,10 @@ def _task0_drift(method: str, **overrides: float) -> tuple[float, list[float]]:
     ys = [torch.tanh(x @ m) for x, m in zip(xs, maps, strict=True)]
     data = []
     for _ in range(2):
-        d = TaskData(4, 3)
-        d.train = torch.ones(256, dtype=torch.bool)
+        d = TaskData(4, 3)  # the end-of-task memories read only the train mask (the batches are xs, ys)
+        d.extend(
+            torch.zeros(256, 4), torch.zeros(256, 3), torch.zeros(256, 4), torch.ones(256, dtype=torch.bool)
+        )
         data.append(d)
 
     def batch(j: int, idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -386,11 +388,13 @@ def test_tiny_continual_run_of_each_family_and_baseline(tmp_path, family: str, m
     assert R.shape == (2, 2) and np.isfinite(R[[0, 1, 1], [0, 0, 1]]).all()
     errors = result["metrics"]["model_error_matrix"]
     assert [len(row) for row in errors] == [1, 2]
-    with TrajectoryStore.open(run / "data.zarr") as store:
+    with TrajectoryStore.open(run / "data" / "data.zarr") as store:
         assert store.n_steps == 32 and {t for ep in store for t in ep.tags} == {"task0", "task1", method}
 
     # The last checkpoint restores the protection memories that only exist after end_task.
-    algo = HyperCRL.from_checkpoint(load_checkpoint(run / "checkpoints" / "task_01"))
+    ckpt = load_checkpoint(run / "checkpoints" / "task1" / "last")
+    algo = HyperCRL(HyperCRLConfig(**ckpt.config))
+    algo.load_state_dict({"model": ckpt.tensors, "trainer": ckpt.trainer_state()["algorithm"]})
     memories = {k.split("_")[1] for k in algo.learner.state_dict() if k.startswith("mem_")}
     assert memories == {"ewc": {"fisher", "anchor"}, "si": {"omega", "anchor"}, "coreset": {"core"}}.get(
         method, set()

@@ -10,21 +10,22 @@ import pytest
 import torch
 
 import robocl
-from robocl.algos.co_rft import (
-    CORFT,
-    BestOfN,
-    CORFTConfig,
-    candidate_scales,
+from robocl.algos.chunk_losses import (
     chunk_bc_loss,
     chunked_targets,
     conservative_loss,
     distill_actor_loss,
     td3_bc_actor_loss,
 )
+from robocl.algos.co_rft import CORFT
+from robocl.algos.co_rft_config import CORFTConfig
 from robocl.checkpoint import load_checkpoint
+from robocl.nets.vla import BestOfN, candidate_scales
+from robocl.run.layout import RunDir
+from robocl.run.loop import LoopConfig, fit, to_torch
+from robocl.run.train import train_co_rft
 from robocl.store import Feature, TrajectoryStore, WindowSampler
 from robocl.store.chunked import ChunkedTDSampler, mc_returns, step_rewards
-from robocl.train import LoopConfig, fit, to_torch
 
 GAMMA = 0.9
 TINY = {"d_model": 16, "n_layers": 1, "n_heads": 2, "language_model": None, "seed": 1}
@@ -416,6 +417,18 @@ def line_success_rate(policy, n_episodes: int = 20) -> float:
     return successes / n_episodes
 
 
+def train_il_then_rl(cfg, store, run_dir, *, il_updates: int, rl_updates: int) -> tuple[float, float]:
+    """Line-task success of the IL checkpoint, then of the RL one trained from it (the same run resumed)."""
+    loop = {"batch_size": 64, "checkpoint_every": 1000}
+    il_loop = LoopConfig(n_updates=il_updates, **loop)
+    paths = train_co_rft(cfg, store.location, run_dir, il_loop=il_loop, rl_loop=None, progress=False)
+    il = line_success_rate(robocl.load_policy(str(paths["il"])))
+    rl_loop = LoopConfig(n_updates=rl_updates, **loop)
+    paths = train_co_rft(cfg, store.location, run_dir, il_loop=il_loop, rl_loop=rl_loop, resume=True,
+                         progress=False)  # fmt: skip
+    return il, line_success_rate(robocl.load_policy(str(paths["rl"])))
+
+
 def test_short_run_lifts_success_over_imitation_on_an_easy_task(tmp_path):
     # No conservative term and TD3+BC's alpha 2.5: on this 1-d task Cal-QL's push-down at the policy's own
     # chunks leaves a dip in Q that holds the actor at IL's pace. On the arm tasks the same two settings
@@ -431,12 +444,7 @@ def test_short_run_lifts_success_over_imitation_on_an_easy_task(tmp_path):
         alpha_bc=2.5,
         **{**TINY, "d_model": 32, "seed": 0},
     )
-    algo = CORFT.from_store(cfg, store)
-    loop = {"batch_size": 64, "checkpoint_every": 1000}
-    algo.fit(store, tmp_path / "run", LoopConfig(n_updates=300, **loop), None, progress=False)
-    il = line_success_rate(algo.policy())
-    algo.fit(store, tmp_path / "run", None, LoopConfig(n_updates=600, **loop), progress=False)
-    rl = line_success_rate(algo.policy())
+    il, rl = train_il_then_rl(cfg, store, tmp_path / "run", il_updates=300, rl_updates=600)
     assert il <= 0.1 and rl >= 0.9, (il, rl)
 
 
@@ -455,16 +463,18 @@ def test_state_only_end_to_end_pick_place(pick_place_store, tmp_path):
 
     bert = build_tiny_bert(tmp_path / "bert")
     cfg = CORFTConfig(horizon=5, **{**TINY, "language_model": str(bert)})
-    algo = CORFT.from_store(cfg, pick_place_store, language=LanguageEncoder(str(bert)))
     loop = {"batch_size": 32, "log_every": 5, "checkpoint_every": 100}
-    paths = algo.fit(
-        pick_place_store,
+    paths = train_co_rft(
+        cfg,
+        pick_place_store.location,
         tmp_path / "run",
-        LoopConfig(n_updates=40, **loop),
-        LoopConfig(n_updates=10, **loop),
+        il_loop=LoopConfig(n_updates=40, **loop),
+        rl_loop=LoopConfig(n_updates=10, **loop),
+        language=LanguageEncoder(str(bert)),
         progress=False,
     )
-    assert set(paths) == {"il", "rl"} and (tmp_path / "run" / "rl" / "tb").is_dir()
+    run = RunDir(tmp_path / "run")
+    assert set(paths) == {"il", "rl"} and run.tb("rl").is_dir() and run.info()["stages"] == ["il", "rl"]
     assert load_checkpoint(paths["il"]).spec["extra"]["stage"] == "il"
     rl = load_checkpoint(paths["rl"])
     assert rl.step == 10 and "critic.0.prefix_emb" in rl.tensors
@@ -476,8 +486,9 @@ def test_state_only_end_to_end_pick_place(pick_place_store, tmp_path):
         "observation.object": obs["object"],
         "task": obs["instruction"],
     }
-    live = algo.policy()
-    for path in paths.values():  # IL and RL checkpoints both load as policies; RL's equals the live one
+    # The inference-only policy acts as the whole algorithm restored from the same checkpoint does.
+    live = CORFT.from_checkpoint(load_checkpoint(paths["rl"])).policy()
+    for path in paths.values():  # IL and RL checkpoints both load as policies
         policy = robocl.load_policy(str(path))
         policy.reset()
         action = policy.predict(step)
@@ -510,9 +521,9 @@ def test_cli_pretrain_then_fine_tune_and_evaluate_both_stages(pick_place_store, 
     tiny += ["--horizon", "5", "--batch-size", "16", "--checkpoint-every", "100", "--state-path", "both"]
     assert main(["train", "vla-pretrain", "--data", data, "--run-dir", str(tmp_path / "pre"),
                  "--il-updates", "3", *tiny]) == 0  # fmt: skip
-    generalist = tmp_path / "pre" / "il" / "checkpoints" / "last"
+    generalist = RunDir(tmp_path / "pre").checkpoint("il")
     assert "fine-tune from it: robocl train co-rft --init" in capsys.readouterr().out
-    assert not (tmp_path / "pre" / "rl").exists()  # pretraining is stage 1 only
+    assert RunDir(tmp_path / "pre").info()["stages"] == ["il"]  # pretraining is stage 1 only
 
     # --init copies the pretrained trunk; --il-updates 0 keeps it as is, so the RL stage starts from it.
     args = ["--data", data, "--init", str(generalist), "--il-updates", "0", "--rl-updates", "2"]
@@ -520,18 +531,20 @@ def test_cli_pretrain_then_fine_tune_and_evaluate_both_stages(pick_place_store, 
         main(["train", "co-rft", "--run-dir", str(tmp_path / "ft"), *args, "--eval-episodes", "1", *tiny])
         == 0
     )
-    out = capsys.readouterr().out
-    assert "[rl]" in out and "[seen]" in out and "[unseen]" in out  # robocl eval of the stage it trained
+    ft = RunDir(tmp_path / "ft")
+    # The end of the stage is evaluated by the shared evaluator at seen and unseen positions.
+    tasks = sorted(path.parent.name for _, path in ft.evaluations("rl"))
+    assert tasks == ["robocl_PickPlace-v0_seen", "robocl_PickPlace-v0_unseen"]
     pretrained = load_checkpoint(generalist).tensors
-    tuned = load_checkpoint(tmp_path / "ft" / "rl" / "checkpoints" / "last").tensors
+    tuned = load_checkpoint(ft.checkpoint("rl")).tensors
     key = next(k for k in pretrained if k.startswith("policy.trunk.lowdim"))
     assert pretrained[key].shape == tuned[key].shape
 
     # IL only (--rl-updates 0) writes the IL checkpoint and evaluates it.
     args = ["--data", data, "--il-updates", "2", "--rl-updates", "0", "--eval-episodes", "1"]
     assert main(["train", "co-rft", "--run-dir", str(tmp_path / "il"), *args, *tiny]) == 0
-    out = capsys.readouterr().out
-    assert "[il]" in out and "[rl]" not in out and not (tmp_path / "il" / "rl").exists()
+    il = RunDir(tmp_path / "il")
+    assert il.info()["stages"] == ["il"] and len(list(il.evaluations("il"))) == 2
 
 
 def image_store(tmp_path) -> TrajectoryStore:
@@ -617,16 +630,10 @@ def test_resume_equals_uninterrupted(tmp_path, variant):
     loop = {"batch_size": 16, "log_every": 1, "checkpoint_every": 2}
 
     def run(run_dir, rl_updates, resume=False):
-        algo = CORFT.from_store(cfg, store)
-        algo.fit(
-            store,
-            run_dir,
-            LoopConfig(n_updates=4, **loop),
-            LoopConfig(n_updates=rl_updates, **loop),
-            resume=resume,
-            progress=False,
-        )
-        return load_checkpoint(run_dir / "rl" / "checkpoints" / "last")
+        il_loop, rl_loop = LoopConfig(n_updates=4, **loop), LoopConfig(n_updates=rl_updates, **loop)
+        train_co_rft(cfg, store.location, run_dir, il_loop=il_loop, rl_loop=rl_loop, resume=resume,
+                     progress=False)  # fmt: skip
+        return load_checkpoint(RunDir(run_dir).checkpoint("rl"))
 
     full = run(tmp_path / "full", 7)
     run(tmp_path / "split", 3)
@@ -650,12 +657,13 @@ def test_resume_through_shared_fit_matches_losses(tmp_path):
         return algo, algo.rl_sampler(store)
 
     loop = {"batch_size": 16, "log_every": 1, "checkpoint_every": 3}
+    common = {"stage": "rl", "progress": False}
     algo, sampler = rl_algo()
-    full = fit(algo, sampler, LoopConfig(n_updates=6, **loop), tmp_path / "a", progress=False)
+    full = fit(algo, sampler, LoopConfig(n_updates=6, **loop), tmp_path / "a", **common)
     algo, sampler = rl_algo()
-    first = fit(algo, sampler, LoopConfig(n_updates=3, **loop), tmp_path / "b", progress=False)
+    first = fit(algo, sampler, LoopConfig(n_updates=3, **loop), tmp_path / "b", **common)
     algo, sampler = rl_algo()
-    rest = fit(algo, sampler, LoopConfig(n_updates=6, **loop), tmp_path / "b", resume=True, progress=False)
+    rest = fit(algo, sampler, LoopConfig(n_updates=6, **loop), tmp_path / "b", resume=True, **common)
     assert [m["critic_td"] for m in first + rest] == [m["critic_td"] for m in full]
     assert [m.get("actor_loss") for m in first + rest] == [m.get("actor_loss") for m in full]
 
@@ -698,7 +706,7 @@ def test_distill_actor_loss_by_hand():
     "actor",
     [
         {"actor": "best_of_n", "n_candidates": 32, "candidate_noise": (0.5, 1.0)},  # QC's: the fast tail
-        {"actor": "distill", "distill_alpha": 0.3},
+        {"actor": "distill", "distill_alpha": 0.1},
     ],
     ids=["best-of-n", "distill"],
 )
@@ -716,12 +724,7 @@ def test_stage_two_lifts_a_flow_policy_over_its_imitation_on_an_easy_task(tmp_pa
         conservative="none",
         **{**TINY, "d_model": 32, "seed": 0, **actor},
     )
-    algo = CORFT.from_store(cfg, store)
-    loop = {"batch_size": 64, "checkpoint_every": 1000}
-    algo.fit(store, tmp_path / "run", LoopConfig(n_updates=400, **loop), None, progress=False)
-    il = line_success_rate(algo.policy())
-    algo.fit(store, tmp_path / "run", None, LoopConfig(n_updates=600, **loop), progress=False)
-    rl = line_success_rate(algo.policy())
+    il, rl = train_il_then_rl(cfg, store, tmp_path / "run", il_updates=400, rl_updates=600)
     assert il <= 0.2 and rl >= 0.8, (il, rl)
 
 

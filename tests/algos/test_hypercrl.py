@@ -9,18 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from robocl.algos.hypercrl import (
-    HnetLearner,
-    HyperCRL,
-    HyperCRLConfig,
-    StateCodec,
-    TaskData,
-    adam_lookahead,
-    model_input,
-)
-from robocl.cli import main
+from robocl.algos.dynamics import HyperCRLConfig, StateCodec, TaskData, model_input
+from robocl.algos.hypercrl import HnetLearner, HyperCRL, adam_lookahead
+from robocl.cli import build_parser, main
 from robocl.nets import MLP
 from robocl.nets.hypernet import HyperNetwork, mlp_forward, mlp_shapes
+from robocl.run.continual import train_hypercrl
+from robocl.run.layout import RunDir
 from robocl.store import TrajectoryStore
 
 
@@ -244,19 +239,23 @@ class Killed(Exception):
 
 
 def test_tiny_continual_run_writes_the_after_task_matrix_and_resumes_after_a_kill(tmp_path, capsys) -> None:
-    whole = tmp_path / "whole"
-    assert main(["train", "hypercrl", "--run-dir", str(whole), *TINY]) == 0
+    whole = RunDir(tmp_path / "whole")
+    assert main(["train", "hypercrl", "--run-dir", str(whole.path), *TINY]) == 0
     assert "after_task_matrix" in capsys.readouterr().out
-    result = json.loads((whole / "continual.json").read_text())
+    result = json.loads((whole.path / "continual.json").read_text())
     R = np.array(result["metrics"]["after_task_matrix"], dtype=float)
     assert R.shape == (2, 2) and np.isnan(R[0, 1]) and np.isfinite(R[[0, 1, 1], [0, 0, 1]]).all()
     assert len(result["metrics"]["forgetting_ratio"]) == 1
     errors = result["metrics"]["model_error_matrix"]  # per-task validation error after each task
     assert [len(row) for row in errors] == [1, 2] and all(e >= 0 for row in errors for e in row)
     assert result["log"]["task_ends"] == [16, 32]  # 12 random + 4 MPC steps per task
-    assert (whole / "curves.png").stat().st_size > 0
-    assert sorted(p.name for p in (whole / "checkpoints").iterdir()) == ["task_00", "task_01"]
-    with TrajectoryStore.open(whole / "data.zarr") as store:
+    assert (whole.path / "curves.png").stat().st_size > 0
+    # One run directory: a stage per task, through the shared loop (TensorBoard) and the shared evaluator.
+    assert whole.info()["stages"] == ["task0", "task1"] and whole.tb("task1").is_dir()
+    last = [json.loads(p.read_text()) for step, p in whole.evaluations("task1") if step == 32]
+    assert sorted(info["env_id"] for info in last) == ["robocl/Push-Density0-v0", "robocl/Push-Density1-v0"]
+    assert last[1]["aggregate"]["mean_return"] == pytest.approx(R[1, 1])
+    with TrajectoryStore.open(whole.data("data.zarr")) as store:
         assert store.n_steps == 32
         ids = [ep.task for ep in store]
         assert ids[0].endswith("Density0-v0") and ids[-1].endswith("Density1-v0")
@@ -264,32 +263,26 @@ def test_tiny_continual_run_writes_the_after_task_matrix_and_resumes_after_a_kil
 
     from robocl.config import config_from_args
 
-    parser_args = (
-        __import__("robocl.cli", fromlist=["build_parser"])
-        .build_parser()
-        .parse_args(["train", "hypercrl", "--run-dir", str(tmp_path / "killed"), *TINY])
-    )
-    config = config_from_args(HyperCRLConfig, parser_args)
+    argv = ["train", "hypercrl", "--run-dir", str(tmp_path / "killed"), *TINY]
+    config = config_from_args(HyperCRLConfig, build_parser(argv).parse_args(argv))
 
     def kill(step: int, task: int) -> None:
         if step == 22:  # inside task 1
             raise Killed
 
     with pytest.raises(Killed):
-        HyperCRL.open(config, tmp_path / "killed").run(tmp_path / "killed", on_step=kill)
-    resumed = HyperCRL.open(config, tmp_path / "killed")
-    assert resumed.tasks_done == 1 and resumed.step == 16  # back at the start of task 1
-    metrics = resumed.run(tmp_path / "killed")
+        train_hypercrl(config, tmp_path / "killed", progress=False, on_env_step=kill)
+    metrics = train_hypercrl(config, tmp_path / "killed", progress=False)  # resumes at the start of task 1
     np.testing.assert_array_equal(np.array(metrics["after_task_matrix"]), R)  # same as the uninterrupted run
     assert metrics["model_error_matrix"] == errors
     with pytest.raises(ValueError, match="another config"):
-        HyperCRL.open(HyperCRLConfig(family="push", n_tasks=2, seed=1), tmp_path / "killed")
+        train_hypercrl(HyperCRLConfig(family="push", n_tasks=2, seed=1), tmp_path / "killed")
 
     # The last task's checkpoint is an ordinary robocl policy: load_policy + the shared evaluator score it.
     import robocl
     from robocl.eval.evaluate import evaluate
 
-    policy = robocl.load_policy(str(whole / "checkpoints" / "task_01"))
+    policy = robocl.load_policy(str(whole.checkpoint("task1")))
     result = evaluate(
         policy, "robocl/Push-Density1-v0", n_episodes=1, max_steps=2, out_dir=tmp_path / "ev", progress=False
     )

@@ -8,9 +8,6 @@ import pytest
 import torch
 
 from robocl.algos.symphony import (
-    OBS_KEY,
-    OnlineLoopConfig,
-    OnlineRun,
     Symphony,
     SymphonyAdamW,
     SymphonyConfig,
@@ -20,10 +17,12 @@ from robocl.algos.symphony import (
     soft_truncated_value,
     swaddling,
     temporal_advantage,
-    train_online,
     value_weights,
 )
 from robocl.checkpoint import load_checkpoint
+from robocl.run.layout import RunDir
+from robocl.run.online import OnlineSource, make_env
+from robocl.run.train import OnlineLoopConfig, train_symphony
 from robocl.store import TrajectoryStore
 from robocl.store.fading import FadingReplay, fading_weights, transitions_at
 
@@ -216,14 +215,15 @@ def test_one_update_is_one_backward_through_actor_and_critics(monkeypatch):
         "next_obs": torch.randn(m, 5, generator=gen),
         "discount": torch.full((m,), 0.99),
     }
-    algo.buffer.fill(rows, np.arange(m))
+    feed = algo.feed()
+    feed.buffer.fill(rows, np.arange(m))
     calls = []
     original = torch.Tensor.backward
     monkeypatch.setattr(
         torch.Tensor, "backward", lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
     )
     before_target = {k: v.clone() for k, v in algo.target.state_dict().items()}
-    metrics = algo.train_step()
+    metrics = algo.update(feed.sample(TINY.batch_size))
     assert len(calls) == 1 and algo.step == 1
     assert metrics["loss"] == pytest.approx(
         metrics["actor_loss"] + metrics["critic_loss"] + metrics["swaddling"], rel=1e-5
@@ -239,62 +239,108 @@ def test_one_update_is_one_backward_through_actor_and_critics(monkeypatch):
 
 # ------------------------------------------------------------------ online loop
 def test_exploration_sets_reward_scale_and_fills_the_buffer_by_tiling(tmp_path):
-    run = OnlineRun(TINY, loop(200), tmp_path / "run", resume=False)
-    actor_on_flags, act = [], run.algo.act
-    run.algo.act = lambda obs, actor_on=True: (actor_on_flags.append(actor_on), act(obs, actor_on))[1]
-    # A cap shorter than fall_steps: every training step falls (noise only), no exploration step does.
-    run.spec.max_episode_steps = TINY.fall_steps - 10
+    env = make_env("Walker2d-v5")
+    spec = SymphonySpec(obs_dim=17, action_dim=6, env_id="Walker2d-v5", max_episode_steps=1000)
+    env.close()
+    algo = Symphony(TINY, spec)
+    flags = []
+
+    def act(obs, training, t):
+        flags.append(training)
+        return algo.act(obs, training, t)
+
+    feed = algo.feed()
+    source = OnlineSource("Walker2d-v5", act, feed, tmp_path / "replay.zarr", seed=0, explore_steps=64,
+                          updates_per_step=3, commit_every=1000)  # fmt: skip
     try:
-        for _ in range(TINY.n_explore):
-            assert run.env_step()[0] == []  # no updates while exploring, the step that fills included
-        assert actor_on_flags == [True] * TINY.n_explore
-        buf, algo = run.algo.buffer, run.algo
-        np.testing.assert_array_equal(buf.src, np.tile(np.arange(64), 4))
-        raw = transitions_at(run.replay, np.arange(64), OBS_KEY)
-        assert algo.reward_mean_abs.item() == pytest.approx(float(np.abs(raw["reward"]).mean()), rel=1e-6)
-        torch.testing.assert_close(buf.reward[:64], torch.from_numpy(raw["reward"]) / algo.reward_mean_abs)
-        torch.testing.assert_close(
-            buf.discount[:64], torch.from_numpy(np.where(raw["terminated"], 0.0, 0.99)).float()
-        )
-        metrics, _ = run.env_step()
-        assert len(metrics) == TINY.updates_per_step and actor_on_flags[-1] is False
+        batches = [source.sample(8) for _ in range(3)]  # exploration, then one env step per 3 batches
+        assert flags == [False] * 64 + [True] and source.env_steps == 65
+        assert all(b["obs"].shape == (8, 17) for b in batches)
+        raw = transitions_at(source.replay, np.arange(65))
+        assert feed.reward_scale.item() == pytest.approx(float(np.abs(raw["reward"][:64]).mean()), rel=1e-6)
+        buf = feed.buffer
         assert by_age(buf)[-1] == 64 and buf.ptr == 1 + int(raw["terminated"][0])
+        tile = np.arange(64, 128)  # the second copy of the exploration, untouched by one add
+        assert buf.src[tile].tolist() == list(range(64))
+        reward = torch.from_numpy(raw["reward"][:64]) / feed.reward_scale
+        torch.testing.assert_close(buf.reward[tile], reward)
+        discount = torch.from_numpy(np.where(raw["terminated"][:64], 0.0, 0.99)).float()
+        torch.testing.assert_close(buf.discount[tile], discount)
+        source.sample(8)
+        assert source.env_steps == 66
     finally:
-        run.close()
+        source.close()
 
 
-def test_seeded_run_is_deterministic(tmp_path):
-    a = train_online(TINY, loop(110, eval_every=100), tmp_path / "a", progress=False)
-    b = train_online(TINY, loop(110, eval_every=100), tmp_path / "b", progress=False)
-    assert len(a) == 3 * (110 - 64) and a == b  # updates start after step 64
-    # Periodic evaluation goes through the shared evaluator (its eval_info.json), same seeds in both runs.
-    rows = [json.loads(line) for line in (tmp_path / "a" / "eval.jsonl").read_text().splitlines()]
-    assert rows[0]["env_step"] == 100 and np.isfinite(rows[0]["mean_return"])
-    assert (tmp_path / "a" / "eval" / "step_00000100" / "eval_info.json").is_file()
-    assert rows == [json.loads(line) for line in (tmp_path / "b" / "eval.jsonl").read_text().splitlines()]
-    with TrajectoryStore.open(tmp_path / "a" / "replay.zarr") as store:
+def test_the_fall_steps_of_a_capped_training_episode_are_noise_only():
+    algo = Symphony(TINY, SymphonySpec(obs_dim=5, action_dim=2, max_episode_steps=100))
+    obs = np.ones(5, np.float32)
+    for training, t, actor_on in [(True, 49, True), (True, 50, False), (False, 99, True)]:
+        state = algo.generator.get_state()
+        action = algo.act(obs, training, t)
+        algo.generator.set_state(state)
+        noise = symphony_action_noise(algo)
+        direction, strength, _ = algo.net.heads(torch.as_tensor(obs)[None])
+        want = torch.tanh((strength * direction if actor_on else 0) + noise)[0].detach().numpy()
+        np.testing.assert_allclose(action, want, rtol=1e-6)
+
+
+def symphony_action_noise(algo: Symphony) -> torch.Tensor:
+    from robocl.algos.symphony import action_noise
+
+    return action_noise((1, algo.spec.action_dim), algo.config.noise_bound, algo.generator, algo.device)
+
+
+def online(steps: int, eval_every: int = 0) -> OnlineLoopConfig:
+    return OnlineLoopConfig(env="Walker2d-v5", steps=steps, eval_every=eval_every, eval_episodes=1,
+                            checkpoint_every=1000, log_every=50)  # fmt: skip
+
+
+def test_seeded_run_is_deterministic_and_stores_what_collect_stores(tmp_path):
+    runs = [RunDir(tmp_path / name) for name in ("a", "b")]
+    for run in runs:
+        train_symphony(TINY, online(110, eval_every=20), run.path, progress=False)
+    a, b = (load_checkpoint(run.checkpoint("online")) for run in runs)
+    assert a.step == 3 * (110 - 64)  # updates start after exploration's 64 steps
+    assert all(torch.equal(v, b.tensors[k]) for k, v in a.tensors.items())
+    # Periodic evaluation goes through the shared evaluator, every 20 env steps = 60 updates.
+    steps = sorted({step for step, _ in runs[0].evaluations("online")})
+    assert steps == [60, 120, 138]
+    reports = [[json.loads(p.read_text())["aggregate"] for _, p in run.evaluations("online")] for run in runs]
+    assert reports[0] == reports[1] and np.isfinite(reports[0][0]["mean_return"])
+    assert runs[0].info()["method"] == "symphony" and runs[0].info()["env"] == "Walker2d-v5"
+    with TrajectoryStore.open(runs[0].data("replay.zarr")) as store:
         assert 0 < store.n_steps <= 110 and store.meta["env_id"] == "Walker2d-v5"
+        assert store.features == make_env("Walker2d-v5").features()  # a collected run's schema
+    with pytest.raises(ValueError, match=r"steps=50 ends before exploration does \(n_explore=64\)"):
+        train_symphony(TINY, online(50), tmp_path / "c", progress=False)
 
 
 def test_resume_equals_uninterrupted_run(tmp_path):
-    full = train_online(TINY, loop(150), tmp_path / "full", progress=False)
-    first = train_online(TINY, loop(97), tmp_path / "cut", progress=False)  # exit checkpoint mid-episode
-    state = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last").trainer_state()
-    assert state["loop"]["replay"]["tail"] is not None  # killed mid-episode: the resume re-plays its actions
-    rest = train_online(TINY, loop(150), tmp_path / "cut", resume=True, progress=False)
-    assert len(first) == 3 * (97 - 64) and first + rest == full
+    train_symphony(TINY, online(150), tmp_path / "full", progress=False)
+    train_symphony(TINY, online(97), tmp_path / "cut", progress=False)  # exit checkpoint mid-episode
+    state = load_checkpoint(RunDir(tmp_path / "cut").checkpoint("online")).trainer_state()
+    assert state["source"]["replay"]["tail"] is not None  # mid-episode: the resume re-plays its actions
+    train_symphony(TINY, online(150), tmp_path / "cut", resume=True, progress=False)
+    full, resumed = (load_checkpoint(RunDir(tmp_path / d).checkpoint("online")) for d in ("full", "cut"))
+    assert resumed.step == full.step == 3 * (150 - 64)
+    assert all(torch.equal(v, resumed.tensors[k]) for k, v in full.tensors.items())
+    state_full, state_resumed = full.trainer_state(), resumed.trainer_state()
+    assert (
+        state_full["source"]["feed"]["buffer"]["src"].tolist()
+        == state_resumed["source"]["feed"]["buffer"]["src"].tolist()
+    )
     with pytest.raises(FileExistsError):
-        train_online(TINY, loop(150), tmp_path / "cut", progress=False)
+        train_symphony(TINY, online(150), tmp_path / "cut", progress=False)
 
 
 def test_policy_reads_the_rollout_engines_dict_observations_of_an_arm_task():
     import robocl_envs  # noqa: F401  (registers robocl/PickPlace-v0)
 
-    from robocl.algos.symphony import make_env
-
     env = make_env("robocl/PickPlace-v0")
-    flat, _ = env.reset(seed=3)
+    obs, _ = env.reset(seed=3)
+    flat = np.concatenate([obs["observation.state"], obs["observation.object"]])
     assert flat.shape == (37,) and flat.dtype == np.float32  # proprio (24) then object state (13)
     policy = Symphony(TINY, SymphonySpec(obs_dim=37, action_dim=5), "cpu").policy()
-    as_dict = {OBS_KEY: flat[None, :24], "observation.object": flat[None, 24:], "task": ["put it there"]}
+    as_dict = {k: v[None] for k, v in obs.items()} | {"task": ["put it there"]}
     np.testing.assert_array_equal(policy.predict(as_dict)[0], policy.predict(flat))

@@ -1,12 +1,9 @@
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
-from robocl.eval.compare import compare
-from robocl.eval.summary import episode_result, summarize, write_eval_info
+from robocl.eval.summary import episode_result, summarize
 from robocl.eval.video import count_frames, side_by_side, write_mp4
 
 
@@ -40,23 +37,3 @@ def test_video_has_one_frame_per_step(tmp_path):
     assert frames[0].shape == (96, 192, 3)
     path = write_mp4(tmp_path / "v.mp4", frames, fps=10)
     assert count_frames(path) == 12
-
-
-def test_compare_aggregates_seeds_and_writes_plots(tmp_path):
-    for method, rates in {"il": [0.4, 0.5, 0.6], "co-rft": [0.7, 0.8, 0.9]}.items():
-        for seed, rate in enumerate(rates):
-            rows = [episode_result(i, i, [0.0], [i < rate * 10], 0.1) for i in range(10)]
-            write_eval_info(
-                tmp_path / method / f"seed{seed}" / "eval_info.json",
-                rows,
-                summarize(rows),
-                {"env_id": "robocl/PickPlace-v0", "positions": "seen"},
-            )
-    table, summary = compare([tmp_path / "il", tmp_path / "co-rft"], out_dir=tmp_path / "plots")
-    assert summary["il"]["success_rate"]["iqm"] == pytest.approx(0.5)
-    assert summary["co-rft"]["success_rate"]["iqm"] == pytest.approx(0.8)
-    assert summary["co-rft"]["n_seeds"] == 3
-    assert "| co-rft | 3 | 1 | 0.8 [" in table
-    assert (tmp_path / "plots" / "compare_bars.png").stat().st_size > 1000
-    info = json.loads((tmp_path / "il" / "seed0" / "eval_info.json").read_text())
-    assert len(info["episodes"]) == 10 and info["aggregate"]["success_rate"] == pytest.approx(0.4)

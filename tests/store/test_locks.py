@@ -52,7 +52,7 @@ def test_overwrite_takes_the_lock_first(store_path, capsys):
     with pytest.raises(StoreLockedError, match="open for writing"):
         TrajectoryStore.create(store_path, FEATURES, fps=10, overwrite=True)
     assert main(["collect", "--env", "robocl/Push-Density0-v0", "--episodes", "1", "--out", str(store_path),
-                 "--overwrite", "--no-progress"]) == 2  # fmt: skip
+                 "--overwrite", "--quiet"]) == 2  # fmt: skip
     assert "open for writing by another process" in capsys.readouterr().err
     writer.add_episode(make_episode(1, 3))  # the live writer's store is still there, whole
     writer.close()

@@ -188,10 +188,10 @@ def _commit_all(
     n_done: int,
     progress: bool,
 ) -> None:
-    from tqdm import tqdm
+    from robocl.progress import Progress
 
     pending: list[SourceEpisode] = []
-    with tqdm(total=n_episodes, initial=n_done, unit="ep", disable=not progress, desc="ingest") as bar:
+    with Progress(n_episodes, initial=n_done, unit="ep", enabled=progress, desc="ingest") as bar:
 
         def flush() -> None:
             batch = pending[:]

@@ -211,7 +211,8 @@ def export_d4rl(
 ) -> Path:
     """Write a store as one D4RL HDF5 file (observations from ``observation.state``)."""
     import h5py
-    from tqdm import tqdm
+
+    from robocl.progress import progress_iter
 
     with reading(store) as store:
         dest = Path(dest)
@@ -247,7 +248,7 @@ def export_d4rl(
                 if store.features[name].is_observation and name != obs_name
             }
             at = 0
-            for j, index in enumerate(tqdm(order, unit="ep", disable=not progress, desc="export d4rl")):
+            for j, index in enumerate(progress_iter(order, desc="export d4rl", enabled=progress)):
                 ep = store.episode(int(index))
                 hi = at + len(ep)
                 for name, key in mapping.items():

@@ -130,7 +130,7 @@ def export_lerobot(
 
     ``use_videos=False`` stores camera frames as lossless PNG ``image`` features in the parquet files.
     """
-    from tqdm import tqdm
+    from robocl.progress import progress_iter
 
     with reading(store) as store:
         vcodec = (
@@ -148,9 +148,7 @@ def export_lerobot(
             video_mb=video_files_size_in_mb,
         )
         prepare_dest(writer.dest, overwrite)  # after the checks above: a refused export deletes nothing
-        for index in tqdm(
-            export_order(store, episodes), unit="ep", disable=not progress, desc="export lerobot"
-        ):
+        for index in progress_iter(export_order(store, episodes), desc="export lerobot", enabled=progress):
             writer.add(int(index))
         writer.finish()
         return writer.dest

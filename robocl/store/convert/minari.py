@@ -376,7 +376,8 @@ def _write_dataset(
     minari = _minari()
     from minari.data_collector.episode_buffer import EpisodeBuffer
     from minari.dataset.minari_storage import MinariStorage
-    from tqdm import tqdm
+
+    from robocl.progress import progress_iter
 
     storage = MinariStorage.new(
         root / "data",
@@ -400,7 +401,7 @@ def _write_dataset(
         }
     )
     for j, index in enumerate(
-        tqdm(export_order(store, episodes), unit="ep", disable=not progress, desc="export minari")
+        progress_iter(export_order(store, episodes), desc="export minari", enabled=progress)
     ):
         storage.update_episodes([_buffer(EpisodeBuffer, store, int(index), mapping)])
         storage.update_episode_metadata([{"robocl": dumps(episode_extras(store, int(index)))}], [j])

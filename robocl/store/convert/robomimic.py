@@ -226,7 +226,8 @@ def export_robomimic(
 ) -> Path:
     """Write a store as one robomimic HDF5 file: demo_<i> per episode, tags as mask/<tag> filter keys."""
     import h5py
-    from tqdm import tqdm
+
+    from robocl.progress import progress_iter
 
     with reading(store) as store:
         dest = Path(dest)
@@ -238,7 +239,7 @@ def export_robomimic(
         with h5py.File(dest, "w") as f:
             data = f.create_group("data")
             for j, index in enumerate(
-                tqdm(export_order(store, episodes), unit="ep", disable=not progress, desc="export robomimic")
+                progress_iter(export_order(store, episodes), desc="export robomimic", enabled=progress)
             ):
                 ep = store.episode(int(index))
                 name = f"demo_{j}"

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
@@ -12,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from robocl import convert_cli
+from robocl.cli import build_parser
 from robocl.store import TrajectoryStore
 from robocl.store.convert import ingest
 from tests.store.convert.builders import STORE_LENGTHS, make_store, write_d4rl
@@ -78,9 +77,7 @@ def test_killed_ingest_resumes_without_duplicates(tmp_path):
 
 
 def _run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="robocl")
-    convert_cli.add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     return args.func(args)
 
 

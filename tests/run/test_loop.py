@@ -13,10 +13,11 @@ import pytest
 import robocl
 from robocl.algos.bc import BC, BCConfig
 from robocl.checkpoint import CheckpointError, load_checkpoint
+from robocl.run.layout import RunDir
+from robocl.run.loop import LoopConfig, TrainingDiverged, fit
 from robocl.store import Feature, TrajectoryStore, WindowSampler
-from robocl.train import LoopConfig, TrainingDiverged, fit
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -52,6 +53,7 @@ def test_resume_equals_uninterrupted_run(demo_store, tmp_path):
         sampler,
         LoopConfig(n_updates=40, batch_size=16, checkpoint_every=10, log_every=5),
         tmp_path / "full",
+        stage="bc",
         progress=False,
     )
 
@@ -61,6 +63,7 @@ def test_resume_equals_uninterrupted_run(demo_store, tmp_path):
         sampler,
         LoopConfig(n_updates=17, batch_size=16, checkpoint_every=10, log_every=5),
         tmp_path / "split",
+        stage="bc",
         progress=False,
     )
     # A new process would rebuild everything from scratch; so do we, with different initial RNG use.
@@ -72,22 +75,24 @@ def test_resume_equals_uninterrupted_run(demo_store, tmp_path):
         LoopConfig(n_updates=40, batch_size=16, checkpoint_every=10, log_every=5),
         tmp_path / "split",
         resume=True,
+        stage="bc",
         progress=False,
     )
     assert [m["loss"] for m in first + rest] == [m["loss"] for m in full]  # bit for bit
     losses = [m["loss"] for m in full]
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])  # it learns
-    assert json.loads((tmp_path / "split" / "loop.json").read_text())["n_updates"] == 40
+    info = RunDir(tmp_path / "split").info()
+    assert info["method"] == "bc" and info["stages"] == ["bc"] and info["loops"]["bc"]["n_updates"] == 40
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(tmp_path / "full" / "tb"))
+    events = EventAccumulator(str(RunDir(tmp_path / "full").tb("bc")))
     events.Reload()
     assert {"train/loss", "train/grad_norm", "perf/updates_per_s", "lr/optimizer"} <= set(
         events.Tags()["scalars"]
     )
     assert [e.step for e in events.Scalars("train/loss")] == [5, 10, 15, 20, 25, 30, 35, 40]
-    with pytest.raises(FileExistsError, match="already holds a run"):
-        fit(*make(demo_store), LoopConfig(n_updates=1), tmp_path / "split", progress=False)
+    with pytest.raises(FileExistsError, match="already holds stage 'bc'"):
+        fit(*make(demo_store), LoopConfig(n_updates=1), tmp_path / "split", stage="bc", progress=False)
 
 
 class PoisonedSampler:
@@ -120,17 +125,18 @@ def test_nan_guard_stops_with_step_and_batch_and_keeps_good_weights(demo_store, 
             PoisonedSampler(sampler, at=4),
             LoopConfig(n_updates=10, batch_size=8),
             tmp_path / "run",
+            stage="bc",
             progress=False,
         )
-    good = load_checkpoint(tmp_path / "run" / "checkpoints" / "last_good")
+    good = load_checkpoint(RunDir(tmp_path / "run").checkpoint("bc", "last_good"))
     assert good.step == 3
     assert all(np.isfinite(t.numpy()).all() for t in good.tensors.values())
 
 
 def test_checkpoint_round_trip_in_a_fresh_process(demo_store, tmp_path):
     algo, sampler = make(demo_store)
-    fit(algo, sampler, LoopConfig(n_updates=20, batch_size=16), tmp_path / "run", progress=False)
-    ckpt = tmp_path / "run" / "checkpoints" / "last"
+    fit(algo, sampler, LoopConfig(n_updates=20, batch_size=16), tmp_path / "run", stage="bc", progress=False)
+    ckpt = RunDir(tmp_path / "run").checkpoint("bc")
     obs = np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32)
     policy = robocl.load_policy(str(ckpt))
     policy.reset()
@@ -151,8 +157,8 @@ def test_checkpoint_round_trip_in_a_fresh_process(demo_store, tmp_path):
 
 def test_corrupt_and_foreign_checkpoints_give_clear_errors(demo_store, tmp_path):
     algo, sampler = make(demo_store)
-    fit(algo, sampler, LoopConfig(n_updates=2, batch_size=4), tmp_path / "run", progress=False)
-    ckpt = tmp_path / "run" / "checkpoints" / "last"
+    fit(algo, sampler, LoopConfig(n_updates=2, batch_size=4), tmp_path / "run", stage="bc", progress=False)
+    ckpt = RunDir(tmp_path / "run").checkpoint("bc")
     with pytest.raises(CheckpointError, match=r"config\.json is missing"):
         robocl.load_policy(str(tmp_path))
     weights = ckpt / "model.safetensors"
@@ -176,8 +182,8 @@ def test_corrupt_and_foreign_checkpoints_give_clear_errors(demo_store, tmp_path)
 
 def test_flipped_bytes_in_tensors_are_refused_not_loaded(demo_store, tmp_path):
     algo, sampler = make(demo_store)
-    fit(algo, sampler, LoopConfig(n_updates=2, batch_size=4), tmp_path / "run", progress=False)
-    weights = tmp_path / "run" / "checkpoints" / "last" / "model.safetensors"
+    fit(algo, sampler, LoopConfig(n_updates=2, batch_size=4), tmp_path / "run", stage="bc", progress=False)
+    weights = RunDir(tmp_path / "run").checkpoint("bc") / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-3] ^= 0x01  # inside the last tensor: safetensors alone would load a slightly different weight
     weights.write_bytes(bytes(data))
@@ -188,8 +194,8 @@ def test_flipped_bytes_in_tensors_are_refused_not_loaded(demo_store, tmp_path):
 def test_kill_between_the_renames_resumes_from_the_newest_complete_copy(demo_store, tmp_path, monkeypatch):
     loop = LoopConfig(n_updates=4, batch_size=4, checkpoint_every=2)
     algo, sampler = make(demo_store)
-    fit(algo, sampler, loop, tmp_path / "run", progress=False)  # last: step 4
-    last = tmp_path / "run" / "checkpoints" / "last"
+    fit(algo, sampler, loop, tmp_path / "run", stage="bc", progress=False)  # last: step 4
+    last = RunDir(tmp_path / "run").checkpoint("bc")
     rename = Path.rename
 
     def killed_before_second_rename(self, target):
@@ -201,7 +207,7 @@ def test_kill_between_the_renames_resumes_from_the_newest_complete_copy(demo_sto
     algo, sampler = make(demo_store)
     with pytest.raises(KeyboardInterrupt):
         fit(algo, sampler, LoopConfig(n_updates=6, batch_size=4, checkpoint_every=2), tmp_path / "run",
-            resume=True, progress=False)  # fmt: skip
+            resume=True, stage="bc", progress=False)  # fmt: skip
     monkeypatch.undo()
     assert not last.exists() and (last.parent / "last.old").exists() and (last.parent / "last.tmp").exists()
 
@@ -212,8 +218,8 @@ def test_kill_between_the_renames_resumes_from_the_newest_complete_copy(demo_sto
 
 def test_resume_refuses_another_methods_checkpoint(demo_store, tmp_path):
     algo, sampler = make(demo_store)
-    fit(algo, sampler, LoopConfig(n_updates=2, batch_size=4), tmp_path / "run", progress=False)
-    config = tmp_path / "run" / "checkpoints" / "last" / "config.json"
+    fit(algo, sampler, LoopConfig(n_updates=2, batch_size=4), tmp_path / "run", stage="bc", progress=False)
+    config = RunDir(tmp_path / "run").checkpoint("bc") / "config.json"
     config.write_text(json.dumps(json.loads(config.read_text()) | {"method": "co-rft"}))
     algo, sampler = make(demo_store)
     with pytest.raises(CheckpointError, match="holds a co-rft checkpoint, not bc"):
@@ -223,6 +229,7 @@ def test_resume_refuses_another_methods_checkpoint(demo_store, tmp_path):
             LoopConfig(n_updates=4, batch_size=4),
             tmp_path / "run",
             resume=True,
+            stage="bc",
             progress=False,
         )
 
@@ -231,17 +238,25 @@ def test_checkpoint_files_and_folders_are_fsynced(demo_store, tmp_path, monkeypa
     synced = []
     monkeypatch.setattr("os.fsync", lambda fd: synced.append(Path(f"/proc/self/fd/{fd}").resolve().name))
     algo, sampler = make(demo_store)
-    fit(algo, sampler, LoopConfig(n_updates=1, batch_size=4), tmp_path / "run", progress=False)
-    assert {"model.safetensors", "trainer.pt", "config.json", "last.tmp", "checkpoints"} <= set(synced)
+    fit(algo, sampler, LoopConfig(n_updates=1, batch_size=4), tmp_path / "run", stage="bc", progress=False)
+    assert {"model.safetensors", "trainer.pt", "config.json", "last.tmp", "bc"} <= set(synced)
 
 
 def test_checkpoints_from_before_checksums_still_resume(demo_store, tmp_path):
     algo, sampler = make(demo_store)
-    fit(algo, sampler, LoopConfig(n_updates=2, batch_size=4), tmp_path / "run", progress=False)
-    config = tmp_path / "run" / "checkpoints" / "last" / "config.json"
+    fit(algo, sampler, LoopConfig(n_updates=2, batch_size=4), tmp_path / "run", stage="bc", progress=False)
+    config = RunDir(tmp_path / "run").checkpoint("bc") / "config.json"
     header = json.loads(config.read_text())
     del header["sha256"]
     config.write_text(json.dumps(header | {"format": 1}))  # what robocl wrote before checksums
     algo, sampler = make(demo_store)
-    fit(algo, sampler, LoopConfig(n_updates=3, batch_size=4), tmp_path / "run", resume=True, progress=False)
+    fit(
+        algo,
+        sampler,
+        LoopConfig(n_updates=3, batch_size=4),
+        tmp_path / "run",
+        resume=True,
+        stage="bc",
+        progress=False,
+    )
     assert load_checkpoint(config.parent).step == 3

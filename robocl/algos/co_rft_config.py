@@ -1,0 +1,161 @@
+"""CO-RFT's configuration, apart from its model (LeRobot's configuration / modeling split): every field with
+its meaning, unit and the source of its default (refs co-rft.md, flow-policies.md; pilots are cited where the
+default is robocl's measurement)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from robocl.nets.language import DEFAULT_LANGUAGE_MODEL
+
+
+@dataclass
+class CORFTConfig:
+    """CO-RFT: imitation, then chunked offline RL (Cal-QL critic; best-of-N, distilled or TD3+BC actor)."""
+
+    # ---- the policy network
+    state_keys: tuple[str, ...] = ("observation.state", "observation.object")  # low-dim store features
+    image_keys: tuple[str, ...] = ()  # camera features (uint8 HxWx3); empty = the state-only policy
+    # Frozen sentence encoder for the instruction (name or folder); None = off. A store with one instruction
+    # gets none: a constant input tells the policy nothing.
+    language_model: str | None = DEFAULT_LANGUAGE_MODEL
+    # Add the differences between the positions the state features name (object - tool, ...; see
+    # robocl.nets.relative); stores without position names get none.
+    relative_positions: bool = True
+    n_obs: int = 2  # observation history length (RoboVLMs uses 8-16; 2 keeps CPU runs fast)
+    horizon: int = 10  # actions per chunk h (RoboVLMs' fwd_pred_next_n)
+    d_model: int = 128  # width of the trunk and critic transformers
+    n_layers: int = 2  # transformer layers in the trunk and in each critic
+    n_heads: int = 4  # attention heads
+    vision_channels: tuple[int, ...] = (32, 64, 128, 128)  # conv widths per camera encoder (stride 2 each)
+    aug_shift: int = 4  # random-shift augmentation of frames during training, pixels
+    dropout: float = 0.1  # trunk transformer dropout in stage 1 (ACT's 0.1: a few dozen demos overfit fast)
+    head: Literal["flow", "regression"] = "flow"  # flow-matching action expert, or chunk regression
+    head_hidden: tuple[int, ...] = (256, 256, 256)  # MLP widths of the action head (and the one-step actor)
+    flow_steps: int = 10  # Euler steps K from noise to chunk (FQL, QC, pi0, SmolVLA: 10)
+    # Where the low-dim history goes: "head" = straight to the action head and the critic (pi0's robot state;
+    # the trunk fuses cameras and instruction), "trunk" = a token of the trunk, "both".
+    state_path: Literal["head", "trunk", "both"] = "head"
+    gripper: bool = True  # the last action channel is a gripper (flow: snapped at execution; regression: BCE)
+    # ---- execution
+    n_action_steps: int = 0  # actions executed per predicted chunk; 0 = the whole chunk, open loop
+    ensemble_coef: float = 0.0  # temporal ensembling weight m (ACT: 0.01), a chunk every step; 0 = off
+    flow_noise: float = 0.0  # noise scale sigma of x_0 ~ N(0, sigma^2 I) when acting; 0 = deterministic
+    # ---- stage 1: imitation
+    gripper_weight: float = 0.01  # regression: BCE weight against the arm Huber loss (RoboVLMs)
+    huber_delta: float = 1.0  # regression: Huber threshold on normalised arm actions (torch's default)
+    il_lr: float = 3e-4  # stage-1 AdamW lr, also the trunk's in stage 2 (RoboVLMs' 2e-5 is for a VLM)
+    weight_decay: float = 0.0  # AdamW decoupled weight decay (RoboVLMs: 0)
+    max_grad_norm: float = 1.0  # stage-1 gradient clipping (RoboVLMs: 1.0)
+    # ---- stage 2: chunked offline RL
+    # How the policy improves through the critic; None = best_of_n for a flow head, td3_bc for regression.
+    actor: Literal["best_of_n", "distill", "td3_bc"] | None = None
+    # Best-of-N proposals per decision: the first from x_0 = 0 (the flow's mode), the others from noise of the
+    # ``candidate_noise`` scales in turn. QC draws 32 at full noise; on 60 mixed demos (seed-0 pilots, 1k
+    # updates) that lifted push from 20/28% (seen/unseen) to 58/68% but cut pick-place from 90/62% to
+    # 50/30%: the critic's errors grow away from the mode, and the argmax of 32 finds them. 8 proposals at
+    # 0.25/0.5 gave 50/70% and 80/52%; 32 at 0.25/0.5 40/62% and 74/54%; 32 at 0.1/0.25 30/42% and 86/60%.
+    n_candidates: int = 8
+    candidate_noise: tuple[float, ...] = (0.25, 0.5)
+    bon_refresh: int = 50  # best-of-N: updates between re-ranking every history's candidates (target)
+    distill_alpha: float = 10.0  # distill: weight of ||mu(o, z) - flow(o, z)||^2 (FQL: 10)
+    val_fraction: float = 0.1  # episodes held out of stage 2 to validate the critic (0 = none)
+    # Stage-2 clipping, against spikes only: TD3/Cal-QL do not clip, and clipping the critic at 1.0 left its
+    # TD error growing (critic gradient norms are 10-200 while it fits -1/step returns).
+    rl_max_grad_norm: float = 100.0
+    gamma: float = 0.99  # per-step discount (QC, Cal-QL, TD3+BC)
+    reward: Literal["step_penalty", "sparse", "store"] = "step_penalty"  # -1/step until success | +1 | stored
+    critic_loss: Literal["prefix", "full"] = "prefix"  # TD target for every prefix j, or only the whole chunk
+    n_critics: int = 2  # twin critics; targets take the minimum
+    # critic network: "mlp" = PrefixMLPCritic (causal by a cumulative first layer, LayerNorm; ~5x cheaper),
+    # "transformer" = T-SAC's causal transformer over [context, a_1..a_h] (ChunkCritic)
+    critic: Literal["mlp", "transformer"] = "mlp"
+    critic_hidden: tuple[int, ...] = (256, 256)  # widths of the MLP critic (TD3+BC, Cal-QL: 256 x 2-3)
+    critic_lr: float = 3e-4  # critic Adam lr (QC, TD3+BC)
+    actor_lr: float = 3e-4  # stage-2 actor Adam lr (TD3+BC; FQL)
+    tau: float = 0.005  # Polyak rate of the target networks, per critic step
+    # Stage 2 trains the trunk (through the critic) or freezes it (the notes: "frozen or at the IL lr").
+    # Frozen: the policy keeps the features it imitated with, and each history is encoded once for the
+    # whole stage (see rl_sampler); recomputing the trunk per batch took 4.4x an IL update (batch 256).
+    rl_train_backbone: bool = False
+    # Conservative term on Q^(h). Without it stage 2 collapsed on the arm tasks (regression head, 60 mixed
+    # demos, 3 seeds: 0-1% success against IL's 30% pick-place and 79% push): the critic extrapolates over
+    # 20-50-d chunks the demos never visit (benchmarks/results/co_rft_*_ablation.json).
+    conservative: Literal["calql", "cql", "none"] = "calql"
+    # Weight of the conservative term. Cal-QL's 5.0 over h x A = 50-d chunks pushed the logged chunks' Q up
+    # without bound (TD error 19 -> 114 over 1k updates, pick-place, 60 mixed demos); 1.0 kept it at 3-6.
+    cql_alpha: float = 1.0
+    # Chunks per kind (uniform, policy at o, policy at o'). Cal-QL uses 10; 3 measured as good: on pick-place
+    # (20 demos, h=10) one draw's critic gradient has cosine 0.95 with a 3x40-sample mean, as at n=10
+    # (0.95) and above n=1-2 (0.92-0.93), at 40% of n=10's update time (the term is ~90% of it).
+    cql_n_samples: int = 3
+    cql_temperature: float = 1.0  # logsumexp temperature
+    cql_sample_noise: float = 0.2  # std of the Gaussian added to TD3+BC / distilled chunks for the CQL term
+    cql_importance_sample: bool = False  # subtract the uniform log-density h*d*log(0.5) (see deviations)
+    # TD3+BC: lambda = alpha_bc / mean|Q|. TD3+BC's 2.5 assumes an MSE over one d-dim action; this BC term
+    # averages a Huber over h x A chunk entries, ~17x smaller gradients per entry, and 2.5 (or 1.0) drove
+    # the policy off the demos (0-13% success from 27%); 0.05 was the best of the pilots, and with Cal-QL
+    # at weight 1, 2.5 still fell to 5% (pick-place) and 33% (push) against 41% and 84% (the ablation).
+    alpha_bc: float = 0.05
+    policy_delay: int = 2  # TD3+BC: critic steps per actor step
+    target_noise: float = 0.2  # TD3+BC: target policy smoothing std, normalised actions
+    target_noise_clip: float = 0.5  # TD3+BC: clip of that noise
+    seed: int = 0  # network initialisation (both stages), the samplers' streams and the acting noise
+
+    def __post_init__(self) -> None:
+        self.state_keys, self.image_keys = tuple(self.state_keys), tuple(self.image_keys)
+        self.critic_hidden, self.head_hidden = tuple(self.critic_hidden), tuple(self.head_hidden)
+        self.vision_channels, self.candidate_noise = tuple(self.vision_channels), tuple(self.candidate_noise)
+        if not self.state_keys and not self.image_keys:
+            raise ValueError("CO-RFT needs state_keys or image_keys")
+        if self.horizon < 1 or self.n_obs < 1 or self.flow_steps < 1:
+            raise ValueError(
+                f"horizon={self.horizon}, n_obs={self.n_obs}, flow_steps={self.flow_steps} must be >= 1"
+            )
+        if not 0 <= self.n_action_steps <= self.horizon:
+            raise ValueError(f"n_action_steps={self.n_action_steps} must be in [0, horizon={self.horizon}]")
+        if self.ensemble_coef < 0 or (self.ensemble_coef and self.n_action_steps > 1):
+            raise ValueError(
+                f"ensemble_coef={self.ensemble_coef} must be >= 0, and temporal ensembling predicts every "
+                f"step (n_action_steps={self.n_action_steps} must be 0 or 1)"
+            )
+        if not 0.0 <= self.gamma < 1.0:
+            raise ValueError(f"gamma={self.gamma} must be in [0, 1) (V_MC of unfinished episodes needs it)")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction={self.val_fraction} must be in [0, 1)")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if self.actor is None:
+            self.actor = "best_of_n" if self.head == "flow" else "td3_bc"
+        choices = {
+            "head": ("flow", "regression"),
+            "state_path": ("head", "trunk", "both"),
+            "actor": ("best_of_n", "distill", "td3_bc"),
+            "reward": ("step_penalty", "sparse", "store"),
+            "critic_loss": ("prefix", "full"),
+            "conservative": ("calql", "cql", "none"),
+            "critic": ("mlp", "transformer"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be one of {allowed}")
+        if self.actor == "best_of_n" and self.rl_train_backbone:
+            raise ValueError(
+                "actor='best_of_n' ranks candidates drawn once from the frozen trunk's features: it needs "
+                "rl_train_backbone=False (or use actor='distill')"
+            )
+        if (self.head == "regression") != (self.actor == "td3_bc"):
+            raise ValueError(
+                f"actor={self.actor!r} does not fit head={self.head!r}: a regression head improves by "
+                "'td3_bc', a flow head by 'best_of_n' or 'distill'"
+            )
+        for name in ("n_critics", "policy_delay", "cql_n_samples", "n_candidates", "bon_refresh"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.flow_noise < 0 or any(s <= 0 for s in self.candidate_noise):
+            raise ValueError(
+                f"flow_noise={self.flow_noise} must be >= 0 and candidate_noise={self.candidate_noise} > 0"
+            )
+        if self.language_model in ("", "none", "None"):
+            self.language_model = None
