@@ -154,7 +154,8 @@ def _cmd_train_hypercrl(args: argparse.Namespace) -> int:
     from robocl.config import config_from_args
     from robocl.run.continual import train_hypercrl
 
-    metrics = train_hypercrl(config_from_args(HyperCRLConfig, args), args.run_dir, progress=not args.quiet)
+    config = config_from_args(HyperCRLConfig, args)
+    metrics = train_hypercrl(config, args.run_dir, resume=args.resume, progress=not args.quiet)
     print(json.dumps({k: metrics[k] for k in ("after_task_matrix", "average", "forgetting_ratio")}, indent=2))
     print(f"metrics: {Path(args.run_dir) / 'continual.json'}, curves: {Path(args.run_dir) / 'curves.png'}")
     return 0
@@ -340,7 +341,8 @@ def _add_train_hypercrl(p: argparse.ArgumentParser) -> None:
     from robocl.algos.dynamics import HyperCRLConfig
     from robocl.config import add_config_args
 
-    p.add_argument("--run-dir", required=True, help="checkpoints, store, metrics; a killed run resumes")
+    p.add_argument("--run-dir", required=True, help="the run directory: a stage per task, data/data.zarr")
+    p.add_argument("--resume", action="store_true", help="continue the run (from the start of its task)")
     _add_runtime_args(p)
     add_config_args(p, HyperCRLConfig)
     p.set_defaults(func=_cmd_train_hypercrl)

@@ -154,12 +154,15 @@ def train_hypercrl(
     config: HyperCRLConfig,
     run_dir: str | Path,
     *,
+    resume: bool = False,
     progress: bool = True,
     on_env_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) the task sequence in ``run_dir``; returns the continual metrics. ``on_env_step(step,
-    task)`` is called after every env step (tests simulate a kill with it)."""
+    """Run the task sequence in ``run_dir`` (``resume``: continue the run there); returns the continual
+    metrics. ``on_env_step(step, task)`` is called after every env step (tests simulate a kill with it)."""
     run = RunDir(run_dir)
+    if not resume and run.info_path.exists():
+        raise FileExistsError(f"{run.path} already holds a run; pass --resume or use a new run dir")
     algo = HyperCRL(config)
     start = _resume(algo, run)
     path = run.data("data.zarr")

@@ -272,11 +272,13 @@ def test_tiny_continual_run_writes_the_after_task_matrix_and_resumes_after_a_kil
 
     with pytest.raises(Killed):
         train_hypercrl(config, tmp_path / "killed", progress=False, on_env_step=kill)
-    metrics = train_hypercrl(config, tmp_path / "killed", progress=False)  # resumes at the start of task 1
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        train_hypercrl(config, tmp_path / "killed", progress=False)
+    metrics = train_hypercrl(config, tmp_path / "killed", resume=True, progress=False)  # from task 1's start
     np.testing.assert_array_equal(np.array(metrics["after_task_matrix"]), R)  # same as the uninterrupted run
     assert metrics["model_error_matrix"] == errors
     with pytest.raises(ValueError, match="another config"):
-        train_hypercrl(HyperCRLConfig(family="push", n_tasks=2, seed=1), tmp_path / "killed")
+        train_hypercrl(HyperCRLConfig(family="push", n_tasks=2, seed=1), tmp_path / "killed", resume=True)
 
     # The last task's checkpoint is an ordinary robocl policy: load_policy + the shared evaluator score it.
     import robocl
