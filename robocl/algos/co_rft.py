@@ -89,7 +89,7 @@ from robocl.nets.vla import BestOfN, ChunkChooser, FlowChooser, OneStep, VLAPoli
 from robocl.run.loop import guarded_step, to_torch
 from robocl.run.runtime import seeded
 from robocl.store import StoreView, TrajectoryStore, WindowSampler
-from robocl.store.chunked import ChunkedTDSampler, mc_returns, step_rewards
+from robocl.store.chunked import ChunkedTDSampler, chunk_windows, mc_returns, step_rewards
 
 
 # ---------------------------------------------------------------------------------------------- algorithm
@@ -193,24 +193,7 @@ class CORFT:
             tensors = {k.removeprefix("policy."): v for k, v in load_checkpoint(path).tensors.items()}
         else:
             tensors = load_file(str(path))
-        own = self.policy_net.state_dict()
-        trunk = {k for k in own if k.startswith("trunk.")}
-        if not trunk and any(k.startswith("trunk.") for k in tensors):
-            raise ValueError(
-                f"{path} holds a trunk but this policy has none (no cameras, no instruction and "
-                f"state_path={self.config.state_path!r}): fine-tune with the backbone's inputs"
-            )
-        bad = sorted(k for k in trunk if k not in tensors or tensors[k].shape != own[k].shape)
-        if bad:
-            raise ValueError(
-                f"{path}: the backbone does not match this policy's trunk; missing or differently shaped: "
-                f"{bad[:8]}{' ...' if len(bad) > 8 else ''}"
-            )
-        heads = {k for k in own if k.startswith("head.")}
-        if all(k in tensors and tensors[k].shape == own[k].shape for k in heads):
-            trunk |= heads
-        self.policy_net.load_state_dict({**own, **{k: tensors[k] for k in trunk}})
-        return sorted(trunk)
+        return self.policy_net.load_backbone(tensors, str(path))
 
     def start_rl(self) -> None:
         """Enter stage 2 from the current policy: critics, target copies, the actor and optimisers; step
@@ -515,8 +498,7 @@ class CORFT:
     # ------------------------------------------------------------------ training driver
     def il_sampler(self, data: TrajectoryStore | StoreView) -> WindowSampler:
         """Stage-1 windows over ``data`` (seeded from config.seed)."""
-        view, common = self._windows(data)
-        return WindowSampler(view, **common, seed=self.config.seed)
+        return self._windows(data, self.config.seed)
 
     def rl_sampler(self, data: TrajectoryStore | StoreView) -> ChunkedTDSampler:
         """Stage-2 windows with rewards, Monte-Carlo returns and bootstrap histories (a stream of its own).
@@ -546,29 +528,20 @@ class CORFT:
     def _chunked_sampler(
         self, data: TrajectoryStore | StoreView, *, seed: int, history_ids: bool
     ) -> ChunkedTDSampler:
-        view, common = self._windows(data)
-        cfg, store = self.config, view.store
-        rewards = step_rewards(store, cfg.reward)
+        cfg = self.config
+        windows = self._windows(data, seed)
+        rewards = step_rewards(windows.store, cfg.reward)
+        mc = mc_returns(rewards, windows.store.episodes, cfg.gamma)
         return ChunkedTDSampler(
-            WindowSampler(view, **common, seed=seed),
-            rewards,
-            mc_returns(rewards, store.episodes, cfg.gamma),
-            prefix=cfg.critic_loss == "prefix",
-            history_ids=history_ids,
+            windows, rewards, mc, prefix=cfg.critic_loss == "prefix", history_ids=history_ids
         )
 
-    def _windows(self, data: TrajectoryStore | StoreView) -> tuple[StoreView, dict[str, Any]]:
-        view = data if isinstance(data, StoreView) else data.view()
+    def _windows(self, data: TrajectoryStore | StoreView, seed: int) -> WindowSampler:
         cfg = self.config
-        longest = int(view.store.episodes["length"][view.episode_indices].max())
-        if cfg.horizon > longest:
-            raise ValueError(
-                f"horizon={cfg.horizon} is longer than every episode (the longest has {longest} steps): "
-                "no window would hold a whole chunk"
-            )
         keys = [*cfg.state_keys, *cfg.image_keys]
-        return view, {"n_obs": cfg.n_obs, "horizon": cfg.horizon, "gamma": cfg.gamma, "obs_keys": keys,
-                      "reward_key": None}  # fmt: skip
+        return chunk_windows(
+            data, n_obs=cfg.n_obs, horizon=cfg.horizon, gamma=cfg.gamma, obs_keys=keys, seed=seed
+        )
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:

@@ -127,6 +127,28 @@ class VLAPolicyNet(nn.Module):
         # One frozen embedding per store task, so training and known instructions need no language model.
         self.register_buffer("task_embeddings", torch.zeros(len(spec.extra.get("tasks", [])), lang_dim))
 
+    def load_backbone(self, tensors: Mapping[str, torch.Tensor], source: str) -> list[str]:
+        """Copy a pretrained trunk (every trunk tensor present, same shapes) and the head when its shapes
+        match; returns the names copied. ``source`` names the file in errors."""
+        own = self.state_dict()
+        trunk = {k for k in own if k.startswith("trunk.")}
+        if not trunk and any(k.startswith("trunk.") for k in tensors):
+            raise ValueError(
+                f"{source} holds a trunk but this policy has none (no cameras, no instruction and "
+                f"state_path={self.config.state_path!r}): fine-tune with the backbone's inputs"
+            )
+        bad = sorted(k for k in trunk if k not in tensors or tensors[k].shape != own[k].shape)
+        if bad:
+            raise ValueError(
+                f"{source}: the backbone does not match this policy's trunk; missing or differently shaped: "
+                f"{bad[:8]}{' ...' if len(bad) > 8 else ''}"
+            )
+        heads = {k for k in own if k.startswith("head.")}
+        if all(k in tensors and tensors[k].shape == own[k].shape for k in heads):
+            trunk |= heads
+        self.load_state_dict({**own, **{k: tensors[k] for k in trunk}})
+        return sorted(trunk)
+
     @property
     def is_flow(self) -> bool:
         return isinstance(self.head, FlowHead)

@@ -16,6 +16,7 @@ import numpy as np
 
 from robocl.store.format import TrajectoryStore
 from robocl.store.sampler import WindowSampler
+from robocl.store.view import StoreView
 
 
 def step_rewards(store: TrajectoryStore, kind: str) -> np.ndarray:
@@ -51,6 +52,29 @@ def mc_returns(rewards: np.ndarray, table: Mapping[str, np.ndarray], gamma: floa
             ret = rewards[i] + gamma * ret
             out[i] = ret
     return out.astype(np.float32)
+
+
+def chunk_windows(
+    data: TrajectoryStore | StoreView,
+    *,
+    n_obs: int,
+    horizon: int,
+    gamma: float,
+    obs_keys: list[str],
+    seed: int,
+) -> WindowSampler:
+    """Windows of ``horizon``-action chunks (no stored reward: rewards come from success flags here);
+    refuses a horizon no episode can fill."""
+    view = data if isinstance(data, StoreView) else data.view()
+    longest = int(view.store.episodes["length"][view.episode_indices].max())
+    if horizon > longest:
+        raise ValueError(
+            f"horizon={horizon} is longer than every episode (the longest has {longest} steps): "
+            "no window would hold a whole chunk"
+        )
+    return WindowSampler(
+        view, n_obs=n_obs, horizon=horizon, gamma=gamma, obs_keys=obs_keys, reward_key=None, seed=seed
+    )
 
 
 class ChunkedTDSampler:
