@@ -50,3 +50,37 @@ def test_env_id_from_store_metadata_never_imports(tmp_path, capsys, monkeypatch)
     assert cli._eval_env(args) is None
     assert "tests.eval.imported_by_metadata" not in sys.modules
     assert f"pass --eval-env {env_id} to evaluate on it" in capsys.readouterr().out
+
+
+def test_ctrl_c_saves_and_says_how_to_resume(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from robocl.collect import collect
+    from robocl.run.layout import RunDir
+
+    collect("robocl/Push-Density0-v0", 3, tmp_path / "s.zarr", seed=0, progress=False).close()
+    run = RunDir(tmp_path / "run")
+    argv = ["train", "bc", "--data", str(tmp_path / "s.zarr"), "--run-dir", str(run.path), "--n-updates",
+            "100000", "--checkpoint-every", "5", "--batch-size", "8", "--quiet"]  # fmt: skip
+    env = {**os.environ, "MUJOCO_GL": "egl"}
+    proc = subprocess.Popen([sys.executable, "-m", "robocl.cli", *argv], cwd=Path(__file__).parents[1],
+                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    while not (run.checkpoint("bc") / "config.json").exists():
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert "robocl train: interrupted at update" in err and f"state saved to {run.checkpoint('bc')}" in err
+    assert err.strip().endswith(" ".join(["robocl", *argv, "--resume"]))
+
+
+def test_a_device_torch_cannot_use_is_one_line(capsys):
+    assert cli.main(["eval", "--policy", "x", "--env", "robocl/PickPlace-v0", "--device", "cuda:7"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--device cuda:7" in err
