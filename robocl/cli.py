@@ -14,6 +14,7 @@ from robocl import __version__
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from robocl.edit import describe_edit
     from robocl.store import TrajectoryStore
 
     with TrajectoryStore.open(args.path, "r") as store:
@@ -24,8 +25,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     size = info["bytes_stored"]
     print(f"store        {info['location']}  (format {info['format_version']}, {info['fps']:g} fps)")
     print(f"episodes     {info['n_episodes']}   steps {info['n_steps']}")
-    rate = info["success_rate"]
-    print(f"success rate {'-' if rate is None else f'{rate:.1%}'}")
+    print(_success_line(info))
     print(f"size         {'-' if size is None else f'{size / 1e6:.2f} MB'}")
     if info["meta"]:
         print(f"meta         {json.dumps(info['meta'])}")
@@ -38,7 +38,23 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"  {i:>3}  {task}")
     if info["tags"]:
         print(f"tags         {', '.join(info['tags'])}")
+    if info["history"]:
+        print(f"history ({len(info['history'])} edits)")
+        for entry in info["history"]:
+            print(f"  {entry['time']}  {describe_edit(entry)}")
     return 0
+
+
+def _success_line(info: dict[str, Any]) -> str:
+    """Success over the episodes whose success is recorded; "unknown" where none is."""
+    n, known, rate = info["n_episodes"], info["n_success_known"], info["success_rate"]
+    if n == 0:
+        return "success rate -"
+    if known == 0:
+        return "success      unknown (no episode records it; robocl edit STORE --episodes ... --success true)"
+    if known < n:
+        return f"success rate {rate:.1%} of the {known} episodes that record it ({n - known} unknown)"
+    return f"success rate {rate:.1%}"
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -327,10 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--out", help="folder for the PNG plots")
     cmp_.set_defaults(func=_cmd_compare)
 
-    from robocl import collect, convert_cli
+    from robocl import collect, convert_cli, edit
 
     collect.add_parser(sub)
     convert_cli.add_parsers(sub)
+    edit.add_parser(sub)
     return parser
 
 
