@@ -90,6 +90,7 @@ def _cmd_train_bc(args: argparse.Namespace) -> int:
 def _cmd_train_co_rft(args: argparse.Namespace) -> int:
     from robocl.algos.co_rft import CORFTConfig, train_co_rft
     from robocl.config import config_from_args
+    from robocl.features import PROPRIOCEPTION, camera_keys, state_keys
     from robocl.store import TrajectoryStore
     from robocl.train import LoopConfig
 
@@ -99,9 +100,12 @@ def _cmd_train_co_rft(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     if args.images:  # every camera of the store; proprioception only, unless --state-keys says otherwise
         with TrajectoryStore.open(args.data, "r") as store:
-            overrides["image_keys"] = tuple(k for k, f in store.features.items() if f.is_image)
-        if args.state_keys is None:
-            overrides["state_keys"] = ("observation.state",)
+            cameras, states = camera_keys(store), state_keys(store)
+        if not cameras:
+            raise ValueError(f"--images: {args.data} has no camera features (robocl info lists its features)")
+        overrides["image_keys"] = cameras
+        if args.state_keys is None and PROPRIOCEPTION in states:
+            overrides["state_keys"] = (PROPRIOCEPTION,)
     config = config_from_args(CORFTConfig, args, **overrides)
     il_loop = config_from_args(LoopConfig, args, n_updates=args.il_updates) if args.il_updates else None
     rl_updates = 0 if pretrain else args.rl_updates

@@ -61,7 +61,7 @@ from __future__ import annotations
 import copy
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -73,6 +73,7 @@ from torch import nn
 
 from robocl.algos.bc import PolicySpec
 from robocl.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
+from robocl.features import check_training_data, state_keys
 from robocl.nets.critic import PrefixMLPCritic
 from robocl.nets.flow import OneStepActor
 from robocl.nets.language import DEFAULT_LANGUAGE_MODEL, LanguageEncoder
@@ -89,7 +90,8 @@ class CORFTConfig:
     """CO-RFT: imitation, then chunked offline RL (Cal-QL critic; best-of-N, distilled or TD3+BC actor)."""
 
     # ---- the policy network
-    state_keys: tuple[str, ...] = ("observation.state", "observation.object")  # low-dim store features
+    # Low-dimensional store features; None = every state feature of the store (observation.state first).
+    state_keys: tuple[str, ...] | None = None
     image_keys: tuple[str, ...] = ()  # camera features (uint8 HxWx3); empty = the state-only policy
     # Frozen sentence encoder for the instruction (name or folder); None = off. A store with one instruction
     # gets none: a constant input tells the policy nothing.
@@ -178,10 +180,12 @@ class CORFTConfig:
     seed: int = 0  # network initialisation (both stages), the samplers' streams and the acting noise
 
     def __post_init__(self) -> None:
-        self.state_keys, self.image_keys = tuple(self.state_keys), tuple(self.image_keys)
+        self.image_keys = tuple(self.image_keys)
+        if self.state_keys is not None:
+            self.state_keys = tuple(self.state_keys)
         self.critic_hidden, self.head_hidden = tuple(self.critic_hidden), tuple(self.head_hidden)
         self.vision_channels, self.candidate_noise = tuple(self.vision_channels), tuple(self.candidate_noise)
-        if not self.state_keys and not self.image_keys:
+        if self.state_keys == () and not self.image_keys:
             raise ValueError("CO-RFT needs state_keys or image_keys")
         if self.horizon < 1 or self.n_obs < 1 or self.flow_steps < 1:
             raise ValueError(
@@ -446,16 +450,12 @@ class CORFT:
         *,
         language: LanguageEncoder | None = None,
     ) -> CORFT:
-        """Shapes and statistics from ``store``; task embeddings from ``language`` or the config's model."""
+        """Shapes and statistics from ``store`` (state keys by default: every state feature), checked first;
+        task embeddings from ``language`` or the config's model."""
         feats = store.features
-        for key in (*config.state_keys, *config.image_keys):
-            if key not in feats:
-                raise ValueError(f"{key!r} is not a feature of the store; it has {sorted(feats)}")
-            if feats[key].is_image != (key in config.image_keys):
-                kind = "an image" if feats[key].is_image else "low-dimensional"
-                raise ValueError(f"{key!r} is {kind} but is listed among the other kind of keys")
-        if store.n_episodes == 0:
-            raise ValueError("the store has no episodes")
+        if config.state_keys is None:
+            config = replace(config, state_keys=state_keys(store))
+        check_training_data(store, method="co-rft", state=config.state_keys, images=config.image_keys)
         lang_dim, embeddings = 0, None
         if config.language_model is not None and len(store.tasks) > 1:  # one instruction is a constant
             if (store.episodes["task_index"] < 0).any():
@@ -898,6 +898,10 @@ class CORFT:
         Returns the checkpoint paths of the stages run, {"il": ..., "rl": ...}."""
         if il_loop is None and rl_loop is None:
             raise ValueError("nothing to train: give stage 1 or stage 2 some updates")
+        cfg = self.config
+        # Before stage 1: a store that cannot give stage 2 its rewards must fail now, not after stage 1.
+        reward = cfg.reward if rl_loop is not None else None
+        check_training_data(data, method="co-rft", state=cfg.state_keys, images=cfg.image_keys, reward=reward)
         run_dir = Path(run_dir)
         paths = {}
         rl_last = run_dir / "rl" / "checkpoints" / "last"
