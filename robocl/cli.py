@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -129,15 +130,19 @@ def _cmd_train_co_rft(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_dir(ckpt: Path, env_id: str, positions: str) -> Path:
+def _eval_dir(ckpt: Path, env_id: str, positions: str | None) -> Path:
     """Where ``robocl eval`` writes by default: beside the checkpoint, not inside it (a later save replaces
-    the checkpoint folder whole)."""
-    return ckpt.parent / "eval" / f"{ckpt.name}_{env_id.replace('/', '_')}_{positions}"
+    the checkpoint folder whole), named by the env's registered id (no ``module:``) and its positions, with
+    only characters every file system takes."""
+    name = f"{ckpt.name}_{env_id.rsplit(':', 1)[-1]}" + (f"_{positions}" if positions else "")
+    return ckpt.parent / "eval" / re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
 def _evaluate_stages(paths: dict[str, Path], args: argparse.Namespace) -> None:
-    """``robocl eval`` of every stage's checkpoint at seen and unseen positions, on the store's env."""
+    """``robocl eval`` of every stage's checkpoint at seen and unseen positions (where the env has them),
+    on the store's env."""
     from robocl.eval.evaluate import evaluate
+    from robocl.eval.rollout import env_has_positions
     from robocl.store import TrajectoryStore
 
     env_id = args.eval_env
@@ -155,9 +160,10 @@ def _evaluate_stages(paths: dict[str, Path], args: argparse.Namespace) -> None:
     if env_id is None:
         print("no evaluation: the store names no simulated env (pass --eval-env ID)")
         return
+    position_sets = ("seen", "unseen") if env_has_positions(env_id) else ("seen",)
     for stage, path in paths.items():
-        for positions in ("seen", "unseen"):
-            out = _eval_dir(Path(path), env_id, positions)
+        for positions in position_sets:
+            out = _eval_dir(Path(path), env_id, positions if len(position_sets) > 1 else None)
             result = evaluate(
                 str(path), env_id, n_episodes=args.eval_episodes, out_dir=out, positions=positions
             )
@@ -197,7 +203,9 @@ def _periodic_eval(args: argparse.Namespace) -> Any:
             algo.policy(), args.eval_env, n_episodes=args.eval_episodes, out_dir=out, progress=False
         )
         summary = result["summary"]
-        metrics = {"success_rate": summary["success_rate"], "mean_return": summary["mean_return"]}
+        metrics = {"mean_return": summary["mean_return"]}
+        if summary["success_rate"] is not None:  # None: the env reports no success
+            metrics["success_rate"] = summary["success_rate"]
         if summary["cycle_time_mean"] is not None:
             metrics["cycle_time"] = summary["cycle_time_mean"]
         return metrics
@@ -207,8 +215,10 @@ def _periodic_eval(args: argparse.Namespace) -> Any:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from robocl.eval.evaluate import evaluate
+    from robocl.eval.rollout import env_has_positions
 
-    out = Path(args.out) if args.out else _eval_dir(Path(args.policy), args.env, args.positions)
+    positions = args.positions if env_has_positions(args.env) else None
+    out = Path(args.out) if args.out else _eval_dir(Path(args.policy), args.env, positions)
     result = evaluate(
         args.policy,
         args.env,
@@ -221,6 +231,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         n_videos=args.n_videos,
         record=args.record,
         max_steps=args.max_steps,
+        env_kwargs=args.env_kwargs,
+        force=args.force,
     )
     print(result["table"])
     print(f"wrote {out / 'eval_info.json'}")
@@ -328,11 +340,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(hcrl, HyperCRLConfig)
     hcrl.set_defaults(func=_cmd_train_hypercrl)
 
+    from robocl.collect import json_object
+
     ev = sub.add_parser("eval", help="roll out a policy and report success, cycle time and returns")
     ev.add_argument("--policy", required=True, help="checkpoint directory")
-    ev.add_argument("--env", required=True, help="gymnasium env id (robocl/... or any registered id)")
+    ev.add_argument(
+        "--env",
+        required=True,
+        help="gymnasium env id: robocl/..., any registered id, or module:Id for an env a module registers "
+        "(your robot's: see README, 'Run a policy on your robot')",
+    )
+    ev.add_argument(
+        "--env-kwargs",
+        type=json_object,
+        help='JSON object of env constructor arguments, e.g. \'{"port": "/dev/ttyACM0"}\'',
+    )
     ev.add_argument("--episodes", type=int, default=50)
-    ev.add_argument("--positions", choices=("seen", "unseen"), default="seen")
+    ev.add_argument(
+        "--positions",
+        choices=("seen", "unseen"),
+        default="seen",
+        help="start positions, for envs that have them",
+    )
     ev.add_argument("--num-envs", type=int, default=1, help="parallel worker envs")
     ev.add_argument("--video", action="store_true", help="write MP4s of the first --n-videos episodes")
     ev.add_argument("--n-videos", type=int, default=2)
@@ -340,6 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=100_000, help="episode i starts from reset(seed + i)")
     ev.add_argument("--max-steps", type=int, help="episode length override")
     ev.add_argument("--out", help="output folder (default: <policy>/../eval/<name>_<env>_<positions>)")
+    ev.add_argument(
+        "--force",
+        action="store_true",
+        help="run the policy even where the env does not match the features, rate or env it learnt from",
+    )
     ev.set_defaults(func=_cmd_eval)
 
     cmp_ = sub.add_parser("compare", help="compare runs: success, cycle time, learning curves (IQM + CIs)")

@@ -49,8 +49,8 @@ def collect(
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
     env_ids = expand_env_ids(env_id)
+    policies = make_policies(s.policy, s.num_envs)  # a checkpoint loads before its world is checked
     plan = RolloutPlan.build(env_ids, s)
-    policies = make_policies(s.policy, s.num_envs)
     meta = {
         "env_id": env_ids[0] if len(env_ids) == 1 else env_ids,
         "robot": plan.robot,
@@ -87,7 +87,8 @@ _RECIPE_TYPES: dict[str, type | tuple[type, ...]] = {
 }  # fmt: skip
 
 
-def _json_object(text: str) -> dict[str, Any]:
+def json_object(text: str) -> dict[str, Any]:
+    """argparse type of ``--env-kwargs``: a JSON object."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
@@ -130,7 +131,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="episode length override")
     p.add_argument(
         "--env-kwargs",
-        type=_json_object,
+        type=json_object,
         help="JSON object of further env constructor arguments, e.g. '{\"planar\": false}'",
     )
     p.add_argument(
@@ -189,10 +190,10 @@ def run(args: argparse.Namespace) -> int:
     except user_errors() as err:  # TOML syntax errors are ValueErrors
         print(f"robocl collect: error: {err}", file=sys.stderr)
         return 2
-    table = store.episodes
+    rate = store.summary()["success_rate"]
     print(
         f"wrote {store.n_episodes} episodes ({store.n_steps} steps, success rate "
-        f"{table['success'].mean():.2f}) to {store.location}"
+        f"{'unknown' if rate is None else f'{rate:.2f}'}) to {store.location}"
     )
     store.close()
     return 0

@@ -1,4 +1,5 @@
-"""What a policy reads from a store, chosen by the store's feature kinds, and checked before training starts.
+"""What a policy reads from a store, chosen by the store's feature kinds, checked before training starts, and
+recorded with its checkpoint so that ``robocl eval`` can check an env against it.
 
 Methods default to every ``state`` feature (``observation.state`` first, the proprioception of LeRobot
 datasets and robocl's tasks alike) and, when asked for images, every camera (``rgb``/``depth``), so a
@@ -9,9 +10,12 @@ flags its losses need, with the command that fixes each problem.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from robocl.store import StoreView, TrajectoryStore
+import numpy as np
+
+from robocl.store import Feature, StoreView, TrajectoryStore
 from robocl.store.integrity import describe_episodes
 
 PROPRIOCEPTION = "observation.state"
@@ -88,3 +92,76 @@ def _success_problems(view: StoreView) -> list[str]:
     if not table["success"][episodes].any():
         return [f"no training episode is marked successful, so every reward is the same ({fix})"]
     return []
+
+
+# ---------------------------------------------------------------------------------------------- the world
+def data_world(store: TrajectoryStore, obs_keys: Sequence[str]) -> dict[str, Any]:
+    """What a checkpoint records of the data it learnt from (config.json's ``spec.world``): the env id and
+    robot the store names, its rate, and name, kind, dtype, shape and per-dimension names of every feature
+    the policy reads and of the action, with the action range the data covers."""
+
+    stats = store.stats.get("action", {})
+    action = store.features["action"].to_dict()
+    if "min" in stats:
+        action["range"] = [np.asarray(stats["min"]).tolist(), np.asarray(stats["max"]).tolist()]
+    return {
+        "env_id": store.meta.get("env_id"),
+        "robot": store.meta.get("robot"),
+        "fps": store.fps,
+        "observation": {key: store.features[key].to_dict() for key in obs_keys},
+        "action": action,
+    }
+
+
+def world_mismatches(
+    world: Mapping[str, Any],
+    *,
+    env_id: str,
+    robot: str,
+    fps: float,
+    features: Mapping[str, Feature],
+    action_low: np.ndarray,
+    action_high: np.ndarray,
+) -> list[str]:
+    """Every way an env differs from the ``world`` a checkpoint recorded, as 'what: expected X, got Y'.
+
+    ``features``: the env's observations and action as store features (what its rollouts record)."""
+    out = []
+    trained_on = world.get("env_id")
+    if trained_on is not None:
+        ids = [trained_on] if isinstance(trained_on, str) else list(trained_on)
+        if env_id.rsplit(":", 1)[-1] not in [i.rsplit(":", 1)[-1] for i in ids]:
+            out.append(f"env: expected {' or '.join(ids)}, got {env_id}")
+    if world.get("robot") and robot and world["robot"] != robot:
+        out.append(f"robot: expected {world['robot']}, got {robot}")
+    if not np.isclose(world["fps"], fps):
+        out.append(f"fps: expected {world['fps']:g}, got {fps:g}")
+    for key, want in [*world["observation"].items(), ("action", world["action"])]:
+        got = features.get(key)
+        expected = f"{tuple(want['shape'])} {want['dtype']}"
+        if got is None:
+            out.append(f"{key}: expected {expected}, got no such feature (the env has {sorted(features)})")
+            continue
+        if tuple(want["shape"]) != got.shape or np.dtype(want["dtype"]).kind != np.dtype(got.dtype).kind:
+            out.append(f"{key}: expected {expected}, got {got.shape} {got.dtype}")
+        elif want["names"] and got.names and tuple(want["names"]) != got.names:
+            out.append(f"{key} names: expected {list(want['names'])}, got {list(got.names)}")
+    lo_hi = world["action"].get("range")
+    if (
+        lo_hi is not None
+        and features.get("action") is not None
+        and features["action"].shape == tuple(world["action"]["shape"])
+    ):
+        lo, hi = (np.asarray(v, np.float64).reshape(-1) for v in lo_hi)
+        low, high = (
+            np.asarray(action_low, np.float64).reshape(-1),
+            np.asarray(action_high, np.float64).reshape(-1),
+        )
+        # A few percent of the env's range of slack: teleoperated data brushes the limits.
+        slack = 0.05 * np.where(np.isfinite(high - low), high - low, 0.0)
+        if (lo < low - slack).any() or (hi > high + slack).any():
+            out.append(
+                f"action range: expected the data's {np.round(lo, 3).tolist()}..{np.round(hi, 3).tolist()} "
+                f"within the env's, got {np.round(low, 3).tolist()}..{np.round(high, 3).tolist()}"
+            )
+    return out

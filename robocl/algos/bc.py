@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from robocl.checkpoint import Checkpoint
-from robocl.features import check_training_data, state_keys
+from robocl.features import check_training_data, data_world, state_keys
 from robocl.nets import MLP, Normalizer
 from robocl.policy import ChunkExecutor, ObsHistory, batch_size_of
 from robocl.store import StoreView, TrajectoryStore, WindowSampler
@@ -58,6 +58,9 @@ class PolicySpec:
     action_dim: int
     fps: float = 10.0
     extra: dict[str, Any] = field(default_factory=dict)
+    # The data's env, robot, rate, feature names/shapes/dtypes and action range (robocl.features.data_world),
+    # which robocl eval checks an env against; empty in checkpoints from before it was recorded.
+    world: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_store(
@@ -67,6 +70,7 @@ class PolicySpec:
             obs_shapes={k: store.features[k].shape for k in obs_keys},
             action_dim=int(np.prod(store.features[action_key].shape)),
             fps=store.fps,
+            world=data_world(store, obs_keys),
         )
 
 
@@ -160,6 +164,7 @@ class BC:
                 action_dim=spec["action_dim"],
                 fps=spec["fps"],
                 extra=spec["extra"],
+                world=spec.get("world", {}),
             ),
             device,
         )

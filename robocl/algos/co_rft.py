@@ -73,7 +73,7 @@ from torch import nn
 
 from robocl.algos.bc import PolicySpec
 from robocl.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
-from robocl.features import check_training_data, state_keys
+from robocl.features import check_training_data, data_world, state_keys
 from robocl.nets.critic import PrefixMLPCritic
 from robocl.nets.flow import OneStepActor
 from robocl.nets.language import DEFAULT_LANGUAGE_MODEL, LanguageEncoder
@@ -478,6 +478,7 @@ class CORFT:
                 "stage": "il",
                 "relative_positions": [list(p) for p in pairs],
             },
+            world=data_world(store, (*config.state_keys, *config.image_keys)),
         )
         algo = cls(config, spec, device)
         algo._language = language

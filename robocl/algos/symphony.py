@@ -711,7 +711,8 @@ class OnlineRun:
             "success_rate": summary["success_rate"],
         }
         for key in ("mean_return", "success_rate"):
-            writer.add_scalar(f"eval/{key}", summary[key], env_step)
+            if summary[key] is not None:  # None: the env reports no success (gymnasium's locomotion tasks)
+                writer.add_scalar(f"eval/{key}", summary[key], env_step)
         with open(self.run_dir / "eval.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         return float(summary["mean_return"])

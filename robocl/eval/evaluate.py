@@ -11,8 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from robocl.eval.rollout import rollout_episodes
 from robocl.eval.summary import EpisodeResult, episode_result, format_table, summarize, write_eval_info
 from robocl.eval.video import side_by_side, write_mp4
@@ -32,16 +30,19 @@ def evaluate(
     record: str | Path | None = None,
     max_steps: int | None = None,
     env_kwargs: dict[str, Any] | None = None,
+    force: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``policy`` (a checkpoint path or an object with reset/predict) and write eval_info.json.
 
-    The default seed (100000) keeps evaluation starts disjoint from collection's (seed 0 upwards).
+    The default seed (100000) keeps evaluation starts disjoint from collection's (seed 0 upwards). A
+    checkpoint is checked against the env before the first step (``force`` skips the check).
     """
     out_dir = Path(out_dir)
     rows: list[EpisodeResult] = []
     store = None
     fps = None
+    env_positions: str | None = None  # None for envs without start-position sets
     try:
         for ep in rollout_episodes(
             env_id,
@@ -53,10 +54,12 @@ def evaluate(
             images=video,
             max_steps=max_steps,
             env_kwargs=env_kwargs or {},
+            force=force,
             progress=progress,
         ):
-            fps = ep.fps
-            rows.append(episode_result(ep.index, ep.seed, ep.steps["reward"], ep.steps["success"], 1.0 / fps))
+            fps, env_positions = ep.fps, ep.positions
+            successes = ep.steps["success"] if ep.success is not None else None
+            rows.append(episode_result(ep.index, ep.seed, ep.steps["reward"], successes, 1.0 / fps))
             cams = sorted(k for k in ep.steps if k.startswith("observation.images."))
             if video and ep.index < n_videos and cams:
                 frames = [
@@ -76,7 +79,7 @@ def evaluate(
                     final_obs=ep.final_obs,
                     source=f"eval:{env_id}",
                     source_episode=ep.index,
-                    tags=("eval", positions),
+                    tags=("eval",) if ep.positions is None else ("eval", ep.positions),
                 )
     finally:
         if store is not None:
@@ -84,36 +87,23 @@ def evaluate(
     summary = summarize(rows, seed=seed)
     meta = {
         "env_id": env_id,
-        "positions": positions,
+        "positions": env_positions,
         "seed": seed,
         "num_envs": num_envs,
         "policy": str(policy) if isinstance(policy, (str, Path)) else type(policy).__name__,
         "fps": fps,
     }
     write_eval_info(out_dir / "eval_info.json", rows, summary, meta)
-    return {"summary": summary, "episodes": rows, "table": format_table(summary, f"{env_id} [{positions}]")}
+    title = env_id if env_positions is None else f"{env_id} [{env_positions}]"
+    return {"summary": summary, "episodes": rows, "table": format_table(summary, title)}
 
 
 def _open_record_store(path: str | Path, ep: Any, env_id: str) -> Any:
-    """Create the record store from the first episode's arrays, or append to an existing one."""
-    from robocl.store import Feature, TrajectoryStore
+    """Create the record store with the rollouts' schema (as ``robocl collect`` does), or append to it."""
+    from robocl.store import TrajectoryStore
 
     if Path(path).exists():
         return TrajectoryStore.open(path, "a")
-    features = {}
-    for key, value in ep.steps.items():
-        arr = np.asarray(value)
-        if key.startswith("observation.images."):
-            kind = "rgb"
-        elif key == "action":
-            kind = "action"
-        elif key == "reward":
-            kind = "reward"
-        elif arr.dtype == bool:
-            kind = "flag"
-        else:
-            kind = "state"
-        features[key] = Feature(kind=kind, dtype=str(arr.dtype), shape=arr.shape[1:])
     return TrajectoryStore.create(
-        path, features, fps=ep.fps, meta={"env_id": env_id, "recorded_by": "robocl eval"}
+        path, ep.features, fps=ep.fps, meta={"env_id": env_id, "recorded_by": "robocl eval"}
     )
