@@ -3,7 +3,8 @@
 The rollouts come from :mod:`robocl.eval.rollout` (vectorised, episode ``i`` reset with ``seed + i``, the
 real final observation kept); :func:`collect` streams them into a new store through its episode writer, in
 index order, so the store is the same whatever ``num_envs`` is. :func:`add_parser`/:func:`run` are the
-command line, with TOML recipes (``datasets/``).
+command line, with TOML recipes: a file, or the name of one robocl ships (``robocl/recipes``, links to the
+repository's ``datasets/``, so there is one copy of each).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def collect(
 
 
 # ---------------------------------------------------------------------------------------------- command line
+RECIPES = Path(__file__).parent / "recipes"
 # Options of the command line and of recipe files: the rollout settings and collect's own arguments.
 _OPTIONS = frozenset(
     {"env", "episodes", "out", "tags", "overwrite", "progress"} | {f.name for f in fields(RolloutSettings)}
@@ -108,7 +110,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,
     )
     p.add_argument(
-        "--recipe", type=Path, help="TOML file whose keys are this command's options (flags override)"
+        "--recipe",
+        help="recipe: a TOML file whose keys are this command's options, or the name of one robocl ships "
+        f"({', '.join(recipe_names())}); flags override it",
     )
     p.add_argument("--env", help="env id, several comma-separated ids for one store, or family:NAME")
     p.add_argument("--episodes", type=int, help="episodes per env id")
@@ -149,8 +153,26 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Read a recipe file: a flat TOML table whose keys are ``robocl collect`` options (underscored)."""
+def recipe_names() -> list[str]:
+    """The recipes shipped with robocl, by name (``--recipe pick_place_50_noisy``)."""
+    return sorted(p.stem for p in RECIPES.glob("*.toml"))
+
+
+def recipe_file(recipe: str | Path) -> Path:
+    """A recipe's file: ``recipe`` itself if it is one, else the shipped recipe of that name."""
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    shipped = RECIPES / f"{path.name.removesuffix('.toml')}.toml"
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    raise FileNotFoundError(f"recipe {str(recipe)!r}: no such file, and robocl ships {recipe_names()}")
+
+
+def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
+    """Read a recipe (a file, or a shipped recipe's name): a flat TOML table whose keys are ``robocl
+    collect`` options (underscored)."""
+    path = recipe_file(name_or_path)
     with open(path, "rb") as f:
         recipe = tomllib.load(f)
     unknown = sorted(set(recipe) - set(_RECIPE_TYPES))

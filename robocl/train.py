@@ -5,7 +5,8 @@ An algorithm owns its networks, optimisers and losses and meets the loop at a sm
 needs, ``trainer_state()``/``load_trainer_state()`` for everything else a bit-exact resume needs, and
 ``policy()`` for evaluation. The loop owns the rest, once for all methods:
 
-- TensorBoard scalars (every metric, learning rates, updates/s) and a tqdm bar with ETA;
+- TensorBoard scalars (every metric, learning rates, updates/s), a tqdm bar with ETA, and one line with
+  the run's estimated duration once the first few updates have been timed;
 - a checkpoint every ``checkpoint_every`` updates and at exit, into ``<run_dir>/checkpoints/last``;
 - ``resume=True`` restores the algorithm, the sampler's RNG and torch's RNG, so the continued run's losses
   equal an uninterrupted run's bit for bit on CPU;
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -48,6 +50,17 @@ class LoopConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+
+
+#: Updates timed for the duration estimate, after the first (which can be much slower: caches, lazily built
+#: tables such as CO-RFT's one-off encoding of every history).
+ESTIMATE_UPDATES = 5
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 class NonFiniteError(FloatingPointError):
@@ -170,6 +183,7 @@ def fit(
     history: list[dict[str, float]] = []
     bar = tqdm(total=loop.n_updates, initial=algo.step, disable=not progress, desc=algo.name, unit="upd")
     tick, tick_step = time.perf_counter(), algo.step
+    timed_from, timer = algo.step + 1, 0.0  # the duration estimate starts after this run's first update
     try:
         while algo.step < loop.n_updates:
             batch = sampler.sample(loop.batch_size)
@@ -189,6 +203,16 @@ def fit(
                 ) from exc
             history.append(metrics)
             bar.update(1)
+            if algo.step == timed_from:
+                timer = time.perf_counter()
+            elif algo.step == timed_from + ESTIMATE_UPDATES:
+                per_update = (time.perf_counter() - timer) / ESTIMATE_UPDATES
+                left = loop.n_updates - algo.step
+                bar.write(
+                    f"{algo.name}: {left} more updates, about {format_duration(per_update * left)} "
+                    f"({1 / per_update:.1f} updates/s)",
+                    file=sys.stderr,
+                )
             if algo.step % loop.log_every == 0:
                 now = time.perf_counter()
                 for key, value in metrics.items():

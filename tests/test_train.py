@@ -245,3 +245,10 @@ def test_checkpoints_from_before_checksums_still_resume(demo_store, tmp_path):
     algo, sampler = make(demo_store)
     fit(algo, sampler, LoopConfig(n_updates=3, batch_size=4), tmp_path / "run", resume=True, progress=False)
     assert load_checkpoint(config.parent).step == 3
+
+
+def test_the_run_prints_its_estimated_duration_after_timing_a_few_updates(demo_store, tmp_path, capsys):
+    algo, sampler = make(demo_store)
+    fit(algo, sampler, LoopConfig(n_updates=30, batch_size=8), tmp_path / "run", progress=False)
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("bc:")]
+    assert line.startswith("bc: 24 more updates, about ") and line.endswith(" updates/s)")

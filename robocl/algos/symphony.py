@@ -28,6 +28,7 @@ import copy
 import json
 import math
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -558,6 +559,14 @@ class OnlineRun:
                 max_episode_steps=int(self.env.spec.max_episode_steps),
             )
         self.config, self.spec = config, spec
+        if loop.steps <= config.n_explore:
+            warnings.warn(
+                f"symphony: steps={loop.steps} <= n_explore={config.n_explore}: every step explores with the "
+                f"untrained actor and the run makes no update; give --steps more than {config.n_explore}, or "
+                "a smaller --n-explore",
+                UserWarning,
+                stacklevel=2,
+            )
         self.algo = Symphony(config, spec, loop.device)
         store_path = self.run_dir / "replay.zarr"
         capacity = loop.checkpoint_every + spec.max_episode_steps + 1

@@ -298,3 +298,9 @@ def test_policy_reads_the_rollout_engines_dict_observations_of_an_arm_task():
     policy = Symphony(TINY, SymphonySpec(obs_dim=37, action_dim=5), "cpu").policy()
     as_dict = {OBS_KEY: flat[None, :24], "observation.object": flat[None, 24:], "task": ["put it there"]}
     np.testing.assert_array_equal(policy.predict(as_dict)[0], policy.predict(flat))
+
+
+def test_a_budget_that_never_leaves_exploration_warns(tmp_path):
+    with pytest.warns(UserWarning, match=r"steps=60 <= n_explore=64: .* makes no update"):
+        history = train_online(TINY, loop(60), tmp_path / "run", progress=False)
+    assert history == []
