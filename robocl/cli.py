@@ -214,10 +214,13 @@ def _periodic_eval(args: argparse.Namespace) -> Any:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from robocl.eval.evaluate import evaluate
+    from robocl.eval.evaluate import evaluate, parse_video_episodes
     from robocl.eval.rollout import env_has_positions
 
     positions = args.positions if env_has_positions(args.env) else None
+    which, n_videos = ("first", 2)
+    if args.video_episodes is not None:
+        which, n_videos = parse_video_episodes(args.video_episodes, args.episodes)
     out = Path(args.out) if args.out else _eval_dir(Path(args.policy), args.env, positions)
     result = evaluate(
         args.policy,
@@ -227,8 +230,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         positions=args.positions,
         num_envs=args.num_envs,
         seed=args.seed,
-        video=args.video,
-        n_videos=args.n_videos,
+        video=args.video or args.video_episodes is not None,
+        n_videos=n_videos,
+        video_episodes=which,
         record=args.record,
         max_steps=args.max_steps,
         env_kwargs=args.env_kwargs,
@@ -363,8 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="start positions, for envs that have them",
     )
     ev.add_argument("--num-envs", type=int, default=1, help="parallel worker envs")
-    ev.add_argument("--video", action="store_true", help="write MP4s of the first --n-videos episodes")
-    ev.add_argument("--n-videos", type=int, default=2)
+    ev.add_argument("--video", action="store_true", help="write MP4s of the first 2 episodes")
+    ev.add_argument(
+        "--video-episodes",
+        metavar="first:N|failures[:N]|successes[:N]",
+        help="which episodes get MP4s (implies --video): the first N, or the first N (default all) failures "
+        "or successes",
+    )
     ev.add_argument("--record", help="also write every episode into this store (tag 'eval')")
     ev.add_argument("--seed", type=int, default=100_000, help="episode i starts from reset(seed + i)")
     ev.add_argument("--max-steps", type=int, help="episode length override")
@@ -381,11 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--out", help="folder for the PNG plots")
     cmp_.set_defaults(func=_cmd_compare)
 
-    from robocl import collect, convert_cli, edit
+    from robocl import collect, convert_cli, edit, view
 
     collect.add_parser(sub)
     convert_cli.add_parsers(sub)
     edit.add_parser(sub)
+    view.add_parser(sub)
     return parser
 
 

@@ -13,7 +13,9 @@ from typing import Any
 
 from robocl.eval.rollout import rollout_episodes
 from robocl.eval.summary import EpisodeResult, episode_result, format_table, summarize, write_eval_info
-from robocl.eval.video import side_by_side, write_mp4
+from robocl.eval.video import episode_frames, write_mp4
+
+VIDEO_CHOICES = ("first", "failures", "successes")
 
 
 def evaluate(
@@ -27,6 +29,7 @@ def evaluate(
     seed: int = 100_000,
     video: bool = False,
     n_videos: int = 2,
+    video_episodes: str = "first",
     record: str | Path | None = None,
     max_steps: int | None = None,
     env_kwargs: dict[str, Any] | None = None,
@@ -35,10 +38,15 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate ``policy`` (a checkpoint path or an object with reset/predict) and write eval_info.json.
 
+    ``video``: write MP4s of at most ``n_videos`` episodes, the first ones or (``video_episodes``) the first
+    failures or successes; each frame shows every camera and the instruction, step, reward and success.
     The default seed (100000) keeps evaluation starts disjoint from collection's (seed 0 upwards). A
     checkpoint is checked against the env before the first step (``force`` skips the check).
     """
+    if video_episodes not in VIDEO_CHOICES:
+        raise ValueError(f"video_episodes must be one of {VIDEO_CHOICES}, got {video_episodes!r}")
     out_dir = Path(out_dir)
+    n_written = 0
     rows: list[EpisodeResult] = []
     store = None
     fps = None
@@ -60,13 +68,12 @@ def evaluate(
             fps, env_positions = ep.fps, ep.positions
             successes = ep.steps["success"] if ep.success is not None else None
             rows.append(episode_result(ep.index, ep.seed, ep.steps["reward"], successes, 1.0 / fps))
-            cams = sorted(k for k in ep.steps if k.startswith("observation.images."))
-            if video and ep.index < n_videos and cams:
-                frames = [
-                    side_by_side([ep.steps[c][t] for c in cams]) for t in range(len(ep.steps["reward"]))
-                ]
-                frames.append(side_by_side([ep.final_obs[c] for c in cams]))
+            cams = sorted(k for k, f in ep.features.items() if f.is_image)
+            wanted = {"first": True, "failures": ep.success is False, "successes": ep.success is True}
+            if video and cams and n_written < n_videos and wanted[video_episodes]:
+                frames = episode_frames(ep.steps, ep.final_obs, cams, task=ep.task, success=successes)
                 write_mp4(out_dir / "videos" / f"episode_{ep.index:03d}.mp4", frames, fps)
+                n_written += 1
             if record is not None:
                 if store is None:
                     store = _open_record_store(record, ep, env_id)
@@ -96,6 +103,15 @@ def evaluate(
     write_eval_info(out_dir / "eval_info.json", rows, summary, meta)
     title = env_id if env_positions is None else f"{env_id} [{env_positions}]"
     return {"summary": summary, "episodes": rows, "table": format_table(summary, title)}
+
+
+def parse_video_episodes(text: str, n_episodes: int) -> tuple[str, int]:
+    """``--video-episodes``: ``first:N``, ``failures[:N]`` or ``successes[:N]`` -> (which, how many);
+    failures and successes default to every one of the ``n_episodes``."""
+    which, sep, count = text.partition(":")
+    if which not in VIDEO_CHOICES or (sep and not count.isdigit()) or (which == "first" and not sep):
+        raise ValueError(f"--video-episodes {text!r}: expected first:N, failures[:N] or successes[:N]")
+    return which, int(count) if sep else n_episodes
 
 
 def _open_record_store(path: str | Path, ep: Any, env_id: str) -> Any:
