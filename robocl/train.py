@@ -16,6 +16,7 @@ needs, ``trainer_state()``/``load_trainer_state()`` for everything else a bit-ex
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import sys
@@ -43,6 +44,8 @@ class LoopConfig:
     eval_every: int = 0  # updates between evaluations; 0 evaluates only at the end
     device: str = "cpu"  # "cpu", "cuda" or "cuda:N"
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU, where runs stay bit-exact
+    wandb: bool = False  # also log every scalar to Weights & Biases (the wandb extra; WANDB_MODE=offline)
+    wandb_project: str = "robocl"  # the wandb project runs go to
 
     def __post_init__(self) -> None:
         for name in ("n_updates", "batch_size", "log_every", "checkpoint_every"):
@@ -50,6 +53,8 @@ class LoopConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+        if self.wandb and importlib.util.find_spec("wandb") is None:  # fail before the run, not after it
+            raise ValueError("--wandb needs the wandb package: pip install 'robocl[wandb]'")
 
 
 #: Updates timed for the duration estimate, after the first (which can be much slower: caches, lazily built
@@ -155,8 +160,9 @@ def fit(
 
     Returns the metrics of every update of this call (the resume test compares them).
     """
-    from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
+
+    from robocl.tracking import Scalars, start_wandb
 
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
@@ -179,7 +185,11 @@ def fit(
 
     device = torch.device(loop.device)
     use_amp = loop.amp and device.type == "cuda"
-    writer = SummaryWriter(str(run_dir / "tb"), purge_step=algo.step if resume else None)
+    wandb_run = None
+    if loop.wandb:
+        config = {"method": algo.name, "loop": asdict(loop), **algo.checkpoint_header()}
+        wandb_run = start_wandb(run_dir, project=loop.wandb_project, config=config)
+    writer = Scalars(run_dir / "tb", wandb_run=wandb_run, purge_step=algo.step if resume else None)
     history: list[dict[str, float]] = []
     bar = tqdm(total=loop.n_updates, initial=algo.step, disable=not progress, desc=algo.name, unit="upd")
     tick, tick_step = time.perf_counter(), algo.step
@@ -236,7 +246,9 @@ def fit(
         writer.close()
     if evaluate is not None:
         final = evaluate(algo)
-        with SummaryWriter(str(run_dir / "tb")) as w:
+        with Scalars(run_dir / "tb", wandb_run=wandb_run) as w:
             for key, value in final.items():
                 w.add_scalar(f"eval/{key}", value, algo.step)
+    if wandb_run is not None:
+        wandb_run.finish()
     return history
