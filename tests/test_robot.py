@@ -29,7 +29,8 @@ def project(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
     yield tmp_path
-    sys.modules.pop("robot_arm", None)
+    sys.modules.pop("robot_arm", None)  # the next project imports (and registers) its own copy
+    gym.registry.pop("SimArm-v0", None)
 
 
 def teleoperate(n_episodes: int) -> list[dict[str, np.ndarray]]:

@@ -17,9 +17,9 @@ Any other dict key ``K`` becomes ``observation.K`` (the robot-env contract, :mod
 and ``images.<cam>`` are ``observation.state`` and ``observation.images.<cam>``). Envs with a flat ``Box``
 observation whose constructor takes ``render_mode``, ``width`` and ``height`` are rendered into
 ``observation.images.front`` when images are requested; constructor arguments reach an env only when its
-constructor takes them. Success is recorded where the env reports it (``info["success"]``; an env may say
-up front that it never does, as ``RobotEnv(reports_success=False)``); elsewhere episodes' success is
-unknown (None) and no per-step ``success`` flag is stored.
+constructor takes them. An episode's success is what the env reports (``info["success"]``), unknown (None)
+where it reports none; an env that says up front that it never does (``reports_success = False``, as
+``RobotEnv`` allows) also gets no per-step ``success`` flag in the store.
 """
 
 from __future__ import annotations
