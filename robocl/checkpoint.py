@@ -2,6 +2,9 @@
 
     <ckpt>/config.json          {"format": 2, "robocl_version", "method", "config", "spec", "step", "seed",
                                  "sha256": {file name: SHA-256 of model.safetensors and trainer.pt}}
+                                (store-trained methods' "spec" has "world": the env id, robot, fps,
+                                 the features' names, shapes and dtypes and the action range they learnt
+                                 from, which robocl eval checks an env against)
     <ckpt>/model.safetensors    every tensor inference needs: network weights and normalisation statistics
     <ckpt>/trainer.pt           optimiser, step, RNG and sampler state for resume (absent in exports)
 
@@ -174,6 +177,15 @@ def load_checkpoint(path: str | Path, *, method: str | None = None) -> Checkpoin
         seed=header["seed"],
         sha256=header["sha256"],
     )
+
+
+def recorded_world(path: str | Path) -> dict[str, Any]:
+    """The data a checkpoint's policy learnt from (``spec.world``: env, robot, rate, features, action),
+    without loading its tensors; {} for checkpoints that record none."""
+    found = resolve_checkpoint(path)
+    if found is None:
+        raise CheckpointError(f"{path} is not a robocl checkpoint: config.json is missing")
+    return dict(_read_header(found)["spec"].get("world") or {})
 
 
 def _read_header(path: Path) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from robocl import __version__
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from robocl.edit import describe_edit
     from robocl.store import TrajectoryStore
 
     with TrajectoryStore.open(args.path, "r") as store:
@@ -24,8 +25,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     size = info["bytes_stored"]
     print(f"store        {info['location']}  (format {info['format_version']}, {info['fps']:g} fps)")
     print(f"episodes     {info['n_episodes']}   steps {info['n_steps']}")
-    rate = info["success_rate"]
-    print(f"success rate {'-' if rate is None else f'{rate:.1%}'}")
+    print(_success_line(info))
     print(f"size         {'-' if size is None else f'{size / 1e6:.2f} MB'}")
     if info["meta"]:
         print(f"meta         {json.dumps(info['meta'])}")
@@ -38,7 +38,23 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"  {i:>3}  {task}")
     if info["tags"]:
         print(f"tags         {', '.join(info['tags'])}")
+    if info["history"]:
+        print(f"history ({len(info['history'])} edits)")
+        for entry in info["history"]:
+            print(f"  {entry['time']}  {describe_edit(entry)}")
     return 0
+
+
+def _success_line(info: dict[str, Any]) -> str:
+    """Success over the episodes whose success is recorded; "unknown" where none is."""
+    n, known, rate = info["n_episodes"], info["n_success_known"], info["success_rate"]
+    if n == 0:
+        return "success rate -"
+    if known == 0:
+        return "success      unknown (no episode records it; robocl edit STORE --episodes ... --success true)"
+    if known < n:
+        return f"success rate {rate:.1%} of the {known} episodes that record it ({n - known} unknown)"
+    return f"success rate {rate:.1%}"
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -77,6 +93,7 @@ def _cmd_train_bc(args: argparse.Namespace) -> int:
 def _cmd_train_co_rft(args: argparse.Namespace) -> int:
     from robocl.algos.co_rft_config import CORFTConfig
     from robocl.config import config_from_args
+    from robocl.features import PROPRIOCEPTION, camera_keys, state_keys
     from robocl.run.loop import LoopConfig
     from robocl.run.train import train_co_rft
     from robocl.store import TrajectoryStore
@@ -87,9 +104,12 @@ def _cmd_train_co_rft(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     if args.images:  # every camera of the store; proprioception only, unless --state-keys says otherwise
         with TrajectoryStore.open(args.data, "r") as store:
-            overrides["image_keys"] = tuple(k for k, f in store.features.items() if f.is_image)
-        if args.state_keys is None:
-            overrides["state_keys"] = ("observation.state",)
+            cameras, states = camera_keys(store), state_keys(store)
+        if not cameras:
+            raise ValueError(f"--images: {args.data} has no camera features (robocl info lists its features)")
+        overrides["image_keys"] = cameras
+        if args.state_keys is None and PROPRIOCEPTION in states:
+            overrides["state_keys"] = (PROPRIOCEPTION,)
     config = config_from_args(CORFTConfig, args, **overrides)
     il_loop = config_from_args(LoopConfig, args, n_updates=args.il_updates) if args.il_updates else None
     rl_updates = 0 if pretrain else args.rl_updates
@@ -104,7 +124,7 @@ def _cmd_train_co_rft(args: argparse.Namespace) -> int:
         init=args.init,
         resume=args.resume,
         tags=_tags(args),
-        evaluate=_evaluation(args, env_id, positions=("seen", "unseen")),
+        evaluate=_evaluation(args, env_id, both_positions=True),
         progress=not args.quiet,
     )
     for stage, path in paths.items():
@@ -140,12 +160,15 @@ def _eval_env(args: argparse.Namespace) -> str | None:
     return env_id
 
 
-def _evaluation(args: argparse.Namespace, env_id: str | None, positions: tuple[str, ...] = ("seen",)) -> Any:
-    """The shared evaluator at the end of every stage (and every --eval-every updates), or None."""
+def _evaluation(args: argparse.Namespace, env_id: str | None, *, both_positions: bool = False) -> Any:
+    """The shared evaluator at the end of every stage (and every --eval-every updates), or None;
+    ``both_positions``: at seen and unseen start positions, where the env has them."""
     if env_id is None or not args.eval_episodes:
         return None
     from robocl.eval.evaluate import EnvEvaluation
+    from robocl.eval.rollout import env_has_positions
 
+    positions = ("seen", "unseen") if both_positions and env_has_positions(env_id) else ("seen",)
     return EnvEvaluation(env_id, args.eval_episodes, positions)
 
 
@@ -176,11 +199,15 @@ def _cmd_train_symphony(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from robocl.eval.evaluate import evaluate
-    from robocl.run.layout import safe_name
+    from robocl.eval.evaluate import evaluate, parse_video_episodes
+    from robocl.eval.rollout import env_has_positions
     from robocl.run.runtime import resolve_device
 
-    out = Path(args.out) if args.out else _eval_dir(Path(args.policy), args.env, args.positions, safe_name)
+    positions = args.positions if env_has_positions(args.env) else None
+    which, n_videos = ("first", 2)
+    if args.video_episodes is not None:
+        which, n_videos = parse_video_episodes(args.video_episodes, args.episodes)
+    out = Path(args.out) if args.out else _eval_dir(Path(args.policy), args.env, positions)
     result = evaluate(
         args.policy,
         args.env,
@@ -189,11 +216,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         positions=args.positions,
         num_envs=args.num_envs,
         seed=args.seed,
-        video=args.video,
-        n_videos=args.n_videos,
+        video=args.video or args.video_episodes is not None,
+        n_videos=n_videos,
+        video_episodes=which,
         record=args.record,
         max_steps=args.max_steps,
+        env_kwargs=args.env_kwargs,
         device=str(resolve_device(args.device)),
+        force=args.force,
         progress=not args.quiet,
     )
     print(result["table"])
@@ -201,10 +231,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_dir(ckpt: Path, env_id: str, positions: str, safe_name: Any) -> Path:
+def _eval_dir(ckpt: Path, env_id: str, positions: str | None) -> Path:
     """Where ``robocl eval`` writes by default: beside the checkpoint, not inside it (a later save replaces
-    the checkpoint folder whole)."""
-    return ckpt.parent / "eval" / safe_name(f"{ckpt.name}_{env_id}_{positions}")
+    the checkpoint folder whole), named by the env's registered id (no ``module:``) and its positions."""
+    from robocl.run.layout import safe_name
+
+    name = f"{ckpt.name}_{env_id.rsplit(':', 1)[-1]}" + (f"_{positions}" if positions else "")
+    return ckpt.parent / "eval" / safe_name(name)
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -229,6 +262,8 @@ COMMANDS = {
     "collect": "roll out a policy and write the episodes to a trajectory store",
     "ingest": "read a LeRobot/D4RL/Minari/robomimic dataset into a store",
     "export": "write a store (or its filtered episodes) as a LeRobot/D4RL/Minari/robomimic dataset",
+    "edit": "set committed episodes' success and tags (crash-safe, logged in the store's history)",
+    "view": "write an episode's video (cameras, instruction, reward, success) and state/action curves",
 }
 METHODS = {
     "bc": "chunked behaviour cloning on low-dimensional observations",
@@ -358,17 +393,44 @@ _TRAIN_BUILDERS = {
 
 
 def _add_eval(p: argparse.ArgumentParser) -> None:
+    from robocl.collect import json_object
+
     p.add_argument("--policy", required=True, help="checkpoint directory")
-    p.add_argument("--env", required=True, help="gymnasium env id (robocl/... or any registered id)")
+    p.add_argument(
+        "--env",
+        required=True,
+        help="gymnasium env id: robocl/..., any registered id, or module:Id for an env a module registers "
+        "(your robot's: see README, 'Run a policy on your robot')",
+    )
+    p.add_argument(
+        "--env-kwargs",
+        type=json_object,
+        help='JSON object of env constructor arguments, e.g. \'{"port": "/dev/ttyACM0"}\'',
+    )
     p.add_argument("--episodes", type=int, default=50)
-    p.add_argument("--positions", choices=("seen", "unseen"), default="seen")
+    p.add_argument(
+        "--positions",
+        choices=("seen", "unseen"),
+        default="seen",
+        help="start positions, for envs that have them",
+    )
     p.add_argument("--num-envs", type=int, default=1, help="parallel worker envs")
-    p.add_argument("--video", action="store_true", help="write MP4s of the first --n-videos episodes")
-    p.add_argument("--n-videos", type=int, default=2)
+    p.add_argument("--video", action="store_true", help="write MP4s of the first 2 episodes")
+    p.add_argument(
+        "--video-episodes",
+        metavar="first:N|failures[:N]|successes[:N]",
+        help="which episodes get MP4s (implies --video): the first N, or the first N (default all) failures "
+        "or successes",
+    )
     p.add_argument("--record", help="also write every episode into this store (tag 'eval')")
     p.add_argument("--seed", type=int, default=100_000, help="episode i starts from reset(seed + i)")
     p.add_argument("--max-steps", type=int, help="episode length override")
     p.add_argument("--out", help="output folder (default: <policy>/../eval/<name>_<env>_<positions>)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="run the policy even where the env does not match the features, rate or env it learnt from",
+    )
     _add_runtime_args(p, device=True)
     p.set_defaults(func=_cmd_eval)
 
@@ -398,6 +460,12 @@ def _add_convert(p: argparse.ArgumentParser, name: str) -> None:
     convert_cli.configure_parser(p, name)
 
 
+def _add_store_tool(p: argparse.ArgumentParser, name: str) -> None:
+    import importlib
+
+    importlib.import_module(f"robocl.{name}").configure_parser(p)
+
+
 _BUILDERS = {
     "info": _add_info,
     "validate": _add_validate,
@@ -406,6 +474,8 @@ _BUILDERS = {
     "collect": _add_collect,
     "ingest": lambda p: _add_convert(p, "ingest"),
     "export": lambda p: _add_convert(p, "export"),
+    "edit": lambda p: _add_store_tool(p, "edit"),
+    "view": lambda p: _add_store_tool(p, "view"),
 }
 
 

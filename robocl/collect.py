@@ -3,7 +3,8 @@
 The rollouts come from :mod:`robocl.eval.rollout` (vectorised, episode ``i`` reset with ``seed + i``, the
 real final observation kept); :func:`collect` streams them into a new store through its episode writer, in
 index order, so the store is the same whatever ``num_envs`` is. :func:`add_parser`/:func:`run` are the
-command line, with TOML recipes (``datasets/``).
+command line, with TOML recipes: a file, or the name of one robocl ships (``robocl/recipes``, links to the
+repository's ``datasets/``, so there is one copy of each).
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def collect(
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
     env_ids = expand_env_ids(env_id)
+    policies = make_policies(s.policy, s.num_envs)  # a checkpoint loads before its world is checked
     plan = RolloutPlan.build(env_ids, s)
-    policies = make_policies(s.policy, s.num_envs)
     meta = {
         "env_id": env_ids[0] if len(env_ids) == 1 else env_ids,
         "robot": plan.robot,
@@ -72,6 +73,7 @@ def collect(
 
 
 # ---------------------------------------------------------------------------------------------- command line
+RECIPES = Path(__file__).parent / "recipes"
 # Options of the command line and of recipe files: the rollout settings and collect's own arguments.
 _OPTIONS = frozenset(
     {"env", "episodes", "out", "tags", "overwrite", "progress"} | {f.name for f in fields(RolloutSettings)}
@@ -87,7 +89,8 @@ _RECIPE_TYPES: dict[str, type | tuple[type, ...]] = {
 }  # fmt: skip
 
 
-def _json_object(text: str) -> dict[str, Any]:
+def json_object(text: str) -> dict[str, Any]:
+    """argparse type of ``--env-kwargs``: a JSON object."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
@@ -101,7 +104,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     """Add ``robocl collect``'s options to its parser (made with ``argument_default=SUPPRESS``, so unset
     flags stay out of the namespace and a recipe's values apply unless a flag overrides them)."""
     p.add_argument(
-        "--recipe", type=Path, help="TOML file whose keys are this command's options (flags override)"
+        "--recipe",
+        help="recipe: a TOML file whose keys are this command's options, or the name of one robocl ships "
+        f"({', '.join(recipe_names())}); flags override it",
     )
     p.add_argument("--env", help="env id, several comma-separated ids for one store, or family:NAME")
     p.add_argument("--episodes", type=int, help="episodes per env id")
@@ -124,7 +129,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, help="episode length override")
     p.add_argument(
         "--env-kwargs",
-        type=_json_object,
+        type=json_object,
         help="JSON object of further env constructor arguments, e.g. '{\"planar\": false}'",
     )
     p.add_argument(
@@ -141,8 +146,26 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
-def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Read a recipe file: a flat TOML table whose keys are ``robocl collect`` options (underscored)."""
+def recipe_names() -> list[str]:
+    """The recipes shipped with robocl, by name (``--recipe pick_place_50_noisy``)."""
+    return sorted(p.stem for p in RECIPES.glob("*.toml"))
+
+
+def recipe_file(recipe: str | Path) -> Path:
+    """A recipe's file: ``recipe`` itself if it is one, else the shipped recipe of that name."""
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    shipped = RECIPES / f"{path.name.removesuffix('.toml')}.toml"
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    raise FileNotFoundError(f"recipe {str(recipe)!r}: no such file, and robocl ships {recipe_names()}")
+
+
+def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
+    """Read a recipe (a file, or a shipped recipe's name): a flat TOML table whose keys are ``robocl
+    collect`` options (underscored)."""
+    path = recipe_file(name_or_path)
     with open(path, "rb") as f:
         recipe = tomllib.load(f)
     unknown = sorted(set(recipe) - set(_RECIPE_TYPES))
@@ -182,10 +205,10 @@ def run(args: argparse.Namespace) -> int:
     except user_errors() as err:  # TOML syntax errors are ValueErrors
         print(f"robocl collect: error: {err}", file=sys.stderr)
         return 2
-    table = store.episodes
+    rate = store.summary()["success_rate"]
     print(
         f"wrote {store.n_episodes} episodes ({store.n_steps} steps, success rate "
-        f"{table['success'].mean():.2f}) to {store.location}"
+        f"{'unknown' if rate is None else f'{rate:.2f}'}) to {store.location}"
     )
     store.close()
     return 0

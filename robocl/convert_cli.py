@@ -21,6 +21,7 @@ INGEST_OPTIONS = {
     "tolerance_s": (("lerobot",), "tolerance_s"),
     "env": (("d4rl",), "env"),
     "cast": (("lerobot", "d4rl", "minari", "robomimic"), "cast"),
+    "success": (("lerobot", "d4rl", "minari", "robomimic"), "success"),
 }
 EXPORT_OPTIONS = {
     "images": (("lerobot",), "use_videos"),
@@ -63,6 +64,12 @@ def _ingest(args: argparse.Namespace) -> int:
         return 2
     with store:
         print(f"{store.location}: {store.n_episodes} episodes, {store.n_steps} steps")
+        unknown = int((~store.success_known).sum())
+        if unknown:
+            print(
+                f"success unknown for {unknown} episodes: mark them with robocl edit {args.store} --episodes "
+                "0-9,12 --success true|false (offline RL derives its rewards from it)"
+            )
     return 0
 
 
@@ -113,6 +120,14 @@ def _ingest_options(ingest_p: argparse.ArgumentParser, formats: list[str]) -> No
         default=None,
         help="store features in another dtype of the same kind, e.g. reward=float32,action=float32 "
         "(default: the source's dtypes, so round trips are exact)",
+    )
+    ingest_p.add_argument(
+        "--success",
+        default=None,
+        metavar="last|all|none|column:NAME",
+        help="episodes' success: last = what the dataset records (LeRobot: the last next.success; unknown "
+        "without it), all = every episode succeeded, none = unknown, column:NAME = the last value of "
+        "that per-step column (default: last)",
     )
     ingest_p.add_argument("--quiet", action="store_true", help="no progress bar")
     ingest_p.set_defaults(func=_ingest)

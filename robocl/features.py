@@ -1,4 +1,5 @@
-"""What an observation means to robocl: store feature names, their kinds, and the flat state vector.
+"""What an observation means to robocl: store feature names and kinds, the flat state vector, what a policy
+reads from a store, and the world a checkpoint records.
 
 One module owns the mapping that collection, evaluation and every method use, so a stored episode, an
 online run's replay and a policy's inputs all agree:
@@ -12,17 +13,27 @@ online run's replay and a policy's inputs all agree:
   every other array is ``state``;
 - the flat state vector of a dict observation (what Symphony's actor and HyperCRL's planner read, and what
   the arm tasks' ``get_state()`` returns) is ``observation.state`` then ``observation.object``.
+
+Methods that train from a store default to every ``state`` feature (``observation.state`` first, the
+proprioception of LeRobot datasets and robocl's tasks alike) and, when asked for images, every camera
+(``rgb``/``depth``), so a real-robot store works without naming simulator keys.
+:func:`check_training_data` is what every method that trains from a store runs before its first update:
+features, cameras, and the rewards or success flags its losses need, with the command that fixes each
+problem. :func:`data_world` is what a checkpoint records of that data, and :func:`world_mismatches` is how
+``robocl eval`` checks an env against it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-from robocl.store.schema import Feature, FeatureKind
+from robocl.store import Feature, StoreView, TrajectoryStore
+from robocl.store.integrity import describe_episodes
+from robocl.store.schema import FeatureKind
 
 # Arm-task observation keys -> store feature names.
 OBS_FEATURES = {
@@ -34,7 +45,7 @@ OBS_FEATURES = {
 INSTRUCTION_KEY = "instruction"
 IMAGE_PREFIX = "observation.images."
 #: The features a flat state vector is made of, in order.
-STATE_KEYS = ("observation.state", "observation.object")
+FLAT_STATE_KEYS = ("observation.state", "observation.object")
 
 
 def feature_name(key: str) -> str:
@@ -52,10 +63,14 @@ def feature_kind(name: str, array: np.ndarray) -> FeatureKind:
 
 
 def features_from_space(
-    obs_space: gym.spaces.Dict, action_space: gym.Space, names: Mapping[str, tuple[str, ...]] | None = None
+    obs_space: gym.spaces.Dict,
+    action_space: gym.Space,
+    names: Mapping[str, tuple[str, ...]] | None = None,
+    *,
+    success: bool = True,
 ) -> dict[str, Feature]:
     """The store schema of rollouts of an env whose observations :class:`FeatureObs` renamed:
-    its observation features, ``action``, ``reward`` and the per-step ``success`` flag."""
+    its observation features, ``action``, ``reward`` and (``success``) the per-step ``success`` flag."""
     if not isinstance(action_space, gym.spaces.Box):
         raise ValueError(f"robocl stores Box actions, got {type(action_space).__name__}")
     names = names or {}
@@ -70,11 +85,12 @@ def features_from_space(
     }
     features["action"] = Feature(kind="action", dtype="float32", shape=action_space.shape)
     features["reward"] = Feature(kind="reward", dtype="float32", shape=())
-    features["success"] = Feature(kind="flag", dtype="bool", shape=())
+    if success:
+        features["success"] = Feature(kind="flag", dtype="bool", shape=())
     return features
 
 
-def flatten_obs(obs: np.ndarray | Mapping[str, Any], keys: tuple[str, ...] = STATE_KEYS) -> np.ndarray:
+def flatten_obs(obs: np.ndarray | Mapping[str, Any], keys: tuple[str, ...] = FLAT_STATE_KEYS) -> np.ndarray:
     """An observation keyed by store feature names -> its flat state vector (a flat array passes through);
     a leading batch axis is kept."""
     if isinstance(obs, Mapping):
@@ -123,8 +139,12 @@ class FeatureObs(gym.Wrapper):
         return {feat: tuple(names[key]) for feat, key in self._sources.items() if key in names}
 
     def features(self) -> dict[str, Feature]:
-        """The store schema of this env's rollouts (:func:`features_from_space`)."""
-        return features_from_space(self.observation_space, self.action_space, self.feature_names())
+        """The store schema of this env's rollouts (:func:`features_from_space`); no per-step success flag
+        for an env that says it never reports success (``reports_success = False``, as RobotEnv allows)."""
+        success = getattr(self.env.unwrapped, "reports_success", True)
+        return features_from_space(
+            self.observation_space, self.action_space, self.feature_names(), success=success
+        )
 
     def _convert(self, obs: Any) -> dict[str, np.ndarray]:
         if isinstance(obs, Mapping):
@@ -142,3 +162,153 @@ class FeatureObs(gym.Wrapper):
     def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict]:
         obs, reward, terminated, truncated, info = self.env.step(action)
         return self._convert(obs), reward, terminated, truncated, info
+
+
+# ---------------------------------------------------------------------------------- what a policy reads
+PROPRIOCEPTION = "observation.state"
+
+
+def state_keys(store: TrajectoryStore) -> tuple[str, ...]:
+    """Every low-dimensional observation (kind ``state``), ``observation.state`` first."""
+    keys = [k for k, f in store.features.items() if f.kind == "state"]
+    return tuple(sorted(keys, key=lambda k: k != PROPRIOCEPTION))
+
+
+def camera_keys(store: TrajectoryStore) -> tuple[str, ...]:
+    """Every camera feature (kind ``rgb`` or ``depth``), in store order."""
+    return tuple(k for k, f in store.features.items() if f.is_image)
+
+
+def check_training_data(
+    data: TrajectoryStore | StoreView,
+    *,
+    method: str,
+    state: Sequence[str],
+    images: Sequence[str] = (),
+    reward: str | None = None,
+) -> None:
+    """Raise one ValueError naming everything ``method`` cannot get from ``data``, each with its fix.
+
+    ``state``/``images``: the features the policy reads; ``reward``: how rewards are made ("store" = the
+    stored ``reward`` feature, anything else = from success), None for methods that need no rewards.
+    """
+    view = data if isinstance(data, StoreView) else data.view()
+    store = view.store
+    feats = store.features
+    problems = []
+    if view.n_episodes == 0:
+        problems.append("no episodes to train on (do the --tags match any episode? robocl info lists tags)")
+    for key in [*state, *images]:
+        feat = feats.get(key)
+        if feat is None:
+            problems.append(
+                f"feature {key!r} is not in the store (its state features: {list(state_keys(store))}, "
+                f"cameras: {list(camera_keys(store))})"
+            )
+        elif key in images and not feat.is_image:
+            problems.append(f"feature {key!r} is {feat.kind}, not a camera")
+        elif key not in images and (feat.is_image or feat.kind == "language"):
+            problems.append(f"feature {key!r} is {feat.kind}, not a low-dimensional observation")
+    if "action" not in feats:
+        problems.append(f"the store has no 'action' feature (features: {sorted(feats)})")
+    if reward == "store" and "reward" not in feats:
+        problems.append("reward='store' needs a 'reward' feature (or derive rewards from success)")
+    elif reward not in (None, "store") and view.n_episodes:
+        problems += _success_problems(view)
+    if problems:
+        raise ValueError(f"{method} cannot train on {store.location}: " + "; ".join(problems))
+
+
+def _success_problems(view: StoreView) -> list[str]:
+    """Rewards come from success: the per-step flags where the store has them, else each episode's."""
+    store, episodes = view.store, view.episode_indices
+    table = store.episodes
+    if "success" in store.features:
+        flags = store.steps("success")
+        starts, lengths = table["start"][episodes], table["length"][episodes]
+        if any(flags[s : s + n].any() for s, n in zip(starts, lengths, strict=True)):
+            return []
+        return ["no step of the training episodes has its 'success' flag set, so every reward is the same"]
+    fix = f"mark them with robocl edit {store.location} --episodes 0-9,12 --success true|false"
+    unknown = episodes[~store.success_known[episodes]]
+    if unknown.size:
+        return [
+            f"its rewards come from episode success, which {describe_episodes(unknown.tolist())} do not "
+            f"record ({fix}, or train by imitation only with --rl-updates 0)"
+        ]
+    if not table["success"][episodes].any():
+        return [f"no training episode is marked successful, so every reward is the same ({fix})"]
+    return []
+
+
+# ---------------------------------------------------------------------------------------------- the world
+def data_world(store: TrajectoryStore, obs_keys: Sequence[str]) -> dict[str, Any]:
+    """What a checkpoint records of the data it learnt from (config.json's ``spec.world``): the env id and
+    robot the store names, its rate, and name, kind, dtype, shape and per-dimension names of every feature
+    the policy reads and of the action, with the action range the data covers."""
+
+    stats = store.stats.get("action", {})
+    action = store.features["action"].to_dict()
+    if "min" in stats:
+        action["range"] = [np.asarray(stats["min"]).tolist(), np.asarray(stats["max"]).tolist()]
+    return {
+        "env_id": store.meta.get("env_id"),
+        "robot": store.meta.get("robot"),
+        "fps": store.fps,
+        "observation": {key: store.features[key].to_dict() for key in obs_keys},
+        "action": action,
+    }
+
+
+def world_mismatches(
+    world: Mapping[str, Any],
+    *,
+    env_id: str,
+    robot: str,
+    fps: float,
+    features: Mapping[str, Feature],
+    action_low: np.ndarray,
+    action_high: np.ndarray,
+) -> list[str]:
+    """Every way an env differs from the ``world`` a checkpoint recorded, as 'what: expected X, got Y'.
+
+    ``features``: the env's observations and action as store features (what its rollouts record)."""
+    out = []
+    trained_on = world.get("env_id")
+    if trained_on is not None:
+        ids = [trained_on] if isinstance(trained_on, str) else list(trained_on)
+        if env_id.rsplit(":", 1)[-1] not in [i.rsplit(":", 1)[-1] for i in ids]:
+            out.append(f"env: expected {' or '.join(ids)}, got {env_id}")
+    if world.get("robot") and robot and world["robot"] != robot:
+        out.append(f"robot: expected {world['robot']}, got {robot}")
+    if not np.isclose(world["fps"], fps):
+        out.append(f"fps: expected {world['fps']:g}, got {fps:g}")
+    for key, want in [*world["observation"].items(), ("action", world["action"])]:
+        got = features.get(key)
+        expected = f"{tuple(want['shape'])} {want['dtype']}"
+        if got is None:
+            out.append(f"{key}: expected {expected}, got no such feature (the env has {sorted(features)})")
+            continue
+        if tuple(want["shape"]) != got.shape or np.dtype(want["dtype"]).kind != np.dtype(got.dtype).kind:
+            out.append(f"{key}: expected {expected}, got {got.shape} {got.dtype}")
+        elif want["names"] and got.names and tuple(want["names"]) != got.names:
+            out.append(f"{key} names: expected {list(want['names'])}, got {list(got.names)}")
+    lo_hi = world["action"].get("range")
+    if (
+        lo_hi is not None
+        and features.get("action") is not None
+        and features["action"].shape == tuple(world["action"]["shape"])
+    ):
+        lo, hi = (np.asarray(v, np.float64).reshape(-1) for v in lo_hi)
+        low, high = (
+            np.asarray(action_low, np.float64).reshape(-1),
+            np.asarray(action_high, np.float64).reshape(-1),
+        )
+        # A few percent of the env's range of slack: teleoperated data brushes the limits.
+        slack = 0.05 * np.where(np.isfinite(high - low), high - low, 0.0)
+        if (lo < low - slack).any() or (hi > high + slack).any():
+            out.append(
+                f"action range: expected the data's {np.round(lo, 3).tolist()}..{np.round(hi, 3).tolist()} "
+                f"within the env's, got {np.round(low, 3).tolist()}..{np.round(high, 3).tolist()}"
+            )
+    return out

@@ -59,11 +59,20 @@ class Progress:
         eta = (self.total - self.n) / rate if rate > 0 else float("inf")
         print(
             f"{self.desc}: {self.n}/{self.total} {self.unit} ({100 * self.n / max(self.total, 1):.0f}%), "
-            f"{rate:.3g} {self.unit}/s, eta {_duration(eta)} {self._postfix}".rstrip(),
+            f"{rate:.3g} {self.unit}/s, eta {format_duration(eta)} {self._postfix}".rstrip(),
             file=self.stream,
             flush=True,
         )
         self._last_line = time.perf_counter()
+
+    def note(self, text: str) -> None:
+        """One line of text that does not break the bar (printed even off a terminal)."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
 
     def set_description(self, desc: str) -> None:
         self.desc = desc
@@ -91,7 +100,8 @@ def progress_iter(items: Sequence[T], *, desc: str, unit: str = "ep", enabled: b
             bar.update(1)
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """``1h02m``, ``3m05s``, ``42s``; ``?`` for an unknown (infinite) duration."""
     if seconds == float("inf"):
         return "?"
     minutes, s = divmod(int(seconds), 60)

@@ -207,6 +207,23 @@ def test_standard_recipes_exist():
     assert {"pick_place_50_noisy", "pick_place_30_noisy", "push_density_20_noisy", "generalist"} <= names
 
 
+def test_recipes_are_shipped_by_name_from_one_source(tmp_path, monkeypatch, capsys):
+    from robocl.collect import RECIPES as SHIPPED
+    from robocl.collect import recipe_names
+
+    assert recipe_names() == [path.stem for path in RECIPES]
+    for path in RECIPES:  # the package's recipes are the repository's files, not copies of them
+        assert (SHIPPED / path.name).resolve() == path.resolve()
+    monkeypatch.chdir(tmp_path)  # a folder without datasets/
+    assert load_recipe("cheetah_random_5") == load_recipe(RECIPES[0].parent / "cheetah_random_5.toml")
+    argv = ["collect", "--recipe", "no_such_recipe", "--out", "x.zarr"]
+    assert run(_parse(argv)) == 2
+    assert (
+        "recipe 'no_such_recipe': no such file, and robocl ships ['cheetah_random_5'"
+        in capsys.readouterr().err
+    )
+
+
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_recipe_builds_with_one_command(path, tmp_path):
     recipe = load_recipe(path)

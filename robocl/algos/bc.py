@@ -10,7 +10,7 @@ loop's contract tests run.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from robocl.checkpoint import Checkpoint
+from robocl.features import check_training_data, data_world, state_keys
 from robocl.nets import MLP, Normalizer
 from robocl.policy import ChunkExecutor, ObsHistory, batch_size_of
 from robocl.run.loop import guarded_step
@@ -29,7 +30,8 @@ from robocl.store import StoreView, TrajectoryStore, WindowSampler
 class BCConfig:
     """Chunked behaviour cloning."""
 
-    obs_keys: tuple[str, ...] = ("observation.state",)  # low-dimensional store features fed to the policy
+    # Low-dimensional store features fed to the policy; None = every state feature of the store.
+    obs_keys: tuple[str, ...] | None = None
     n_obs: int = 2  # observation history length
     horizon: int = 10  # actions predicted per chunk
     n_action_steps: int = 5  # actions executed per chunk at inference (receding horizon)
@@ -40,10 +42,12 @@ class BCConfig:
     seed: int = 0  # torch initialisation and dropout
 
     def __post_init__(self) -> None:
-        self.obs_keys, self.hidden = tuple(self.obs_keys), tuple(self.hidden)
+        self.hidden = tuple(self.hidden)
+        if self.obs_keys is not None:
+            self.obs_keys = tuple(self.obs_keys)
         if not 1 <= self.n_action_steps <= self.horizon:
             raise ValueError(f"n_action_steps={self.n_action_steps} must be in [1, horizon={self.horizon}]")
-        if self.n_obs < 1 or not self.obs_keys:
+        if self.n_obs < 1 or self.obs_keys == ():
             raise ValueError("BC needs n_obs >= 1 and at least one observation key")
 
 
@@ -55,25 +59,26 @@ class PolicySpec:
     action_dim: int
     fps: float = 10.0
     extra: dict[str, Any] = field(default_factory=dict)
+    # The data's env, robot, rate, feature names/shapes/dtypes and action range (robocl.features.data_world),
+    # which robocl eval checks an env against; empty in checkpoints from before it was recorded.
+    world: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> PolicySpec:
         """The spec a checkpoint's config.json records."""
         shapes = {k: tuple(v) for k, v in spec["obs_shapes"].items()}
-        return cls(shapes, int(spec["action_dim"]), float(spec["fps"]), dict(spec["extra"]))
+        world = dict(spec.get("world", {}))
+        return cls(shapes, int(spec["action_dim"]), float(spec["fps"]), dict(spec["extra"]), world)
 
     @classmethod
     def from_store(
         cls, store: TrajectoryStore, obs_keys: tuple[str, ...], action_key: str = "action"
     ) -> PolicySpec:
-        for key in obs_keys:
-            feat = store.features.get(key)
-            if feat is None or feat.is_image or feat.kind == "language":
-                raise ValueError(f"BC needs low-dimensional observation features; {key!r} is {feat}")
         return cls(
             obs_shapes={k: store.features[k].shape for k in obs_keys},
             action_dim=int(np.prod(store.features[action_key].shape)),
             fps=store.fps,
+            world=data_world(store, obs_keys),
         )
 
 
@@ -109,6 +114,10 @@ class BC:
 
     @classmethod
     def from_store(cls, config: BCConfig, store: TrajectoryStore, device: str = "cpu") -> BC:
+        """Inputs (default: every state feature), shapes and statistics from ``store``, checked first."""
+        if config.obs_keys is None:
+            config = replace(config, obs_keys=state_keys(store))
+        check_training_data(store, method="bc", state=config.obs_keys)
         algo = cls(config, PolicySpec.from_store(store, config.obs_keys), device)
         algo.net.normalizer.load_stats(store.stats)
         return algo

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -80,6 +81,7 @@ from robocl.algos.chunk_losses import (
 )
 from robocl.algos.co_rft_config import CORFTConfig
 from robocl.checkpoint import Checkpoint, load_checkpoint
+from robocl.features import check_training_data, data_world, state_keys
 from robocl.nets.critic import PrefixMLPCritic
 from robocl.nets.flow import OneStepActor
 from robocl.nets.language import LanguageEncoder
@@ -141,16 +143,12 @@ class CORFT:
         *,
         language: LanguageEncoder | None = None,
     ) -> CORFT:
-        """Shapes and statistics from ``store``; task embeddings from ``language`` or the config's model."""
+        """Shapes and statistics from ``store`` (state keys by default: every state feature), checked first;
+        task embeddings from ``language`` or the config's model."""
         feats = store.features
-        for key in (*config.state_keys, *config.image_keys):
-            if key not in feats:
-                raise ValueError(f"{key!r} is not a feature of the store; it has {sorted(feats)}")
-            if feats[key].is_image != (key in config.image_keys):
-                kind = "an image" if feats[key].is_image else "low-dimensional"
-                raise ValueError(f"{key!r} is {kind} but is listed among the other kind of keys")
-        if store.n_episodes == 0:
-            raise ValueError("the store has no episodes")
+        if config.state_keys is None:
+            config = replace(config, state_keys=state_keys(store))
+        check_training_data(store, method="co-rft", state=config.state_keys, images=config.image_keys)
         lang_dim, embeddings = 0, None
         if config.language_model is not None and len(store.tasks) > 1:  # one instruction is a constant
             if (store.episodes["task_index"] < 0).any():
@@ -173,6 +171,7 @@ class CORFT:
                 "stage": "il",
                 "relative_positions": [list(p) for p in pairs],
             },
+            world=data_world(store, (*config.state_keys, *config.image_keys)),
         )
         algo = cls(config, spec, device)
         algo._language = language

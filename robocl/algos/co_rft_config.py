@@ -15,7 +15,8 @@ class CORFTConfig:
     """CO-RFT: imitation, then chunked offline RL (Cal-QL critic; best-of-N, distilled or TD3+BC actor)."""
 
     # ---- the policy network
-    state_keys: tuple[str, ...] = ("observation.state", "observation.object")  # low-dim store features
+    # Low-dimensional store features; None = every state feature of the store (observation.state first).
+    state_keys: tuple[str, ...] | None = None
     image_keys: tuple[str, ...] = ()  # camera features (uint8 HxWx3); empty = the state-only policy
     # Frozen sentence encoder for the instruction (name or folder); None = off. A store with one instruction
     # gets none: a constant input tells the policy nothing.
@@ -104,10 +105,12 @@ class CORFTConfig:
     seed: int = 0  # network initialisation (both stages), the samplers' streams and the acting noise
 
     def __post_init__(self) -> None:
-        self.state_keys, self.image_keys = tuple(self.state_keys), tuple(self.image_keys)
+        self.image_keys = tuple(self.image_keys)
+        if self.state_keys is not None:
+            self.state_keys = tuple(self.state_keys)
         self.critic_hidden, self.head_hidden = tuple(self.critic_hidden), tuple(self.head_hidden)
         self.vision_channels, self.candidate_noise = tuple(self.vision_channels), tuple(self.candidate_noise)
-        if not self.state_keys and not self.image_keys:
+        if self.state_keys == () and not self.image_keys:
             raise ValueError("CO-RFT needs state_keys or image_keys")
         if self.horizon < 1 or self.n_obs < 1 or self.flow_steps < 1:
             raise ValueError(

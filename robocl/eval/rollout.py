@@ -9,8 +9,14 @@ hand their next action back through ``info``. Finished episodes come out in inde
 the same whatever ``num_envs`` is. Checkpoint or object policies get each observation batch keyed by store
 feature names plus ``"task"`` (the instruction), one instance per sub-env.
 
-Observations map to store features as :mod:`robocl.features` says. Envs without cameras of their own are
-rendered (``render_mode="rgb_array"``) into ``observation.images.front`` when images are requested.
+Observations map to store features as :mod:`robocl.features` says; any other dict key ``K`` becomes
+``observation.K`` (the robot-env contract, :mod:`robocl.robot`: ``state`` and ``images.<cam>`` are
+``observation.state`` and ``observation.images.<cam>``). Envs with a flat ``Box`` observation whose
+constructor takes ``render_mode``, ``width`` and ``height`` are rendered into ``observation.images.front``
+when images are requested; constructor arguments reach an env only when its constructor takes them. An
+episode's success is what the env reports (``info["success"]``), unknown (None) where it reports none; an
+env that says up front that it never does (``reports_success = False``, as ``RobotEnv`` allows) also gets
+no per-step ``success`` flag in the store.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import importlib
 import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 import gymnasium as gym
@@ -30,7 +37,7 @@ from gymnasium.envs.registration import load_env_creator
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
 import robocl
-from robocl.features import INSTRUCTION_KEY, FeatureObs
+from robocl.features import INSTRUCTION_KEY, FeatureObs, world_mismatches
 from robocl.progress import Progress
 from robocl.store import Feature
 
@@ -124,6 +131,7 @@ class RolloutSettings:
     terminate_on_success: bool = True  # end episodes at success, for tasks that have the option
     object_state: bool = True  # record the arm tasks' privileged object state as observation.object
     device: str = "cpu"  # where a checkpoint policy runs
+    force: bool = False  # run a checkpoint policy on an env that does not match the world it recorded
     # Further constructor arguments, each given to the envs whose constructor takes it (e.g.
     # {"planar": False} gives the pushers the 5-d action of the other arm tasks).
     env_kwargs: Mapping[str, Any] = field(default_factory=dict)
@@ -209,7 +217,7 @@ class _EnvPlan:
     env_kwargs: dict[str, Any]
     render_front: bool  # render frames for an env without cameras of its own
     skip: frozenset[str]  # dict-observation keys not recorded
-    positions: str
+    positions: str | None  # the start-position set; None for envs that have none
 
     @classmethod
     def build(cls, env_id: str, s: RolloutSettings) -> _EnvPlan:
@@ -221,17 +229,23 @@ class _EnvPlan:
         render_front = False
         if _accepts(env_id, "images"):
             kwargs.update(images=s.images, image_size=s.image_size)
-        elif s.images:
+        elif s.images and all(_accepts(env_id, k) for k in ("render_mode", "width", "height")):
             render_front = True
             kwargs.update(render_mode="rgb_array", width=s.image_size, height=s.image_size)
-        if _accepts(env_id, "positions"):
-            kwargs["positions"] = s.positions
+        positions = s.positions if env_has_positions(env_id) else None
+        if positions is not None:
+            kwargs["positions"] = positions
         elif s.positions != "seen":
             raise ValueError(
                 f"{env_id} has no held-out start positions, so positions={s.positions!r} is undefined"
             )
         skip = frozenset() if s.object_state else frozenset({"object"})
-        return cls(env_id, kwargs, render_front, skip, s.positions)
+        return cls(env_id, kwargs, render_front, skip, positions)
+
+
+def env_has_positions(env_id: str) -> bool:
+    """Whether the env has seen/unseen start-position sets (robocl's arm tasks); imports ``module:Id``."""
+    return _accepts(expand_env_ids(env_id)[0], "positions")
 
 
 @dataclass(frozen=True)
@@ -242,6 +256,7 @@ class RolloutPlan:
     features: dict[str, Feature]
     fps: float
     robot: str
+    action_space: gym.spaces.Box
 
     @classmethod
     def build(cls, env_ids: list[str], s: RolloutSettings) -> RolloutPlan:
@@ -265,10 +280,11 @@ class RolloutPlan:
                 features = probe.features()
                 fps = float(probe.metadata.get("render_fps") or 1.0 / probe.unwrapped.dt)
                 robot = getattr(probe.unwrapped, "robot", None) or type(probe.unwrapped).__name__
+                action_space = probe.action_space
             finally:
                 probe.close()
             if schema is None:
-                schema = (features, fps, robot)
+                schema = (features, fps, robot, action_space)
             elif (features, fps) != schema[:2]:
                 raise ValueError(
                     f"{plan.env_id} records {features} at {fps} fps but {envs[0].env_id} records {schema[0]} "
@@ -276,7 +292,37 @@ class RolloutPlan:
                     "task-specific object state)"
                 )
         assert schema is not None, "expand_env_ids returns at least one id"
-        return cls(envs, *schema)
+        plan = cls(envs, *schema)
+        if isinstance(s.policy, str | Path) and s.local_actor is None and not s.force:
+            plan.check_policy(str(s.policy))
+        return plan
+
+    def check_policy(self, checkpoint: str) -> None:
+        """Before the first step: the env must match what the checkpoint's policy learnt from (its recorded
+        world); one line names every mismatch."""
+        # Imported here: torch is not for the env workers that import this module.
+        from robocl.checkpoint import recorded_world, resolve_checkpoint
+
+        # Nothing to check for checkpoints from before robocl recorded it, or for paths that another
+        # robocl.load_policy (a wrapper's) took without a robocl checkpoint there.
+        world = recorded_world(checkpoint) if resolve_checkpoint(checkpoint) is not None else {}
+        if not world:
+            return
+        for env in self.envs:
+            problems = world_mismatches(
+                world,
+                env_id=env.env_id,
+                robot=self.robot,
+                fps=self.fps,
+                features=self.features,
+                action_low=self.action_space.low,
+                action_high=self.action_space.high,
+            )
+            if problems:
+                raise ValueError(
+                    f"policy {checkpoint} does not fit {env.env_id}: {'; '.join(problems)} (--force runs it "
+                    "anyway)"
+                )
 
 
 def _reads_cameras(policy: Any) -> bool:
@@ -335,17 +381,19 @@ class RolloutEpisode:
     task: str  # the instruction, or the env id for tasks without one
     steps: dict[str, np.ndarray]  # (T, ...) per feature
     final_obs: dict[str, np.ndarray]  # the observation after the last action
-    success: bool  # info["success"] after the last action
+    success: bool | None  # info["success"] after the last action; None: the env does not report it
     terminated: bool
     truncated: bool
     fps: float
+    positions: str | None  # the start-position set; None for envs that have none
+    features: dict[str, Feature]  # the store schema of ``steps`` (with the names of dimensions)
 
 
 class _Recorder(Protocol):
     def add_step(self, step: Mapping[str, Any]) -> None: ...
 
     def commit(
-        self, *, final_obs: Mapping[str, Any], success: bool, terminated: bool, truncated: bool
+        self, *, final_obs: Mapping[str, Any], success: bool | None, terminated: bool, truncated: bool
     ) -> Any: ...
 
     def discard(self) -> None: ...
@@ -358,20 +406,22 @@ RecorderFactory = Callable[[str, int, int, str], _Recorder]
 class _EpisodeBuffer:
     """A recorder that keeps the episode in memory and returns it as a :class:`RolloutEpisode`."""
 
-    def __init__(self, env_id: str, index: int, seed: int, task: str, fps: float) -> None:
+    def __init__(self, env_id: str, index: int, seed: int, task: str, *, plan: RolloutPlan) -> None:
         self.head = (env_id, index, seed, task)
-        self.fps = fps
+        self.plan = plan
+        self.positions = next(env.positions for env in plan.envs if env.env_id == env_id)
         self.steps: list[Mapping[str, Any]] = []
 
     def add_step(self, step: Mapping[str, Any]) -> None:
         self.steps.append(step)
 
     def commit(
-        self, *, final_obs: Mapping[str, Any], success: bool, terminated: bool, truncated: bool
+        self, *, final_obs: Mapping[str, Any], success: bool | None, terminated: bool, truncated: bool
     ) -> RolloutEpisode:
         stacked = {key: np.stack([step[key] for step in self.steps]) for key in self.steps[0]}
         return RolloutEpisode(*self.head, steps=stacked, final_obs=dict(final_obs), success=success,
-                              terminated=terminated, truncated=truncated, fps=self.fps)  # fmt: skip
+                              terminated=terminated, truncated=truncated, fps=self.plan.fps,
+                              positions=self.positions, features=self.plan.features)  # fmt: skip
 
     def discard(self) -> None:
         self.steps = []
@@ -383,6 +433,7 @@ class _Running:
     task: str  # the instruction, given to language-conditioned policies as obs["task"]
     recorder: _Recorder
     rng: np.random.Generator  # exploration noise of a checkpoint policy
+    reported_success: bool = False  # whether info["success"] came with any of its steps
 
 
 class _Collector:
@@ -395,8 +446,10 @@ class _Collector:
         policies: list[Any] | None,
         settings: RolloutSettings,
         recorder: RecorderFactory,
+        record_success: bool,
     ) -> None:
         self.vec, self.plan, self.policies, self.recorder = vec, plan, policies, recorder
+        self.record_success = record_success  # the store has a per-step success flag
         self.noise, self.seed = settings.noise, settings.seed
         self.n_envs = vec.num_envs
         self.space = vec.single_action_space
@@ -416,17 +469,21 @@ class _Collector:
         while any(slot is not None for slot in self.slots):
             next_obs, rewards, terminated, truncated, infos = self.vec.step(self.actions)
             success = infos.get("success", np.zeros(self.n_envs, dtype=bool))
+            reported = infos.get("_success", np.zeros(self.n_envs, dtype=bool))
             done = terminated | truncated
             for k, slot in enumerate(self.slots):
                 if slot is None:
                     continue
+                slot.reported_success |= bool(reported[k])
                 step = {key: v[k] for key, v in obs.items()}
-                step.update(action=self.actions[k].copy(), reward=rewards[k], success=success[k])
+                step.update(action=self.actions[k].copy(), reward=rewards[k])
+                if self.record_success:
+                    step["success"] = success[k]
                 slot.recorder.add_step(step)
                 if done[k]:
                     result = dict(
                         final_obs={key: v[k] for key, v in next_obs.items()},
-                        success=bool(success[k]),
+                        success=bool(success[k]) if slot.reported_success else None,
                         terminated=bool(terminated[k]),
                         truncated=bool(truncated[k]),
                     )
@@ -511,7 +568,7 @@ def run_rollouts(
         for env_plan in plan.envs:
             bar.set_description(env_plan.env_id)
             vec = _vector_env(env_plan, settings.local_actor, settings.num_envs)
-            collector = _Collector(vec, env_plan, policies, settings, recorder)
+            collector = _Collector(vec, env_plan, policies, settings, recorder, "success" in plan.features)
             try:
                 for result in collector.run(n_episodes):
                     bar.update(1)
@@ -547,5 +604,5 @@ def rollout_episodes(
     if policies and not s.images and _reads_cameras(policies[0]):
         s = replace(s, images=True)  # a camera policy needs the frames rendered, recorded or not
     plan = RolloutPlan.build(expand_env_ids(env_id), s)
-    buffers = functools.partial(_EpisodeBuffer, fps=plan.fps)
+    buffers = functools.partial(_EpisodeBuffer, plan=plan)
     yield from run_rollouts(plan, n_episodes, s, policies, buffers, progress)

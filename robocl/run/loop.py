@@ -7,7 +7,8 @@ bit-exact resume needs}`` (``load_state_dict`` takes the same), and ``policy()``
 env for the online one. :func:`fit` owns the rest, once for all methods:
 
 - seeding torch's global generator per (seed, stage, rank), torch's threads, the device and bf16 autocast;
-- a progress bar (plain lines off a terminal) and TensorBoard scalars in ``tb/<stage>``;
+- a progress bar (plain lines off a terminal), one line with the stage's estimated duration once its first
+  few updates have been timed, TensorBoard scalars in ``tb/<stage>`` (and Weights & Biases with ``wandb``);
 - a checkpoint every ``checkpoint_every`` updates and at exit in ``checkpoints/<stage>/last``, with the
   source's and the generators' state, so ``resume=True`` continues bit for bit (on CPU);
 - a non-finite loss, gradient or metric stops the run with the step and the batch's (episode, t), after
@@ -19,11 +20,12 @@ env for the online one. :func:`fit` owns the rest, once for all methods:
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import time
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -32,7 +34,7 @@ import torch
 
 from robocl.checkpoint import load_checkpoint, resolve_checkpoint, rng_state, save_checkpoint, set_rng_state
 from robocl.policy import Policy
-from robocl.progress import Progress
+from robocl.progress import Progress, format_duration
 from robocl.run import dist
 from robocl.run.layout import RunDir
 from robocl.run.runtime import DEFAULT_THREADS, resolve_device, set_threads
@@ -50,6 +52,8 @@ class LoopConfig:
     device: str = "cpu"  # "cpu", "cuda" or "cuda:N"
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU, where runs stay bit-exact
     threads: int = DEFAULT_THREADS  # torch intra-op threads (see robocl.run.runtime)
+    wandb: bool = False  # also log every scalar to Weights & Biases (the wandb extra; WANDB_MODE=offline)
+    wandb_project: str = "robocl"  # the wandb project runs go to
 
     def __post_init__(self) -> None:
         for name in ("n_updates", "batch_size", "log_every", "checkpoint_every", "threads"):
@@ -57,6 +61,13 @@ class LoopConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+        if self.wandb and importlib.util.find_spec("wandb") is None:  # fail before the run, not after it
+            raise ValueError("--wandb needs the wandb package: pip install 'robocl[wandb]'")
+
+
+#: Updates timed for the duration estimate, after the first (which can be much slower: caches, lazily built
+#: tables such as CO-RFT's one-off encoding of every history).
+ESTIMATE_UPDATES = 5
 
 
 class NonFiniteError(FloatingPointError):
@@ -194,7 +205,7 @@ def fit(
 ) -> list[dict[str, float]]:
     """Train ``algo`` on batches from ``source.sample(batch_size)`` until ``loop.n_updates``; one stage of
     the run in ``run``. Returns the metrics of every update of this call (the resume tests compare them)."""
-    from torch.utils.tensorboard import SummaryWriter
+    from robocl.tracking import Scalars, start_wandb
 
     run = run if isinstance(run, RunDir) else RunDir(run)
     set_threads(loop.threads)
@@ -214,10 +225,18 @@ def fit(
         run.begin(algo.name, algo.config, stage=stage, seed=algo.config.seed, loop=loop)
     use_amp = loop.amp and device.type == "cuda"
     main = dist.is_main()
-    writer = SummaryWriter(str(run.tb(stage)), purge_step=algo.step if resume else None) if main else None
+    wandb_run = None
+    if loop.wandb and main:
+        config = {"method": algo.name, "stage": stage, "loop": asdict(loop), **checkpoint_header(algo)}
+        wandb_run = start_wandb(run.path, stage, project=loop.wandb_project, config=config)
+    writer = None
+    if main:
+        writer = Scalars(run.tb(stage), wandb_run=wandb_run, purge_step=algo.step if resume else None)
     history: list[dict[str, float]] = []
-    bar = Progress(loop.n_updates, initial=algo.step, desc=f"{algo.name} {stage}", enabled=progress and main)
+    label = algo.name if stage == algo.name else f"{algo.name} {stage}"  # "bc", "co-rft il", ...
+    bar = Progress(loop.n_updates, initial=algo.step, desc=label, enabled=progress and main)
     tick, tick_step = time.perf_counter(), algo.step
+    timed_from, timer = algo.step + 1, 0.0  # the duration estimate starts after this call's first update
 
     def check(step: int) -> None:
         metrics = {}
@@ -253,6 +272,15 @@ def fit(
                 ) from exc
             history.append(metrics)
             bar.update(1)
+            if algo.step == timed_from:
+                timer = time.perf_counter()
+            elif algo.step == timed_from + ESTIMATE_UPDATES and main:
+                per_update = (time.perf_counter() - timer) / ESTIMATE_UPDATES
+                left = loop.n_updates - algo.step
+                bar.note(
+                    f"{label}: {left} more updates, about {format_duration(per_update * left)} "
+                    f"({1 / per_update:.1f} updates/s)"
+                )
             if writer is not None and algo.step % loop.log_every == 0:
                 now = time.perf_counter()
                 for key, value in metrics.items():
@@ -281,7 +309,9 @@ def fit(
         if writer is not None:
             writer.close()
     if main and (evaluate is not None or validate is not None):
-        writer = SummaryWriter(str(run.tb(stage)))
+        writer = Scalars(run.tb(stage), wandb_run=wandb_run)
         check(algo.step)
         writer.close()
+    if wandb_run is not None:
+        wandb_run.finish()
     return history

@@ -31,13 +31,15 @@ def train_bc(
 ) -> dict[str, Path]:
     """Chunked behaviour cloning: one stage, ``bc``."""
     from robocl.algos.bc import BC
+    from robocl.features import check_training_data
     from robocl.store import TrajectoryStore
 
     run = RunDir(run_dir)
     with TrajectoryStore.open(data, "r") as store:
         algo = BC.from_store(config, store, device=str(resolve_device(loop.device)))
         view = store.view(tags=list(tags)) if tags else store.view()
-        run.begin(BC.name, config, stage="bc", seed=config.seed, env=_env_of(evaluate), store=str(data))
+        check_training_data(view, method="bc", state=algo.config.obs_keys)
+        run.begin(BC.name, algo.config, stage="bc", seed=config.seed, env=_env_of(evaluate), store=str(data))
         fit(
             algo,
             algo.sampler(view),
@@ -70,6 +72,7 @@ def train_co_rft(
     at every evaluation. A resume continues the stage that was running."""
     from robocl.algos.co_rft import CORFT
     from robocl.checkpoint import resolve_checkpoint
+    from robocl.features import check_training_data
     from robocl.store import TrajectoryStore
 
     if il_loop is None and rl_loop is None:
@@ -83,11 +86,15 @@ def train_co_rft(
         if init is not None and not resume:
             algo.init_backbone(init)
         view = store.view(tags=list(tags)) if tags else store.view()
+        # Before stage 1: a store that cannot give stage 2 its rewards must fail now, not after stage 1.
+        cfg = algo.config
+        reward = cfg.reward if rl_loop is not None else None
+        check_training_data(view, method="co-rft", state=cfg.state_keys, images=cfg.image_keys, reward=reward)
         begin = {"seed": config.seed, "env": _env_of(evaluate), "store": str(data)}
         paths = {}
         if il_loop is not None:
             if not rl_saved:
-                run.begin(CORFT.name, config, stage="il", **begin)
+                run.begin(CORFT.name, cfg, stage="il", **begin)
                 il_resume = resume and resolve_checkpoint(run.checkpoint("il")) is not None
                 fit(algo, algo.il_sampler(view), il_loop, run, stage="il", resume=il_resume, **common)
             paths["il"] = run.checkpoint("il")
@@ -97,7 +104,7 @@ def train_co_rft(
             algo.start_rl()
         train, held_out = algo.split(view)
         val = algo.val_sampler(held_out) if held_out is not None else None
-        run.begin(CORFT.name, config, stage="rl", **begin)
+        run.begin(CORFT.name, cfg, stage="rl", **begin)
         fit(
             algo, algo.rl_sampler(train), rl_loop, run, stage="rl", resume=rl_saved,
             validate=None if val is None else lambda a: a.validate(val), **common,
@@ -122,6 +129,8 @@ class OnlineLoopConfig:
     log_every: int = 1_000  # env steps between TensorBoard writes
     device: str = "cpu"  # training device: "cpu", "cuda" or "cuda:N"
     threads: int = 1  # torch intra-op threads (see robocl.run.runtime)
+    wandb: bool = False  # also log every scalar to Weights & Biases (the wandb extra; WANDB_MODE=offline)
+    wandb_project: str = "robocl"  # the wandb project runs go to
 
     def __post_init__(self) -> None:
         for name in ("steps", "checkpoint_every", "log_every", "threads"):
@@ -177,6 +186,8 @@ def train_symphony(
         device=online.device,
         amp=False,  # S3 trains in float32
         threads=online.threads,
+        wandb=online.wandb,
+        wandb_project=online.wandb_project,
     )
     source = OnlineSource(
         env_id, algo.act, algo.feed(), run.data("replay.zarr"), seed=config.seed,

@@ -7,16 +7,23 @@ Layout (drawn as zarr keys)::
     <root>/episodes/<column>       (E,)         the episode table: start, length, task_index, success, ...
     <root>/episodes/final/<obs>    (E, *shape)  the observation after each episode's last action
 
-The ``commit`` attribute (episode and step counts, the task/source/tag vocabularies and the statistics) is
-the only truth about what exists. An append writes step data first, then the episode rows, and the commit
-record last, in one atomic write of the group's metadata; readers clip every array to the committed
-counts, and opening for writing cuts the arrays back to them. A writer killed at any moment therefore loses
+The ``commit`` attribute (episode and step counts, the task/source/tag vocabularies, the statistics, which
+episodes' success is unknown and the history of edits) is the only truth about what exists. An append
+writes step data first, then the episode rows, and the commit record last, in one atomic write of the
+group's metadata; readers clip every array to the committed counts, and opening for writing cuts the
+arrays back to them. A writer killed at any moment therefore loses
 at most the episodes it had not committed. This is diffusion_policy's ``episode_ends`` idea with the commit
 moved to the end, where a crash cannot leave arrays that disagree with it.
 
 Integrity at rest (format 2): every chunk ends with a crc32c and every chunk is written, zeros included, so
 damage after the commit (flipped bytes, a truncated or deleted file) is an error naming the array, the chunk
 and the episodes it holds, never a silent zero (see ``integrity.py`` and ``robocl validate``).
+
+Edits of committed episodes (:meth:`TrajectoryStore.edit_episodes`, ``robocl edit``: success and tags) are
+logged ahead: the commit record gains the edit (as ``pending_edit``) and its history entry in one write,
+which is the moment the edit exists; readers apply a pending edit to the table they read, the columns are
+rewritten after it, and the record then drops it. The edit only sets values, so a writer killed half-way
+is finished by the next one that opens the store, and a reader never sees half an edit.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import shutil
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -104,7 +112,7 @@ class Episode:
     steps: dict[str, np.ndarray]
     final_obs: dict[str, np.ndarray]
     task: str | None
-    success: bool
+    success: bool | None  # None: unknown (nothing recorded says)
     terminated: bool
     truncated: bool
     episode_return: float
@@ -169,6 +177,7 @@ class TrajectoryStore:
                 # Again under the lock: another writer may have committed before it was ours.
                 self._open_root("r+")
                 self._truncate_uncommitted()
+                self._finish_edit()
         except BaseException:
             self._release_lock()
             raise
@@ -497,11 +506,26 @@ class TrajectoryStore:
     # ------------------------------------------------------------------ reading
     @property
     def episodes(self) -> dict[str, np.ndarray]:
-        """The committed episode table as numpy columns (start, length, task_index, success, ...)."""
+        """The committed episode table as numpy columns (start, length, task_index, success, ...).
+
+        ``success`` is False where it is unknown; :attr:`success_known` tells the two apart."""
         if self._table is None:
             n = self.n_episodes
-            self._table = {col: self._rows(f"episodes/{col}", 0, n, whole=True) for col in EPISODE_COLUMNS}
+            table = {col: self._rows(f"episodes/{col}", 0, n, whole=True) for col in EPISODE_COLUMNS}
+            edit = self._commit.get("pending_edit")
+            self._table = _apply_edit(table, edit) if edit else table
         return self._table
+
+    @property
+    def success_known(self) -> np.ndarray:
+        """(E,) bool: whether each committed episode's success is recorded. Recordings that do not say (a
+        LeRobot dataset without a success column) are unknown until :meth:`edit_episodes` sets them."""
+        return ~_from_runs(self._commit.get("success_unknown", []), self.n_episodes)
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The edits made to committed episodes, oldest first (:meth:`edit_episodes`)."""
+        return list(self._commit.get("history", []))
 
     def steps(self, key: str) -> np.ndarray:
         """All committed steps of a feature, read once and kept in RAM (meant for low-dimensional data)."""
@@ -564,7 +588,7 @@ class TrajectoryStore:
             steps=steps,
             final_obs=final,
             task=self.tasks[row["task_index"]] if row["task_index"] >= 0 else None,
-            success=bool(row["success"]),
+            success=bool(row["success"]) if self.success_known[index] else None,
             terminated=bool(row["terminated"]),
             truncated=bool(row["truncated"]),
             episode_return=float(row["return"]),
@@ -608,7 +632,7 @@ class TrajectoryStore:
 
     def summary(self) -> dict[str, Any]:
         """What ``robocl info`` prints: features, counts, tasks, success rate and size."""
-        table = self.episodes
+        table, known = self.episodes, self.success_known
         return {
             "location": self.location,
             "format_version": self.format_version,
@@ -620,7 +644,9 @@ class TrajectoryStore:
             "tasks": self.tasks,
             "tags": self.tag_names,
             "sources": self.sources,
-            "success_rate": float(table["success"].mean()) if self.n_episodes else None,
+            "success_rate": float(table["success"][known].mean()) if known.any() else None,
+            "n_success_known": int(known.sum()),
+            "history": self.history,
             "bytes_stored": self.nbytes_stored(),
         }
 
@@ -649,7 +675,7 @@ class TrajectoryStore:
         steps: Mapping[str, Any],
         *,
         task: str | None = None,
-        success: bool = False,
+        success: bool | None = False,
         terminated: bool = False,
         truncated: bool = False,
         final_obs: Mapping[str, Any] | None = None,
@@ -658,7 +684,9 @@ class TrajectoryStore:
         tags: Sequence[str] = (),
         episode_return: float | None = None,
     ) -> int:
-        """Validate and commit one whole episode; returns its index. Nothing is written if it is invalid."""
+        """Validate and commit one whole episode; returns its index. Nothing is written if it is invalid.
+
+        ``success=None`` records that the episode's success is unknown."""
         meta = EpisodeMeta(
             task=task,
             success=success,
@@ -763,7 +791,7 @@ class TrajectoryStore:
                 ("start", start),
                 ("length", ep.length),
                 ("task_index", task_id(ep.meta.task)),
-                ("success", ep.meta.success),
+                ("success", bool(ep.meta.success)),
                 ("return", ep.episode_return),
                 ("terminated", ep.meta.terminated),
                 ("truncated", ep.meta.truncated),
@@ -801,8 +829,15 @@ class TrajectoryStore:
         stats_acc = dict(self._stats_acc)
         for ep in prepared:
             _add_stats(stats_acc, self.features, ep.arrays)
+        unknown = np.concatenate([~self.success_known, [ep.meta.success is None for ep in prepared]])
         self._write_commit(
-            stats_acc, n_episodes=new_eps, n_steps=new_steps, tasks=tasks, sources=sources, tags=tag_names
+            stats_acc,
+            n_episodes=new_eps,
+            n_steps=new_steps,
+            tasks=tasks,
+            sources=sources,
+            tags=tag_names,
+            success_unknown=_runs(unknown),
         )
         for key, cached in list(self._cache.items()):
             if len(cached) == n_steps:  # keep RAM copies current without re-reading
@@ -820,9 +855,97 @@ class TrajectoryStore:
             steps = {key: self._rows(f"data/{key}", start, start + length) for key in self.features}
             _add_stats(stats_acc, self.features, steps)
             start += length
-        self._write_commit(stats_acc, n_episodes=n_keep, n_steps=start)
+        self._write_commit(
+            stats_acc,
+            n_episodes=n_keep,
+            n_steps=start,
+            success_unknown=_runs(~self.success_known[:n_keep]),
+        )
         self._cache.clear()
         self._truncate_uncommitted()
+
+    def edit_episodes(
+        self,
+        episodes: Iterable[int],
+        *,
+        success: bool | Literal["unknown"] | None = None,
+        add_tags: Sequence[str] = (),
+        remove_tags: Sequence[str] = (),
+        note: str = "",
+    ) -> dict[str, Any]:
+        """Set the success and tags of committed episodes, crash-safely (see the module docstring), and log
+        the edit in :attr:`history`; returns its history entry.
+
+        ``success``: True/False, "unknown", or None to leave it; ``add_tags``/``remove_tags``: tag names
+        (a tag already present or absent is left as it is). Step data, statistics and the episodes' other
+        columns do not change. Everything is checked before anything is written.
+        """
+        self._require_writer()
+        chosen = sorted({int(i) for i in episodes})
+        if not chosen:
+            raise ValueError("edit: no episodes given")
+        bad = [i for i in chosen if not 0 <= i < self.n_episodes]
+        if bad:
+            raise ValueError(
+                f"edit: episode {bad[0]} does not exist; the store has episodes 0-{self.n_episodes - 1}"
+            )
+        if success not in (None, True, False, "unknown"):
+            raise ValueError(f"edit: success must be True, False or 'unknown', got {success!r}")
+        EpisodeMeta(tags=tuple(add_tags)).checked("edit: add_tags")
+        EpisodeMeta(tags=tuple(remove_tags)).checked("edit: remove_tags")
+        both = sorted(set(add_tags) & set(remove_tags))
+        if both:
+            raise ValueError(f"edit: tag(s) {both} are both added and removed")
+        tag_names = list(self.tag_names)
+        absent = [t for t in remove_tags if t not in tag_names]
+        if absent:
+            raise ValueError(f"edit: no episode has tag {absent[0]!r}; the store's tags are {tag_names}")
+        if success is None and not add_tags and not remove_tags:
+            raise ValueError("edit: nothing to change; give a success value or tags to add or remove")
+        tag_names += [t for t in dict.fromkeys(add_tags) if t not in tag_names]
+        if len(tag_names) > MAX_TAGS:
+            raise ValueError(f"edit: a store holds at most {MAX_TAGS} distinct tags; got {tag_names}")
+        selected = np.zeros(self.n_episodes, dtype=bool)
+        selected[chosen] = True
+        edit = {
+            "episodes": _runs(selected),
+            "success": success,
+            "add_tags": sum(1 << tag_names.index(t) for t in set(add_tags)),
+            "remove_tags": sum(1 << tag_names.index(t) for t in set(remove_tags)),
+        }
+        unknown = ~self.success_known
+        if success is not None:
+            unknown[selected] = success == "unknown"
+        entry = {
+            "commit_id": int(self._commit["commit_id"]) + 1,
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "episodes": edit["episodes"],
+            "success": success,
+            "add_tags": list(dict.fromkeys(add_tags)),
+            "remove_tags": list(dict.fromkeys(remove_tags)),
+            "note": note,
+        }
+        # The edit exists from this write on; the columns below only catch up with it.
+        self._write_commit(
+            self._stats_acc,
+            tags=tag_names,
+            success_unknown=_runs(unknown),
+            history=[*self.history, entry],
+            pending_edit=edit,
+        )
+        self._finish_edit()
+        return entry
+
+    def _finish_edit(self) -> None:
+        """Write a pending edit into the episode table's columns, then drop it from the commit record."""
+        edit = self._commit.get("pending_edit")
+        if not edit:
+            return
+        table = self.episodes  # read with the edit applied
+        n = self.n_episodes
+        for column in ("success", "tags"):
+            self._array(f"episodes/{column}")[0:n] = table[column]
+        self._write_commit(self._stats_acc, pending_edit=None)
 
     def _write_commit(self, stats_acc: dict[str, Any], **counts: Any) -> None:
         """Write the commit record: the one atomic metadata write that makes everything before it visible."""
@@ -834,6 +957,31 @@ class TrajectoryStore:
         }
         self._root.update_attributes({"commit": commit})
         self._commit, self._stats_acc, self._table = commit, stats_acc, None
+
+
+def _runs(mask: np.ndarray) -> list[list[int]]:
+    """[lo, hi) runs of True in a boolean mask: how the commit record lists episodes (an ingest of
+    unlabelled recordings is one run, however many episodes it holds)."""
+    padded = np.concatenate([[False], np.asarray(mask, dtype=bool), [False]])
+    edges = np.flatnonzero(padded[1:] != padded[:-1])
+    return [[int(lo), int(hi)] for lo, hi in zip(edges[::2], edges[1::2], strict=True)]
+
+
+def _from_runs(runs: Iterable[Sequence[int]], n: int) -> np.ndarray:
+    mask = np.zeros(n, dtype=bool)
+    for lo, hi in runs:
+        mask[lo:hi] = True
+    return mask
+
+
+def _apply_edit(table: dict[str, np.ndarray], edit: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The table with a logged edit applied (setting values only, so applying it twice changes nothing)."""
+    selected = _from_runs(edit["episodes"], len(table["success"]))
+    success, tags = table["success"].copy(), table["tags"].copy()
+    if edit["success"] in (True, False, "unknown"):
+        success[selected] = edit["success"] is True
+    tags[selected] = (tags[selected] | np.uint64(edit["add_tags"])) & ~np.uint64(edit["remove_tags"])
+    return {**table, "success": success, "tags": tags}
 
 
 def _add_stats(acc: dict[str, Any], features: Mapping[str, Feature], steps: Mapping[str, np.ndarray]) -> None:

@@ -91,7 +91,7 @@ class EpisodeMeta:
     """Per-episode facts recorded beside the steps (one row of the episode table)."""
 
     task: str | None = None
-    success: bool = False
+    success: bool | None = False  # None: unknown (a recording that does not say; ``robocl edit`` sets it)
     terminated: bool = False
     truncated: bool = False
     source: str = ""
@@ -106,8 +106,9 @@ class EpisodeMeta:
         ``success="no"`` True and ``source_episode=1.5`` 1.
         """
         for name in ("success", "terminated", "truncated"):
-            if not isinstance(getattr(self, name), bool | np.bool_):
-                raise TypeError(f"{where}: {name} must be a bool, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not isinstance(value, bool | np.bool_) and not (name == "success" and value is None):
+                raise TypeError(f"{where}: {name} must be a bool, got {value!r}")
         for name in ("task", "source"):
             value = getattr(self, name)
             if not isinstance(value, str) and not (name == "task" and value is None):
@@ -124,7 +125,7 @@ class EpisodeMeta:
                 raise ValueError(f"{where}: tag {tag!r} must be a non-empty string without commas")
         return EpisodeMeta(
             task=self.task,
-            success=bool(self.success),
+            success=None if self.success is None else bool(self.success),
             terminated=bool(self.terminated),
             truncated=bool(self.truncated),
             source=self.source,

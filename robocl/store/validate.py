@@ -320,6 +320,7 @@ def _rewrite_without(store: TrajectoryStore, damaged: set[int]) -> str:
                 episode_return=ep.episode_return,
             )
             new.add_episodes([(ep.steps, meta, ep.final_obs if ep.has_final_obs else None)])
+        new._write_commit(new._stats_acc, history=store.history)  # the edits made to the original
     finally:
         new.close()
     aside = path.with_name(f"{path.name}.damaged-{uuid.uuid4().hex[:8]}")

@@ -57,8 +57,8 @@ class StoreView:
                     raise KeyError(f"unknown task {task!r}; the store's tasks are {self.store.tasks}")
                 task = self.store.tasks.index(task)
             keep = keep[table["task_index"][keep] == task]
-        if success is not None:
-            keep = keep[table["success"][keep] == bool(success)]
+        if success is not None:  # episodes of unknown success match neither True nor False
+            keep = keep[(table["success"][keep] == bool(success)) & self.store.success_known[keep]]
         if source is not None:  # e.g. "sim:robocl/Push-Density2-v0": tells tasks apart in multi-task stores
             index = self.store.sources.index(source) if source in self.store.sources else -1
             keep = keep[table["source_index"][keep] == index]

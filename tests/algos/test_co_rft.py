@@ -253,7 +253,7 @@ def test_bad_data_gives_clear_errors(tmp_path):
         CORFT.from_store(CORFTConfig(horizon=2, reward="store", **cfg), store).rl_sampler(store)
     with pytest.raises(ValueError, match=r"horizon=5 is longer than every episode .the longest has 4"):
         CORFT.from_store(CORFTConfig(horizon=5, **cfg), store).rl_sampler(store)
-    with pytest.raises(ValueError, match=r"'observation\.object' is not a feature"):
+    with pytest.raises(ValueError, match=r"feature 'observation\.object' is not in the store"):
         CORFT.from_store(CORFTConfig(horizon=2, **{**cfg, "state_keys": ("observation.object",)}), store)
     with pytest.raises(ValueError, match=r"conservative=.sac. must be one of"):
         CORFTConfig(conservative="sac")  # type: ignore[arg-type]

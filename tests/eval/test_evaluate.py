@@ -89,7 +89,10 @@ def test_a_user_registered_env_is_evaluated_by_module_and_id(tmp_path):
         progress=False,
     )
     assert [r.length for r in result["episodes"]] == [15, 15]
-    assert result["summary"]["success_rate"] == 0.0  # Pendulum reports no success
+    # Pendulum reports no success and has no start-position sets: the report claims neither.
+    assert result["summary"]["success_rate"] is None and [r.success for r in result["episodes"]] == [None] * 2
+    assert result["table"].splitlines()[0] == "tests.eval.user_robot:UserArm-v0"
+    assert "success rate" not in result["table"] and "cycle time" not in result["table"]
     with pytest.raises(ValueError, match="cannot import module 'no_such_pkg'"):
         evaluate("random", "no_such_pkg:Arm-v0", n_episodes=1, out_dir=tmp_path / "x", progress=False)
 

@@ -260,3 +260,63 @@ def test_checkpoints_from_before_checksums_still_resume(demo_store, tmp_path):
         progress=False,
     )
     assert load_checkpoint(config.parent).step == 3
+
+
+def test_the_run_prints_its_estimated_duration_after_timing_a_few_updates(demo_store, tmp_path, capsys):
+    algo, sampler = make(demo_store)
+    fit(algo, sampler, LoopConfig(n_updates=30, batch_size=8), tmp_path / "run", stage="bc")
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "more updates" in x]
+    assert line.startswith("bc: 24 more updates, about ") and line.endswith(" updates/s)")
+    fit(
+        *make(demo_store),
+        LoopConfig(n_updates=30, batch_size=8),
+        tmp_path / "quiet",
+        stage="bc",
+        progress=False,
+    )
+    assert "more updates" not in capsys.readouterr().err  # --quiet: nothing
+
+
+def test_wandb_logs_the_same_scalars_as_tensorboard_offline(demo_store, tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logged: list[tuple[dict, int]] = []
+    real_log = wandb.sdk.wandb_run.Run.log
+    monkeypatch.setattr(
+        wandb.sdk.wandb_run.Run,
+        "log",
+        lambda run, data, step=None: logged.append((data, step)) or real_log(run, data, step=step),
+    )
+    algo, sampler = make(demo_store)
+    loop = LoopConfig(n_updates=10, batch_size=8, log_every=5, wandb=True)
+    fit(
+        algo,
+        sampler,
+        loop,
+        tmp_path / "run",
+        stage="bc",
+        progress=False,
+        evaluate=lambda policy, out: {"score": 1.5},
+    )
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = EventAccumulator(str(tmp_path / "run" / "tb" / "bc"))
+    tb.Reload()
+    in_tensorboard = {e.step: e.value for e in tb.Scalars("train/loss")}
+    in_wandb = {step: data["train/loss"] for data, step in logged if "train/loss" in data}
+    assert set(in_wandb) == {5, 10} and in_wandb == pytest.approx(in_tensorboard, rel=1e-6)
+    assert ({"eval/score": 1.5}, 10) in logged
+    (offline,) = (tmp_path / "run" / "wandb").glob("offline-run-*")  # recorded for `wandb sync`
+    assert list(offline.glob("run-*.wandb"))
+
+
+def test_wandb_without_the_package_is_refused_before_the_run(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
+    )
+    with pytest.raises(ValueError, match=r"--wandb needs the wandb package: pip install 'robocl\[wandb\]'"):
+        LoopConfig(wandb=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -68,7 +68,7 @@ class SourceEpisode:
     steps: dict[str, Any]
     final_obs: dict[str, Any] | None = None  # None: the source has no observation after the last action
     task: str | None = None
-    success: bool = False
+    success: bool | None = False  # None: the source does not say
     terminated: bool = False
     truncated: bool = False
     tags: tuple[str, ...] = field(default_factory=tuple)
@@ -77,7 +77,8 @@ class SourceEpisode:
         """Overwrite what the format's native fields implied with robocl's own per-episode record."""
         if not extras:
             return
-        self.success = bool(extras.get("success", self.success))
+        success = extras.get("success", self.success)
+        self.success = None if success is None else bool(success)
         self.terminated = bool(extras.get("terminated", self.terminated))
         self.truncated = bool(extras.get("truncated", self.truncated))
         self.task = extras.get("task", self.task)
@@ -110,25 +111,69 @@ class EpisodeSource(Protocol):
     def close(self) -> None: ...
 
 
+def success_rule(
+    rule: str, features: Mapping[str, tuple[str, Feature]]
+) -> Callable[[SourceEpisode], bool | None] | None:
+    """The success ``robocl ingest --success RULE`` gives each episode of a source with ``features`` (None:
+    keep what the reader found):
+
+    - ``last``: keep what the format records (LeRobot: the last ``next.success``; robocl's own exports:
+      their record), unknown where it records nothing;
+    - ``all``: every episode succeeded (teleoperated demonstrations that all complete the task);
+    - ``none``: success unknown for every episode (mark them later with ``robocl edit``);
+    - ``column:NAME``: the last value of the per-step column NAME (a source key or its store name).
+    """
+    if rule == "last":
+        return None
+    if rule in ("all", "none"):
+        return lambda ep: True if rule == "all" else None
+    name = rule.removeprefix("column:")
+    if not rule.startswith("column:") or not name:
+        raise ValueError(f"--success {rule!r}: expected last, all, none or column:NAME")
+    columns = {key: store_name for key, (store_name, _) in features.items()}
+    columns.update({store_name: store_name for store_name in columns.values()})
+    lowdim = {n: f for n, f in features.values() if not f.is_image and f.kind != "language"}
+    if columns.get(name) not in lowdim:
+        raise ValueError(
+            f"--success column:{name}: the source has no per-step column {name!r}; its columns are "
+            f"{sorted(k for k, v in columns.items() if v in lowdim)}"
+        )
+    feature = columns[name]
+
+    def from_column(ep: SourceEpisode) -> bool:
+        last = np.asarray(ep.steps[feature])[-1]
+        if last.size != 1:
+            raise ValueError(f"--success column:{name}: one value per step needed, got shape {last.shape}")
+        return bool(last.reshape(-1)[0])
+
+    return from_column
+
+
 def ingest_episodes(
     store_path: str | Path,
     source: EpisodeSource,
     *,
     cast: Mapping[str, str] | None = None,
+    success: str = "last",
     progress: bool = True,
 ) -> TrajectoryStore:
     """Create or resume ``store_path``, commit each episode of ``source`` not committed yet, close ``source``.
 
     Features keep the source's dtypes; ``cast`` (store feature name -> dtype, e.g. ``{"reward":
-    "float32"}``) asks for another dtype of the same kind. Returns the store, still open for appending
-    (close it, or use it as a context manager).
+    "float32"}``) asks for another dtype of the same kind; ``success`` says where episodes' success comes
+    from (:func:`success_rule`). Returns the store, still open for appending (close it, or use it as a
+    context manager).
     """
     try:
+        decide = success_rule(success, source.features)
         features = _cast(dict(source.features.values()), cast or {})
         store = _open_or_create(Path(store_path), features, source.fps, source.meta)
         try:
             done = committed_source_episodes(store, source.source)
-            _commit_all(store, source.read(done), source.source, len(source), len(done), progress)
+            episodes = source.read(done)
+            if decide is not None:
+                episodes = (replace(ep, success=decide(ep)) for ep in episodes)
+            _commit_all(store, episodes, source.source, len(source), len(done), progress)
         except BaseException:
             store.close()
             raise
@@ -297,7 +342,7 @@ def episode_extras(store: TrajectoryStore, index: int) -> dict[str, Any]:
     task_index = int(table["task_index"][index])
     bits = int(table["tags"][index])
     return {
-        "success": bool(table["success"][index]),
+        "success": bool(table["success"][index]) if store.success_known[index] else None,
         "terminated": bool(table["terminated"][index]),
         "truncated": bool(table["truncated"][index]),
         "task": store.tasks[task_index] if task_index >= 0 else None,

@@ -191,6 +191,7 @@ def ingest_d4rl(
     env: str | None = None,
     fps: float | None = None,
     cast: Mapping[str, str] | None = None,
+    success: str = "last",
     progress: bool = True,
 ) -> TrajectoryStore:
     """Ingest (or resume ingesting) a D4RL HDF5 file.
@@ -198,7 +199,9 @@ def ingest_d4rl(
     ``env`` names the task for the reference scores (default: the file name, e.g. "hopper-medium-v2");
     ``fps`` is the control rate to record (default: the one robocl exported with, else 10).
     """
-    return ingest_episodes(store_path, D4RLSource(src, env=env, fps=fps), cast=cast, progress=progress)
+    return ingest_episodes(
+        store_path, D4RLSource(src, env=env, fps=fps), cast=cast, success=success, progress=progress
+    )
 
 
 def export_d4rl(

@@ -17,9 +17,10 @@ Mapping: ``next.reward``/``next.done``/``next.success`` become the store's ``rew
 other features keep their names; videos and images become ``rgb`` features, string features ``language``.
 Scalars (LeRobot shape [1]) become shape () unless they carry a name. The per-frame task becomes the
 episode's task; where an episode has several tasks, a per-step ``language`` feature ``task`` keeps them.
-Episodes have no success flag in LeRobot: it is read from the last ``next.success``, ``terminated`` from
-the last ``next.done``. Datasets written by :mod:`robocl.store.convert.lerobot_export` carry
-``meta/robocl.json`` and a ``robocl/extras`` episode column, which restore everything exactly.
+Episodes have no success flag in LeRobot: it is read from the last ``next.success`` (unknown in datasets
+without that column, as LeRobot's recorder writes them; ``ingest(..., success=...)`` chooses otherwise),
+``terminated`` from the last ``next.done``. Datasets written by :mod:`robocl.store.convert.lerobot_export`
+carry ``meta/robocl.json`` and a ``robocl/extras`` episode column, which restore everything exactly.
 """
 
 from __future__ import annotations
@@ -318,8 +319,11 @@ class LeRobotSource:
                     )
                 steps[name] = reshape_steps(values, feat, n, path, key)
         ep = SourceEpisode(index=ref.index, steps=steps, task=tasks[0] if tasks and tasks[0] else None)
+        # LeRobot's recorder writes no success column: its episodes' success is unknown, not False.
         if "next.success" in table.column_names and n:
             ep.success = bool(_numeric(table, "next.success", path)[-1])
+        else:
+            ep.success = None
         if "next.done" in table.column_names and n:
             ep.terminated = bool(_numeric(table, "next.done", path)[-1])
         ep.apply_extras(ref.extras)
@@ -333,11 +337,15 @@ def ingest_lerobot(
     repo_id: str | None = None,
     tolerance_s: float = 1e-4,
     cast: Mapping[str, str] | None = None,
+    success: str = "last",
     progress: bool = True,
 ) -> TrajectoryStore:
-    """Ingest (or resume ingesting) a local LeRobot dataset into a store; returns the open store."""
+    """Ingest (or resume ingesting) a local LeRobot dataset into a store; returns the open store.
+
+    ``success``: how episodes get their success (:func:`~robocl.store.convert.common.success_rule`); by
+    default the last ``next.success`` value, and unknown in recordings without that column."""
     source = LeRobotSource(src, repo_id=repo_id, tolerance_s=tolerance_s)
-    return ingest_episodes(store_path, source, cast=cast, progress=progress)
+    return ingest_episodes(store_path, source, cast=cast, success=success, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------- helpers

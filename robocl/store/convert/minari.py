@@ -249,10 +249,13 @@ def ingest_minari(
     *,
     fps: float | None = None,
     cast: Mapping[str, str] | None = None,
+    success: str = "last",
     progress: bool = True,
 ) -> TrajectoryStore:
     """Ingest (or resume ingesting) a local Minari dataset: a path or a dataset id."""
-    return ingest_episodes(store_path, MinariSource(src, fps=fps), cast=cast, progress=progress)
+    return ingest_episodes(
+        store_path, MinariSource(src, fps=fps), cast=cast, success=success, progress=progress
+    )
 
 
 # ---------------------------------------------------------------------------------------------- export

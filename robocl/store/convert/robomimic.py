@@ -190,10 +190,13 @@ def ingest_robomimic(
     *,
     fps: float | None = None,
     cast: Mapping[str, str] | None = None,
+    success: str = "last",
     progress: bool = True,
 ) -> TrajectoryStore:
     """Ingest (or resume ingesting) a robomimic HDF5 file; demo_<N> becomes source episode N."""
-    return ingest_episodes(store_path, RobomimicSource(src, fps=fps), cast=cast, progress=progress)
+    return ingest_episodes(
+        store_path, RobomimicSource(src, fps=fps), cast=cast, success=success, progress=progress
+    )
 
 
 def _robomimic_keys(store: TrajectoryStore) -> dict[str, str]:

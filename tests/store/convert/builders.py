@@ -359,3 +359,88 @@ def make_store(
             source_episode=e,
         )
     return store
+
+
+def write_lerobot_recording(
+    root: Path,
+    episodes: list[dict[str, np.ndarray]],
+    *,
+    task: str,
+    joint_names: list[str],
+    fps: int = FPS,
+    robot_type: str = "so100",
+) -> Path:
+    """A LeRobot v3 dataset as LeRobot's recorder writes a real arm's: named ``observation.state`` and
+    ``action``, one video per camera (``observation.images.<name>`` keys of ``episodes``), one task, and no
+    reward, done or success column. Every episode is in one data file and, per camera, one video file."""
+    lengths = [len(ep["action"]) for ep in episodes]
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(int).tolist()
+    cameras = [k for k in episodes[0] if k.startswith("observation.images.")]
+    dim = len(joint_names)
+    table = {
+        "observation.state": pa.array(
+            np.concatenate([ep["observation.state"] for ep in episodes]).tolist(), pa.list_(pa.float32(), dim)
+        ),
+        "action": pa.array(
+            np.concatenate([ep["action"] for ep in episodes]).tolist(), pa.list_(pa.float32(), dim)
+        ),
+        "timestamp": pa.array([t / fps for n in lengths for t in range(n)], pa.float32()),
+        "frame_index": pa.array([t for n in lengths for t in range(n)], pa.int64()),
+        "episode_index": pa.array([e for e, n in enumerate(lengths) for _ in range(n)], pa.int64()),
+        "index": pa.array(list(range(starts[-1])), pa.int64()),
+        "task_index": pa.array([0] * starts[-1], pa.int64()),
+    }
+    pq.write_table(pa.table(table), _mk(root / "data/chunk-000/file-000.parquet"))
+    for cam in cameras:
+        frames = np.concatenate([ep[cam] for ep in episodes])
+        write_mp4(root / f"videos/{cam}/chunk-000/file-000.mp4", frames, fps=fps)
+    rows = []
+    for e, length in enumerate(lengths):
+        row = {
+            "episode_index": e,
+            "tasks": [task],
+            "length": length,
+            "data/chunk_index": 0,
+            "data/file_index": 0,
+        }
+        row.update({"dataset_from_index": starts[e], "dataset_to_index": starts[e] + length})
+        for cam in cameras:
+            row.update({f"videos/{cam}/chunk_index": 0, f"videos/{cam}/file_index": 0})
+            row.update(
+                {
+                    f"videos/{cam}/from_timestamp": starts[e] / fps,
+                    f"videos/{cam}/to_timestamp": starts[e + 1] / fps,
+                }
+            )
+        rows.append(row)
+    pq.write_table(pa.Table.from_pylist(rows), _mk(root / "meta/episodes/chunk-000/file-000.parquet"))
+    pandas_meta = {"index_columns": ["__index_level_0__"], "columns": []}
+    tasks = pa.table({"task_index": pa.array([0], pa.int64()), "__index_level_0__": [task]})
+    pq.write_table(
+        tasks.replace_schema_metadata({b"pandas": json.dumps(pandas_meta)}), root / "meta/tasks.parquet"
+    )
+    joints = {"dtype": "float32", "shape": [dim], "names": {"motors": list(joint_names)}}
+    scalar = {"shape": [1], "names": None}
+    features = {"observation.state": joints, "action": joints}
+    for cam in cameras:
+        shape = list(episodes[0][cam].shape[1:])
+        features[cam] = {"dtype": "video", "shape": shape, "names": ["height", "width", "channels"]}
+    features["timestamp"] = {"dtype": "float32", **scalar}
+    features.update(
+        {k: {"dtype": "int64", **scalar} for k in ("frame_index", "episode_index", "index", "task_index")}
+    )
+    info = {
+        "codebase_version": "v3.0",
+        "robot_type": robot_type,
+        "total_episodes": len(episodes),
+        "total_frames": starts[-1],
+        "total_tasks": 1,
+        "chunks_size": 1000,
+        "fps": fps,
+        "splits": {"train": f"0:{len(episodes)}"},
+        "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
+        "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4",
+        "features": features,
+    }
+    (root / "meta/info.json").write_text(json.dumps(info, indent=4))
+    return root

@@ -1,0 +1,87 @@
+"""Policies read what the store has (state keys from feature kinds), and every method checks the store
+before its first update, failing at once with the fix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from robocl.algos.bc import BC, BCConfig
+from robocl.algos.co_rft_config import CORFTConfig
+from robocl.features import check_training_data, state_keys
+from robocl.run.loop import LoopConfig, checkpoint_header
+from robocl.run.train import train_co_rft
+from robocl.store import Feature, TrajectoryStore
+
+TINY = {"d_model": 16, "n_layers": 1, "n_heads": 2, "language_model": None, "gripper": False, "horizon": 2}
+
+
+def robot_store(path, *, success: bool | None = None, object_state: bool = False) -> TrajectoryStore:
+    """A real arm's recording (6 joints, no privileged object state), success as given for every episode."""
+    feats = {
+        "observation.images.laptop": Feature("rgb", "uint8", (8, 8, 3)),
+        "observation.state": Feature("state", "float32", (6,)),
+        "action": Feature("action", "float32", (6,)),
+    }
+    if object_state:  # what robocl's simulated tasks add, sorted before the proprioception
+        feats = {"observation.object": Feature("state", "float32", (3,)), **feats}
+    store = TrajectoryStore.create(path, feats, fps=30)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        steps = {k: rng.normal(size=(6, *f.shape)).astype(f.dtype) for k, f in feats.items()}
+        store.add_episode(steps, success=success, task="pick the cube")
+    return store
+
+
+def test_state_keys_come_from_feature_kinds_proprioception_first(tmp_path):
+    with (
+        robot_store(tmp_path / "real.zarr") as real,
+        robot_store(tmp_path / "sim.zarr", object_state=True) as sim,
+    ):
+        assert state_keys(real) == ("observation.state",)
+        assert state_keys(sim) == ("observation.state", "observation.object")
+        algo = BC.from_store(BCConfig(), real)
+        assert algo.config.obs_keys == ("observation.state",)
+        assert checkpoint_header(algo)["config"]["obs_keys"] == ("observation.state",)
+
+
+def test_bc_names_a_missing_feature_and_what_the_store_has(tmp_path):
+    with robot_store(tmp_path / "s.zarr") as store, pytest.raises(ValueError) as err:
+        BC.from_store(BCConfig(obs_keys=("observation.object",)), store)
+    assert str(err.value).endswith(
+        "feature 'observation.object' is not in the store (its state features: ['observation.state'], "
+        "cameras: ['observation.images.laptop'])"
+    )
+
+
+def test_co_rft_fails_before_stage_1_when_success_is_unknown(tmp_path):
+    robot_store(tmp_path / "s.zarr").close()
+    loops = {
+        "il_loop": LoopConfig(n_updates=2, batch_size=4),
+        "rl_loop": LoopConfig(n_updates=2, batch_size=4),
+    }
+    with pytest.raises(ValueError) as err:
+        train_co_rft(CORFTConfig(**TINY), tmp_path / "s.zarr", tmp_path / "run", progress=False, **loops)
+    message = str(err.value)
+    assert (
+        "episodes 0-3 do not record" in message and "robocl edit" in message and "--rl-updates 0" in message
+    )
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
+    # Imitation alone needs no rewards.
+    paths = train_co_rft(
+        CORFTConfig(**TINY), tmp_path / "s.zarr", tmp_path / "run", il_loop=loops["il_loop"], rl_loop=None,
+        progress=False,
+    )  # fmt: skip
+    assert set(paths) == {"il"}
+
+
+def test_marked_episodes_pass_and_all_failures_do_not(tmp_path):
+    with robot_store(tmp_path / "s.zarr", success=False) as store:
+        with pytest.raises(ValueError, match="no training episode is marked successful"):
+            check_training_data(store, method="co-rft", state=("observation.state",), reward="step_penalty")
+        store.edit_episodes([1, 3], success=True)
+        check_training_data(store, method="co-rft", state=("observation.state",), reward="step_penalty")
+        with pytest.raises(ValueError, match="reward='store' needs a 'reward' feature"):
+            check_training_data(store, method="co-rft", state=("observation.state",), reward="store")
+        with pytest.raises(ValueError, match=r"'observation\.state' is state, not a camera"):
+            check_training_data(store, method="co-rft", state=(), images=("observation.state",))
