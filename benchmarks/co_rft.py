@@ -3,6 +3,7 @@
     python -m benchmarks.co_rft                                  # small budget, a few minutes on a CPU
     python -m benchmarks.co_rft --task push --demos 30,60 --seeds 0,1,2,3,4 --episodes 50   # the full run
     python -m benchmarks.co_rft --images --device cuda --demos 60 --seeds 0 --only il,co-rft   # GPU, cameras
+    python -m benchmarks.co_rft --combine part1.json part2.json --name co_rft_push   # a run done in parts
 
 For each demo count (scripted mixed-quality demos of ``--task``, collection seed 0) and each seed, in one run:
 
@@ -23,6 +24,8 @@ returns on held-out demonstrations, every ``--val-every`` updates) and, per cell
 trained policy's weights and of its evaluation episodes: a rerun of a cell at the JSON's commit (``dirty``
 says whether the tree had uncommitted changes) gives the same fingerprints, so a different number later is
 code drift, not nondeterminism (``--check-determinism`` retrains the first cell's IL policy and says so).
+The JSON is rewritten after every cell, so a long run stopped early can be finished with the missing
+``--seeds``/``--demos`` under another ``--name`` and the parts merged with ``--combine``.
 Result: benchmarks/results/co_rft_<task>[_images].json (``--name`` overrides).
 """
 
@@ -246,7 +249,20 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated methods to run; default: all")
     parser.add_argument("--name", default="", help="result file name (default co_rft_<task>[_images])")
     parser.add_argument("--check-determinism", action="store_true", help="retrain one IL policy twice")
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="merge the result files of one run completed in parts (same commit, clean tree, budget; "
+        "each seed and demo count once) into --name; trains nothing",
+    )
     args = parser.parse_args()
+    if args.combine:
+        if not args.name:
+            parser.error("--combine needs --name for the merged file")
+        print(combine(args.combine, args.name))
+        return
     args.variants = {**RL_VARIANTS, **dict(args.variant)}
     args.methods = ["mlp bc", "iql", "il regression", "il", *EXECUTIONS, "il +extra", *args.variants]
     if args.only:
@@ -338,6 +354,75 @@ def main() -> None:
     print(tables)
 
 
+def combine(paths: list[Path], name: str) -> str:
+    """Merge result files of one benchmark run stopped and completed in parts (``--seeds``/``--demos``
+    subsets) into ``results/<name>.json``: the cells are pooled as if one process had run them, which is
+    sound because every cell is seeded on its own (the fingerprints check that). Refuses parts from
+    different commits, dirty trees or budgets, and a (seed, demos) cell present twice."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    first, done = parts[0], set()
+    for path, part in zip(paths, parts, strict=True):
+        if part["dirty"]:
+            raise SystemExit(f"--combine: {path} was measured on a tree with uncommitted changes")
+        for key in ("commit", "env_id", "demo_settings"):
+            if part[key] != first[key]:
+                raise SystemExit(f"--combine: {path} has {key} {part[key]!r}, {paths[0]} has {first[key]!r}")
+        budget = {k: v for k, v in part["budget"].items() if k != "demos"}
+        if budget != {k: v for k, v in first["budget"].items() if k != "demos"}:
+            raise SystemExit(f"--combine: {path} has a different budget from {paths[0]}")
+        cells = {(r["seed"], r["demos"]) for r in part["records"]}
+        if cells & done:
+            raise SystemExit(f"--combine: {path} repeats the (seed, demos) cells {sorted(cells & done)}")
+        done |= cells
+    demo_stats: dict[int, dict[str, float]] = {}
+    for path, part in zip(paths, parts, strict=True):
+        for n_demos, stats in part["demos_collected"].items():
+            if demo_stats.setdefault(int(n_demos), stats) != stats:
+                raise SystemExit(f"--combine: {path} collected different {n_demos}-demo data")
+    cells = [c for part in parts for c in part["cells"]]
+    methods = list(dict.fromkeys([s["method"] for part in parts for s in part["summary"]]))  # the run's order
+    rows, summary = _summary(sorted(demo_stats), methods, cells)
+    per_part = {
+        key: [part[key] for part in parts] for key in ("ms_per_update_median", "ms_first_update_median")
+    }
+    payload = {
+        **{k: first[k] for k in ("commit", "date", "machine", "versions", "seed", "dirty")},
+        "seeds": sorted({c["seed"] for c in cells}),
+        "wall_s": sum(part["wall_s"] for part in parts),
+        "env_id": first["env_id"],
+        "demo_settings": first["demo_settings"],
+        "demos_collected": {n: demo_stats[n] for n in sorted(demo_stats)},
+        "budget": {**first["budget"], "demos": sorted(demo_stats)},
+        # Medians of the parts' medians: the parts ran at different times, under different machine load.
+        **{
+            key: {
+                phase: statistics.median(p[phase] for p in values if phase in p)
+                for phase in dict.fromkeys(ph for p in values for ph in p)
+            }
+            for key, values in per_part.items()
+        },
+        "ms_per_chunk_inference": first["ms_per_chunk_inference"],
+        "determinism": next((p["determinism"] for p in parts if p["determinism"]), None),
+        "parts": [
+            {
+                "file": Path(path).name,
+                "date": part["date"],
+                "cells": sorted([r["seed"], r["demos"]] for r in part["records"]),
+                "wall_s": part["wall_s"],
+            }
+            for path, part in zip(paths, parts, strict=True)
+        ],
+        "summary": summary,
+        "records": sorted(
+            (r for part in parts for r in part["records"]), key=lambda r: (r["seed"], r["demos"])
+        ),
+        "cells": cells,
+    }
+    path = write_result(name, payload)
+    table = markdown_table(["demos", "method", "positions", "success (95% CI)", "cycle time"], rows)
+    return f"{table}\n\nwrote {path}"
+
+
 def _git_dirty() -> bool:
     try:
         status = subprocess.check_output(
@@ -348,23 +433,13 @@ def _git_dirty() -> bool:
     return bool(status.strip())
 
 
-def _report(
-    name: str,
-    args: argparse.Namespace,
-    env: str,
-    task: dict[str, Any],
-    demo_stats: dict[int, dict[str, float]],
-    times: dict[str, list[list[float]]],
-    cells: list[dict[str, Any]],
-    records: list[dict[str, Any]],
-    latency: dict[str, float],
-    run: dict[str, Any],
-    determinism: dict[str, Any] | None,
-) -> str:
-    """Write the JSON for the cells so far; returns the printed tables."""
+def _summary(
+    demo_counts: list[int], methods: list[str], cells: list[dict[str, Any]]
+) -> tuple[list[list[Any]], list[dict[str, Any]]]:
+    """Pool the cells of every (demos, method, positions) over seeds: the table rows and the JSON summary."""
     rows, summary = [], []
-    for n_demos in demo_stats:
-        for method in args.methods:
+    for n_demos in demo_counts:
+        for method in methods:
             for positions in ("seen", "unseen"):
                 group = [
                     c
@@ -392,6 +467,24 @@ def _report(
                     [n_demos, method, positions, f"{k}/{n} = {k / n:.0%} [{lo:.0%}, {hi:.0%}]",
                      "-" if cycle is None else f"{cycle:.2f} s"]
                 )  # fmt: skip
+    return rows, summary
+
+
+def _report(
+    name: str,
+    args: argparse.Namespace,
+    env: str,
+    task: dict[str, Any],
+    demo_stats: dict[int, dict[str, float]],
+    times: dict[str, list[list[float]]],
+    cells: list[dict[str, Any]],
+    records: list[dict[str, Any]],
+    latency: dict[str, float],
+    run: dict[str, Any],
+    determinism: dict[str, Any] | None,
+) -> str:
+    """Write the JSON for the cells so far; returns the printed tables."""
+    rows, summary = _summary(list(demo_stats), args.methods, cells)
     # The first stage-2 update of each run also encodes every history once (the frozen-trunk feature table,
     # best-of-N's candidates): it is reported apart.
     ms = {k: 1000 * statistics.median([t for run in v for t in run[1:] or run]) for k, v in times.items()}

@@ -1,0 +1,69 @@
+"""The CO-RFT benchmark's merge of a run completed in parts."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+import benchmarks.common
+from benchmarks.co_rft import combine
+
+
+def _part(seed: int, demos: list[int], successes: int, **changes: object) -> dict:
+    cells = [
+        {"demos": d, "seed": seed, "method": m, "positions": "seen", "successes": successes, "episodes": 10,
+         "cycle_times": [4.0] * successes}
+        for d in demos
+        for m in ("il", "co-rft")
+    ]  # fmt: skip
+    return {
+        "commit": "abc1234", "date": f"day {seed}", "machine": "m", "versions": {}, "seed": seed,
+        "dirty": False,
+        "seeds": [seed], "wall_s": 10.0, "env_id": "robocl/PickPlace-v0", "demo_settings": {"noise": 0.2},
+        "demos_collected": {str(d): {"success_rate": 0.9, "cycle_time_mean": 4.2} for d in demos},
+        "budget": {"demos": demos, "il_updates": 3}, "ms_per_update_median": {"il": 2.0 + seed},
+        "ms_first_update_median": {"il": 3.0}, "ms_per_chunk_inference": {"il": 1.0}, "determinism": None,
+        "summary": [{"method": "il"}, {"method": "co-rft"}],
+        "records": [{"seed": seed, "demos": d, "fingerprints": {}} for d in demos],
+        "cells": cells,
+        **changes,
+    }  # fmt: skip
+
+
+def _write(tmp_path: Path, name: str, payload: dict) -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(payload))
+    return path
+
+
+def test_combine_pools_the_parts_cells(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path / "results")
+    a = _write(tmp_path, "a.json", _part(0, [30, 60], successes=4))
+    b = _write(tmp_path, "b.json", _part(1, [60], successes=8))
+    combine([a, b], "merged")
+    merged = json.loads((tmp_path / "results" / "merged.json").read_text())
+    il_60 = next(s for s in merged["summary"] if (s["demos"], s["method"]) == (60, "il"))
+    assert (il_60["success_rate"], il_60["episodes"]) == (12 / 20, 20)
+    assert [s["method"] for s in merged["summary"][:2]] == ["il", "co-rft"]
+    assert merged["seeds"] == [0, 1] and merged["budget"]["demos"] == [30, 60]
+    assert merged["ms_per_update_median"] == {"il": 2.5}
+    assert [p["cells"] for p in merged["parts"]] == [[[0, 30], [0, 60]], [[1, 60]]]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"commit": "def5678"}, "has commit"),
+        ({"dirty": True}, "uncommitted changes"),
+        ({"budget": {"demos": [60], "il_updates": 4}}, "different budget"),
+        ({"records": [{"seed": 0, "demos": 60}]}, "repeats the (seed, demos) cells [(0, 60)]"),
+    ],
+)
+def test_combine_refuses_parts_of_different_runs(tmp_path: Path, changes: dict, message: str) -> None:
+    a = _write(tmp_path, "a.json", _part(0, [60], successes=4))
+    b = _write(tmp_path, "b.json", _part(1, [60], successes=8, **changes))
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        combine([a, b], "merged")
