@@ -386,7 +386,9 @@ def combine(paths: list[Path], name: str) -> str:
         key: [part[key] for part in parts] for key in ("ms_per_update_median", "ms_first_update_median")
     }
     payload = {
-        **{k: first[k] for k in ("commit", "date", "machine", "versions", "seed", "dirty")},
+        **{k: first.get(k) for k in ("commit", "date", "machine", "cpu", "torch_cpu_capability", "versions")},
+        "seed": first["seed"],
+        "dirty": False,
         "seeds": sorted({c["seed"] for c in cells}),
         "wall_s": sum(part["wall_s"] for part in parts),
         "env_id": first["env_id"],
@@ -407,6 +409,8 @@ def combine(paths: list[Path], name: str) -> str:
             {
                 "file": Path(path).name,
                 "date": part["date"],
+                "cpu": part.get("cpu"),
+                "torch_cpu_capability": part.get("torch_cpu_capability"),
                 "cells": sorted([r["seed"], r["demos"]] for r in part["records"]),
                 "wall_s": part["wall_s"],
             }

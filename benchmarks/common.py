@@ -32,9 +32,37 @@ def run_info(seed: int) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_implementation()} "
         f"{platform.python_version()}",
-        "versions": {"numpy": numpy.__version__, "zarr": zarr.__version__, "torch": torch.__version__},
+        # The CPU and the kernels torch picked for it: the same code and seeds can train to different
+        # weights on another CPU (a seed-0 cell of the CO-RFT benchmark did), so a rerun compares these too.
+        "cpu": _cpu_model(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "versions": {
+            "numpy": numpy.__version__,
+            "zarr": zarr.__version__,
+            "torch": torch.__version__,
+            "mujoco": _version("mujoco"),
+        },
         "seed": seed,
     }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def write_result(name: str, payload: dict[str, Any]) -> Path:
