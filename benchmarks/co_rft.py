@@ -14,8 +14,8 @@ For each demo count (scripted mixed-quality demos of ``--task``, collection seed
 - ``il +extra``: the flow policy trained ``--rl-updates`` more imitation steps (CO-RFT's gradient steps);
 - ``co-rft`` (best-of-N, the default), ``co-rft distill`` and ``co-rft regression`` (TD3+BC): stage 2 from the
   matching IL policy, ``--rl-updates`` updates on all but the held-out episodes;
-- ``il exec=5`` / ``il ensemble``: the flow IL policy executing 5 of 10 actions / ACT's temporal ensembling
-  (how chunks are executed, measured rather than assumed).
+- ``il exec=5`` / ``il ensemble``: the flow IL policy executing 5 of 10 actions / ACT's temporal ensembling,
+  and ``<variant> exec=5`` for every stage-2 policy (how chunks are executed, measured rather than assumed).
 
 Each is evaluated on seen and unseen object positions (success with a Wilson 95% interval over the episodes
 of all seeds pooled, cycle time of the successes). The JSON also holds ms per update of every phase, the
@@ -56,7 +56,7 @@ from robocl.algos.bc import BC, BCConfig
 from robocl.algos.co_rft import CORFT, CORFTConfig
 from robocl.eval.metrics import wilson_interval
 from robocl.nets.vla import VLAConfig
-from robocl.run.loop import to_torch
+from robocl.run.loop import stage_seed, to_torch
 from robocl.store import TrajectoryStore
 
 # Scripted demos of a less practised teleoperator (noise, pauses, detours; datasets/pick_place_50_mixed.toml
@@ -122,6 +122,7 @@ def _fingerprint(tensors: dict[str, torch.Tensor]) -> str:
 def _corft(store: TrajectoryStore, cfg: CORFTConfig, args: argparse.Namespace, times: list, language: Any):
     algo = CORFT.from_store(cfg, store, language=language, device=args.device)
     sampler = algo.il_sampler(store)
+    torch.manual_seed(stage_seed(cfg.seed, "il"))  # dropout's stream, seeded as the loop seeds a stage
     _train(
         algo.update, lambda: to_torch(sampler.sample(args.batch_size), args.device), args.il_updates, times
     )
@@ -157,7 +158,7 @@ def _policies(
         algo, sampler = _corft(store, CORFTConfig(head=head, **base), args, times[il_name], language)
         ils[il_name] = algo
         out[il_name] = copy.deepcopy(algo).policy()
-        record["fingerprints"][il_name] = _fingerprint(algo.tensors())
+        record["fingerprints"][il_name] = _fingerprint(algo.state_dict()["model"])
         if il_name == "il":
             for name, execution in EXECUTIONS.items():
                 if name in wanted:
@@ -168,7 +169,7 @@ def _policies(
                 _train(extra.update, sample, args.rl_updates, [])  # the same stream, continued
                 out["il +extra"] = extra.policy()
     for name, (il_name, overrides) in args.variants.items():
-        if name not in wanted:
+        if not {name, f"{name} exec=5"} & wanted:
             continue
         variant = copy.deepcopy(ils[il_name])
         variant.config = dataclasses.replace(variant.config, **overrides)
@@ -182,20 +183,23 @@ def _policies(
                 c.append({"update": i, **v.validate(vs)})
 
         sample = lambda s=sampler: to_torch(s.sample(args.batch_size), args.device)  # noqa: E731
+        torch.manual_seed(stage_seed(seed, "rl"))
         _train(variant.update, sample, args.rl_updates, times[name], validate)
         out[name] = variant.policy()
-        record["fingerprints"][name] = _fingerprint(variant.tensors())
+        out[f"{name} exec=5"] = variant.policy(n_action_steps=5)  # receding horizon, as for IL
+        record["fingerprints"][name] = _fingerprint(variant.state_dict()["model"])
     if "mlp bc" in wanted:
         bc = BC.from_store(BCConfig(obs_keys=("observation.state", "observation.object"), seed=seed), store)
         bc_sampler = bc.sampler(store)
         sample = lambda: to_torch(bc_sampler.sample(args.batch_size), "cpu")  # noqa: E731
+        torch.manual_seed(stage_seed(seed, "bc"))
         _train(bc.update, sample, args.il_updates, times["mlp bc"])
         out["mlp bc"] = bc.policy()
     if "iql" in wanted:
         iql = IQL(IQLConfig(n_updates=args.iql_updates, seed=seed), store)
         _train(lambda _: iql.update(), lambda: None, args.iql_updates, times["iql"])
         out["iql"] = iql.policy()
-    return out
+    return {name: policy for name, policy in out.items() if name in wanted}
 
 
 def _latency(policy: Any, store: TrajectoryStore, repeats: int = 50) -> float:
@@ -219,7 +223,9 @@ def _check_determinism(store: TrajectoryStore, task: dict[str, Any], args: argpa
     """Train the first cell's flow IL policy twice in this process: equal fingerprints = deterministic."""
     cfg = CORFTConfig(seed=args.seeds[0], gripper=task["gripper"])
     small = argparse.Namespace(**{**vars(args), "il_updates": min(args.il_updates, 200)})
-    prints = [_fingerprint(_corft(store, cfg, small, [], language)[0].tensors()) for _ in range(2)]
+    prints = [
+        _fingerprint(_corft(store, cfg, small, [], language)[0].state_dict()["model"]) for _ in range(2)
+    ]
     return {"il_updates": small.il_updates, "fingerprints": prints, "identical": prints[0] == prints[1]}
 
 
@@ -264,7 +270,8 @@ def main() -> None:
         print(combine(args.combine, args.name))
         return
     args.variants = {**RL_VARIANTS, **dict(args.variant)}
-    args.methods = ["mlp bc", "iql", "il regression", "il", *EXECUTIONS, "il +extra", *args.variants]
+    variants = [m for name in args.variants for m in (name, f"{name} exec=5")]
+    args.methods = ["mlp bc", "iql", "il regression", "il", *EXECUTIONS, "il +extra", *variants]
     if args.only:
         only = set(args.only.split(","))
         if only - set(args.methods):
@@ -288,7 +295,8 @@ def main() -> None:
     latency: dict[str, float] = {}
     demo_stats: dict[int, dict[str, float]] = {}
     t_start = time.perf_counter()
-    args.dirty = _git_dirty()  # at the start: the tree the numbers come from
+    # At the start: the commit and tree the numbers come from (a commit made during a long run is not).
+    args.info, args.dirty = run_info(args.seeds[0]), _git_dirty()
     name = args.name or f"co_rft_{args.task.replace('-', '_')}{'_images' if args.images else ''}"
     with tempfile.TemporaryDirectory() as tmp:
         stores = {}
@@ -494,7 +502,7 @@ def _report(
     ms = {k: 1000 * statistics.median([t for run in v for t in run[1:] or run]) for k, v in times.items()}
     first_ms = {k: 1000 * statistics.median(run[0] for run in v) for k, v in times.items()}
     payload = {
-        **run_info(run["seeds"][0]),
+        **args.info,
         "dirty": args.dirty,
         **run,
         "env_id": env,
