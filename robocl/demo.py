@@ -5,8 +5,8 @@
 2. check the store (``robocl info``/``validate``),
 3. stage 1: imitation with the flow-matching VLA-style policy (proprioception and object state, with the
    positions relative to the tool; ``--images`` adds both cameras and the instruction),
-4. stage 2: chunked offline RL from that policy (Cal-QL chunk critic on all but 10% of the demos; the policy
-   executes the best of 32 flow proposals under the critic), validated on the held-out demos,
+4. stage 2: chunked offline RL from that policy (Cal-QL chunk critic on all but 10% of the demos; a one-step
+   actor distilled from the flow climbs the critic), validated on the held-out demos,
 5. evaluate both stages at seen and at unseen object positions (success rate with Wilson intervals, cycle
    time of the successes), write a video of each stage's first episode, and print the table.
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         resume=run.info_path.exists(),
     )
 
-    if "rl" in paths:  # how well the critic that ranks the proposals scores demonstrations it never saw
+    if "rl" in paths:  # how well the critic the actor climbs scores demonstrations it never saw
         algo = CORFT.from_checkpoint(load_checkpoint(paths["rl"]))
         with TrajectoryStore.open(store_path) as store:
             _, held_out = algo.split(store)

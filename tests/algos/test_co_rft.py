@@ -571,6 +571,7 @@ def test_image_language_policy_trains(tmp_path):
         horizon=3,
         vision_channels=(8, 8),
         cql_n_samples=2,
+        actor="best_of_n",  # its candidate table is what a frozen image trunk must fill
         **{**TINY, "language_model": str(tmp_path / "bert")},
     )
     algo = CORFT.from_store(cfg, store, language=enc)
@@ -734,10 +735,10 @@ def test_new_config_errors_name_the_values():
     with pytest.raises(ValueError, match=r"actor='td3_bc' does not fit head='flow'"):
         CORFTConfig(actor="td3_bc")
     with pytest.raises(ValueError, match="needs rl_train_backbone=False"):
-        CORFTConfig(rl_train_backbone=True)
+        CORFTConfig(actor="best_of_n", rl_train_backbone=True)
     with pytest.raises(ValueError, match=r"n_action_steps=5 must be 0 or 1"):
         CORFTConfig(ensemble_coef=0.01, n_action_steps=5)
-    assert CORFTConfig(head="regression").actor == "td3_bc" and CORFTConfig().actor == "best_of_n"
+    assert CORFTConfig(head="regression").actor == "td3_bc" and CORFTConfig().actor == "distill"
 
 
 def test_relative_positions_come_from_store_names(tmp_path):
