@@ -53,8 +53,8 @@ class CORFTConfig:
     # How the policy improves through the critic; None = distill for a flow head, td3_bc for regression.
     # The distilled one-step actor (FQL) against best-of-8 in the benchmark (3 seeds x 50 episodes per
     # cell, 0e31477; benchmarks/results/co_rft_<task>.json), seen/unseen success: pick-place 30 demos
-    # 67/55% vs 66/45%, 60 demos 67/53% vs 63/53%; push 30 demos 46/53% vs 57/44%, 60 demos 68/63% vs
-    # 61/62% (2 seeds). Ahead on average (within noise per cell), and it acts in 0.26 ms per chunk against
+    # 67/55% vs 66/45%, 60 demos 67/53% vs 63/53%; push 30 demos 46/53% vs 57/44%, 60 demos 73/69% vs
+    # 69/70%. Ahead on average (within noise per cell), and it acts in 0.26 ms per chunk against
     # best-of-N's 7.5 ms, so it is the default; best-of-N's stage-2 update is the cheaper one (75-100 ms
     # against 140-200 on one thread).
     actor: Literal["best_of_n", "distill", "td3_bc"] | None = None
