@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -100,8 +101,20 @@ class SymphonySpec:
 
 
 # ---------------------------------------------------------------------------------------------- networks
+def resine(x: torch.Tensor, p: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """SiLU-rectified sine with a learnable per-unit period: f = s sin(x/s), out = f sigmoid(w f / s), with
+    s = sigmoid(p) and w = 1.5 (S3) or 1 / sigmoid(b) (newest draft). ``p``, ``b`` broadcast against ``x``.
+    1/s is taken once on the parameters, so the activations are multiplied, not divided (cheaper forward
+    and backward; equal up to float rounding)."""
+    sig = torch.sigmoid(p)
+    inv = 1 / sig
+    f = sig * torch.sin(x * inv)
+    w = 1.5 if b is None else 1 / torch.sigmoid(b)
+    return f * torch.sigmoid(f * (w * inv))
+
+
 class ReSine(nn.Module):
-    """SiLU-rectified sine with a learnable per-unit period: f = s sin(x/s), out = f sigmoid(w f / s)."""
+    """:func:`resine` with its own parameters: p (and with ``learnable_w`` b), both U(-1/sqrt h, 1/sqrt h)."""
 
     def __init__(self, width: int, learnable_w: bool) -> None:
         super().__init__()
@@ -111,10 +124,7 @@ class ReSine(nn.Module):
         self.b = nn.Parameter(torch.empty(width).uniform_(-bound, bound)) if learnable_w else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        sig = torch.sigmoid(self.p)
-        f = sig * torch.sin(x / sig)
-        w = 1.5 if self.b is None else 1 / torch.sigmoid(self.b)
-        return f * torch.sigmoid(w * f / sig)
+        return resine(x, self.p, self.b)
 
 
 class FF(nn.Sequential):
@@ -130,6 +140,40 @@ class FF(nn.Sequential):
         )
 
 
+class CriticEnsemble(nn.Module):
+    """``n`` independent FF critics with their weights stacked on a leading critic axis, so every layer is
+    one matmul over all critics instead of a Python loop of ``n`` small ones (at the CPU benchmark's
+    sizes the loop's kernel launches and autograd nodes cost as much as its arithmetic). Critic c computes
+    exactly ``FF`` with the weights ``[c]``; the tensors are initialised from ``n`` separately built FFs,
+    so the draws (and a seed's initial weights) are those of ``n`` FF critics."""
+
+    def __init__(self, n: int, in_dim: int, hidden: int, out_dim: int, learnable_w: bool) -> None:
+        super().__init__()
+        critics = [FF(in_dim, hidden, out_dim, learnable_w) for _ in range(n)]
+
+        def stack(layer: int, name: str) -> nn.Parameter:
+            return nn.Parameter(torch.stack([getattr(c[layer], name).detach() for c in critics]))
+
+        self.w1, self.b1 = stack(0, "weight"), stack(0, "bias")  # (n, hidden, in), (n, hidden)
+        self.ln_w, self.ln_b = stack(1, "weight"), stack(1, "bias")  # (n, hidden)
+        self.w2, self.b2 = stack(2, "weight"), stack(2, "bias")  # (n, hidden, hidden), (n, hidden)
+        self.p = stack(3, "p")  # (n, hidden)
+        self.b = stack(3, "b") if learnable_w else None
+        self.w3, self.b3 = stack(4, "weight"), stack(4, "bias")  # (n, out, hidden), (n, out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_dim) -> (B, n * out_dim): critic 0's outputs, then critic 1's, ..."""
+        n, hidden = self.p.shape
+        # The critics share their input: their first layers are one (B, in) x (in, n * hidden) matmul.
+        y = nn.functional.linear(x, self.w1.flatten(0, 1), self.b1.flatten())
+        y = y.view(-1, n, hidden).transpose(0, 1)  # (n, B, hidden)
+        y = torch.addcmul(self.ln_b[:, None], nn.functional.layer_norm(y, (hidden,)), self.ln_w[:, None])
+        y = torch.baddbmm(self.b2[:, None], y, self.w2.transpose(1, 2))
+        y = resine(y, self.p[:, None], None if self.b is None else self.b[:, None])
+        y = torch.baddbmm(self.b3[:, None], y, self.w3.transpose(1, 2))  # (n, B, out)
+        return y.transpose(0, 1).flatten(1)
+
+
 class ActorCritic(nn.Module):
     """The actor (direction, strength, beta heads) and ``n_critics`` critics in one module, one optimiser."""
 
@@ -137,10 +181,8 @@ class ActorCritic(nn.Module):
         super().__init__()
         self.action_dim = spec.action_dim
         self.actor = FF(spec.obs_dim, config.hidden, 3 * spec.action_dim, config.learnable_resine)
-        self.critics = nn.ModuleList(
-            FF(spec.obs_dim + spec.action_dim, config.hidden, config.n_q, config.learnable_resine)
-            for _ in range(config.n_critics)
-        )
+        in_dim, learnable_w = spec.obs_dim + spec.action_dim, config.learnable_resine
+        self.critics = CriticEnsemble(config.n_critics, in_dim, config.hidden, config.n_q, learnable_w)
 
     def heads(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, obs_dim) -> direction A in (-1, 1), strength S and beta in [0, 1); each (B, action_dim)."""
@@ -150,8 +192,7 @@ class ActorCritic(nn.Module):
 
     def nodes(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """(B, n_critics * n_q) node values of every critic, concatenated."""
-        x = torch.cat([obs, action], dim=-1)
-        return torch.cat([critic(x) for critic in self.critics], dim=-1)
+        return self.critics(torch.cat([obs, action], dim=-1))
 
 
 # ---------------------------------------------------------------------------------------------- losses
@@ -284,24 +325,32 @@ class SymphonyAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        # One multi-tensor (foreach) kernel per operation over all parameters, not a loop of small ones.
         for group in self.param_groups:
             lr, (b1, b2), wd = group["lr"], group["betas"], group["weight_decay"]
             if self.anneal_eps:
                 group["eps"] = b2 * group["eps"] + (1 - b2) * 1e-8
-            eps = group["eps"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["m"], state["v"] = torch.zeros_like(p), torch.zeros_like(p)
-                m, v = state["m"], state["v"]
-                m.mul_(b1).add_(p.grad, alpha=1 - b1)
-                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-                if self.anneal_eps:
-                    p.mul_(1 - lr * wd).addcdiv_(m, v.sqrt().add_(eps), value=-lr)
-                else:
-                    p.sub_(lr * (m / (v.sqrt() + eps) + wd * p))
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            for p in params:
+                if not self.state[p]:
+                    self.state[p]["m"], self.state[p]["v"] = torch.zeros_like(p), torch.zeros_like(p)
+            m = [self.state[p]["m"] for p in params]
+            v = [self.state[p]["v"] for p in params]
+            torch._foreach_lerp_(m, grads, 1 - b1)  # m <- b1 m + (1 - b1) g
+            torch._foreach_mul_(v, b2)
+            torch._foreach_addcmul_(v, grads, grads, value=1 - b2)
+            denom = torch._foreach_sqrt(v)
+            torch._foreach_add_(denom, group["eps"])
+            if self.anneal_eps:
+                torch._foreach_mul_(params, 1 - lr * wd)
+                torch._foreach_addcdiv_(params, m, denom, value=-lr)
+            else:
+                step = torch._foreach_div(m, denom)
+                torch._foreach_add_(step, params, alpha=wd)  # m / (sqrt(v) + eps) + wd p
+                torch._foreach_add_(params, step, alpha=-lr)
 
 
 # ---------------------------------------------------------------------------------------------- algorithm
@@ -318,8 +367,11 @@ class Symphony:
         with seeded(config.seed):
             self.net = ActorCritic(config, spec).to(self.device)
         self.target = copy.deepcopy(self.net).requires_grad_(False)
+        # Listed once: walking the module tree for them costs more per update than some layers do.
+        self.params = list(self.net.parameters())
+        self.polyak = (list(self.net.critics.parameters()), list(self.target.critics.parameters()))
         self.optimizer = SymphonyAdamW(
-            self.net.parameters(), config.lr, config.betas, config.weight_decay, config.anneal_eps
+            self.params, config.lr, config.betas, config.weight_decay, config.anneal_eps
         )
         self.generator = torch.Generator(self.device).manual_seed(config.seed)
         self.weights = value_weights(config.n_critics * config.n_q, config.value_weights).to(self.device)
@@ -353,11 +405,10 @@ class Symphony:
         loss, new_ema, terms = symphony_loss(
             self.net, self.target, batch, noise, self.weights, self.ema, self.config
         )
-        grad_norm = guarded_step(loss, self.optimizer, self.net.parameters())
+        grad_norm = guarded_step(loss, self.optimizer, self.params)
         self.ema = new_ema.detach()
         # S3 updates the critics only; the target's actor is never evaluated.
-        online = [p for c in self.net.critics for p in c.parameters()]
-        frozen = [p for c in self.target.critics for p in c.parameters()]
+        online, frozen = self.polyak
         with torch.no_grad():
             torch._foreach_lerp_(frozen, online, self.config.tau)
         self.step += 1
@@ -377,7 +428,13 @@ class Symphony:
         return {"model": {f"net.{k}": v for k, v in self.net.state_dict().items()}, "trainer": trainer}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.net.load_state_dict(_strip(state["model"], "net."))
+        model = _strip(state["model"], "net.")
+        if any(_PER_CRITIC_KEY.match(k) for k in model):
+            raise ValueError(
+                "this Symphony checkpoint predates the fused critic ensemble: it loads for inference "
+                "(robocl.load_policy) but cannot resume; start a new run"
+            )
+        self.net.load_state_dict(model)
         trainer = state["trainer"]
         self.target.load_state_dict(trainer["target"])
         self.optimizer.load_state_dict(trainer["optimizer"])
@@ -390,7 +447,7 @@ class Symphony:
         """The actor-critic network alone (no target copy, optimiser or fading buffer), for inference."""
         config = SymphonyConfig(**ckpt.config)
         net = ActorCritic(config, SymphonySpec(**ckpt.spec)).to(device)
-        net.load_state_dict(_strip(ckpt.tensors, "net."))
+        net.load_state_dict(_stacked_critics(_strip(ckpt.tensors, "net.")))
         return SymphonyPolicy(net, torch.device(device), config.a_max)
 
     def policy(self) -> SymphonyPolicy:
@@ -399,6 +456,27 @@ class Symphony:
 
 def _strip(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+#: ``critics.<i>.<layer>.<name>``: a critic's tensor in checkpoints written before :class:`CriticEnsemble`.
+_PER_CRITIC_KEY = re.compile(r"critics\.(\d+)\.(\d\.\w+)$")
+_STACKED_NAME = {"0.weight": "w1", "0.bias": "b1", "1.weight": "ln_w", "1.bias": "ln_b", "2.weight": "w2",
+                 "2.bias": "b2", "3.p": "p", "3.b": "b", "4.weight": "w3", "4.bias": "b3"}  # fmt: skip
+
+
+def _stacked_critics(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An ActorCritic state dict with per-critic tensors (older checkpoints) stacked as the ensemble holds
+    them; a current state dict passes through unchanged."""
+    out, per_critic = {}, {}
+    for key, value in tensors.items():
+        match = _PER_CRITIC_KEY.match(key)
+        if match is None:
+            out[key] = value
+        else:
+            per_critic.setdefault(_STACKED_NAME[match[2]], {})[int(match[1])] = value
+    for name, by_critic in per_critic.items():
+        out[f"critics.{name}"] = torch.stack([by_critic[i] for i in sorted(by_critic)])
+    return out
 
 
 class SymphonyPolicy:
