@@ -307,6 +307,21 @@ def test_one_update_is_one_backward_through_actor_and_critics(monkeypatch):
     torch.testing.assert_close(after[k], before_target[k] + TINY.tau * (online - before_target[k]))
 
 
+@pytest.mark.slow
+def test_compiled_loss_updates_as_the_eager_one():
+    spec = SymphonySpec(obs_dim=5, action_dim=2)
+    eager, compiled = Symphony(TINY, spec), Symphony(TINY, spec, compile=True)
+    gen = torch.Generator().manual_seed(2)
+    batch = {"obs": torch.randn(16, 5, generator=gen), "action": torch.rand(16, 2, generator=gen) * 2 - 1,
+             "reward": torch.randn(16, generator=gen), "next_obs": torch.randn(16, 5, generator=gen),
+             "discount": torch.full((16,), 0.99)}  # fmt: skip
+    for _ in range(3):  # the same noise draws: both generators start from the seed
+        want, got = eager.update(batch), compiled.update(batch)
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-6)
+    for a, b in zip(eager.net.parameters(), compiled.net.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 # ------------------------------------------------------------------ online loop
 def test_exploration_sets_reward_scale_and_fills_the_buffer_by_tiling(tmp_path):
     env = make_env("Walker2d-v5")
