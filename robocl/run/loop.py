@@ -125,7 +125,10 @@ def guarded_step(
     loss.backward()
     params = [p for p in params if p.grad is not None]
     dist.average_gradients(params)
-    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm is not None else math.inf)
+    if max_grad_norm is None:  # the norm alone: clipping at inf would rescale every gradient by 1
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    else:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     if not torch.isfinite(norm):
         raise NonFiniteError(f"gradient norm is {norm.item()} (loss {loss.item():.6g})")
     optimizer.step()
