@@ -330,6 +330,10 @@ class SymphonyAdamW(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "betas": betas, "weight_decay": weight_decay, "eps": eps})
         self.anneal_eps = anneal_eps
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero the gradients in place: parameters may hold views of them (:func:`flat_buffer`)."""
+        super().zero_grad(set_to_none=False)
+
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
         # One multi-tensor (foreach) kernel per operation over all parameters, not a loop of small ones.
@@ -381,11 +385,12 @@ class Symphony:
         with seeded(config.seed):
             self.net = ActorCritic(config, spec).to(self.device)
         self.target = copy.deepcopy(self.net).requires_grad_(False)
-        # Listed once: walking the module tree for them costs more per update than some layers do.
-        self.params = list(self.net.parameters())
-        self.polyak = (list(self.net.critics.parameters()), list(self.target.critics.parameters()))
+        # All weights (and their gradients) live in one flat buffer, the critics' last: the optimiser, the
+        # gradient norm and Polyak averaging are then a few kernels over all weights, not a few per tensor.
+        self.flat = flat_buffer(list(self.net.parameters()), with_grad=True)
+        self.target_critics = flat_buffer(list(self.target.critics.parameters()), with_grad=False)
         self.optimizer = SymphonyAdamW(
-            self.params, config.lr, config.betas, config.weight_decay, config.anneal_eps
+            [self.flat], config.lr, config.betas, config.weight_decay, config.anneal_eps
         )
         self.generator = torch.Generator(self.device).manual_seed(config.seed)
         self.weights = value_weights(config.n_critics * config.n_q, config.value_weights).to(self.device)
@@ -419,12 +424,10 @@ class Symphony:
         loss, new_ema, terms = self.loss(
             self.net, self.target, batch, noise, self.weights, self.ema, self.config
         )
-        grad_norm = guarded_step(loss, self.optimizer, self.params)
+        grad_norm = guarded_step(loss, self.optimizer, [self.flat])
         self.ema = new_ema.detach()
-        # S3 updates the critics only; the target's actor is never evaluated.
-        online, frozen = self.polyak
-        with torch.no_grad():
-            torch._foreach_lerp_(frozen, online, self.config.tau)
+        # S3 updates the critics only (the tail of the flat buffer); the target's actor is never evaluated.
+        self.target_critics.lerp_(self.flat[-self.target_critics.numel() :], self.config.tau)
         self.step += 1
         names = ["loss", *terms, "ema"]
         values = torch.stack([loss.detach(), *terms.values(), self.ema]).tolist()  # one device sync
@@ -439,7 +442,9 @@ class Symphony:
             "ema": self.ema.cpu(),
             "generator": self.generator.get_state(),
         }
-        return {"model": {f"net.{k}": v for k, v in self.net.state_dict().items()}, "trainer": trainer}
+        # Cloned: views of one buffer would share memory, which safetensors refuses.
+        model = {f"net.{k}": v.clone() for k, v in self.net.state_dict().items()}
+        return {"model": model, "trainer": trainer}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         model = _strip(state["model"], "net.")
@@ -466,6 +471,23 @@ class Symphony:
 
     def policy(self) -> SymphonyPolicy:
         return SymphonyPolicy(self.net, self.device, self.config.a_max)
+
+
+def flat_buffer(params: list[nn.Parameter], with_grad: bool) -> torch.Tensor:
+    """Move ``params`` into one new contiguous buffer, each becoming a view of its slice (in order), and
+    return the buffer; ``with_grad``: their gradients too, as views of the buffer's ``.grad``. Backward
+    accumulates into existing ``.grad`` tensors in place, so the views hold as long as nothing sets
+    them to None (:meth:`SymphonyAdamW.zero_grad` zeroes instead)."""
+    flat = torch.cat([p.detach().flatten() for p in params])
+    grad = torch.zeros_like(flat) if with_grad else None
+    offset = 0
+    for p in params:
+        p.data = flat[offset : offset + p.numel()].view_as(p)
+        if grad is not None:
+            p.grad = grad[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+    flat.grad = grad
+    return flat
 
 
 def _strip(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
