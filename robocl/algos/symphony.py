@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -103,9 +102,8 @@ class SymphonySpec:
 # ---------------------------------------------------------------------------------------------- networks
 def resine(x: torch.Tensor, p: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     """SiLU-rectified sine with a learnable per-unit period: f = s sin(x/s), out = f sigmoid(w f / s), with
-    s = sigmoid(p) and w = 1.5 (S3) or 1 / sigmoid(b) (newest draft). ``p``, ``b`` broadcast against ``x``.
-    1/s is taken once on the parameters, so the activations are multiplied, not divided (cheaper forward
-    and backward; equal up to float rounding)."""
+    s = sigmoid(p) and w = 1.5 (S3) or 1 / sigmoid(b) (newest draft); ``p``, ``b`` broadcast against ``x``.
+    1/s is taken once on the parameters: activations are multiplied, not divided (cheaper both ways)."""
     sig = torch.sigmoid(p)
     inv = 1 / sig
     f = sig * torch.sin(x * inv)
@@ -336,32 +334,24 @@ class SymphonyAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
-        # One multi-tensor (foreach) kernel per operation over all parameters, not a loop of small ones.
         for group in self.param_groups:
             lr, (b1, b2), wd = group["lr"], group["betas"], group["weight_decay"]
             if self.anneal_eps:
                 group["eps"] = b2 * group["eps"] + (1 - b2) * 1e-8
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            for p in params:
-                if not self.state[p]:
-                    self.state[p]["m"], self.state[p]["v"] = torch.zeros_like(p), torch.zeros_like(p)
-            m = [self.state[p]["m"] for p in params]
-            v = [self.state[p]["v"] for p in params]
-            torch._foreach_lerp_(m, grads, 1 - b1)  # m <- b1 m + (1 - b1) g
-            torch._foreach_mul_(v, b2)
-            torch._foreach_addcmul_(v, grads, grads, value=1 - b2)
-            denom = torch._foreach_sqrt(v)
-            torch._foreach_add_(denom, group["eps"])
-            if self.anneal_eps:
-                torch._foreach_mul_(params, 1 - lr * wd)
-                torch._foreach_addcdiv_(params, m, denom, value=-lr)
-            else:
-                step = torch._foreach_div(m, denom)
-                torch._foreach_add_(step, params, alpha=wd)  # m / (sqrt(v) + eps) + wd p
-                torch._foreach_add_(params, step, alpha=-lr)
+            eps = group["eps"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["m"], state["v"] = torch.zeros_like(p), torch.zeros_like(p)
+                m, v = state["m"], state["v"]
+                m.mul_(b1).add_(p.grad, alpha=1 - b1)
+                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                if self.anneal_eps:
+                    p.mul_(1 - lr * wd).addcdiv_(m, v.sqrt().add_(eps), value=-lr)
+                else:
+                    p.sub_(lr * (m / (v.sqrt() + eps) + wd * p))
 
 
 # ---------------------------------------------------------------------------------------------- algorithm
@@ -448,11 +438,8 @@ class Symphony:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         model = _strip(state["model"], "net.")
-        if any(_PER_CRITIC_KEY.match(k) for k in model):
-            raise ValueError(
-                "this Symphony checkpoint predates the fused critic ensemble: it loads for inference "
-                "(robocl.load_policy) but cannot resume; start a new run"
-            )
+        if "critics.w1" not in model:  # per-critic tensors: written before the fused ensemble
+            raise ValueError("this Symphony checkpoint predates the fused critics: it acts but cannot resume")
         self.net.load_state_dict(model)
         trainer = state["trainer"]
         self.target.load_state_dict(trainer["target"])
@@ -463,10 +450,12 @@ class Symphony:
 
     @staticmethod
     def policy_from_checkpoint(ckpt: Checkpoint, device: str = "cpu") -> SymphonyPolicy:
-        """The actor-critic network alone (no target copy, optimiser or fading buffer), for inference."""
+        """The actor-critic network (no target copy, optimiser or fading buffer), for inference. Only the
+        actor acts, so only its tensors are read (which also reads checkpoints from before the fused
+        critics); the critics keep their initial weights."""
         config = SymphonyConfig(**ckpt.config)
         net = ActorCritic(config, SymphonySpec(**ckpt.spec)).to(device)
-        net.load_state_dict(_stacked_critics(_strip(ckpt.tensors, "net.")))
+        net.actor.load_state_dict(_strip(ckpt.tensors, "net.actor."))
         return SymphonyPolicy(net, torch.device(device), config.a_max)
 
     def policy(self) -> SymphonyPolicy:
@@ -474,10 +463,9 @@ class Symphony:
 
 
 def flat_buffer(params: list[nn.Parameter], with_grad: bool) -> torch.Tensor:
-    """Move ``params`` into one new contiguous buffer, each becoming a view of its slice (in order), and
-    return the buffer; ``with_grad``: their gradients too, as views of the buffer's ``.grad``. Backward
-    accumulates into existing ``.grad`` tensors in place, so the views hold as long as nothing sets
-    them to None (:meth:`SymphonyAdamW.zero_grad` zeroes instead)."""
+    """One new contiguous buffer holding ``params`` in order, each now a view of its slice; ``with_grad``:
+    their gradients too, views of the buffer's ``.grad`` (backward accumulates into them in place as long
+    as nothing sets them to None: :meth:`SymphonyAdamW.zero_grad` zeroes instead)."""
     flat = torch.cat([p.detach().flatten() for p in params])
     grad = torch.zeros_like(flat) if with_grad else None
     offset = 0
@@ -492,27 +480,6 @@ def flat_buffer(params: list[nn.Parameter], with_grad: bool) -> torch.Tensor:
 
 def _strip(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-
-#: ``critics.<i>.<layer>.<name>``: a critic's tensor in checkpoints written before :class:`CriticEnsemble`.
-_PER_CRITIC_KEY = re.compile(r"critics\.(\d+)\.(\d\.\w+)$")
-_STACKED_NAME = {"0.weight": "w1", "0.bias": "b1", "1.weight": "ln_w", "1.bias": "ln_b", "2.weight": "w2",
-                 "2.bias": "b2", "3.p": "p", "3.b": "b", "4.weight": "w3", "4.bias": "b3"}  # fmt: skip
-
-
-def _stacked_critics(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """An ActorCritic state dict with per-critic tensors (older checkpoints) stacked as the ensemble holds
-    them; a current state dict passes through unchanged."""
-    out, per_critic = {}, {}
-    for key, value in tensors.items():
-        match = _PER_CRITIC_KEY.match(key)
-        if match is None:
-            out[key] = value
-        else:
-            per_critic.setdefault(_STACKED_NAME[match[2]], {})[int(match[1])] = value
-    for name, by_critic in per_critic.items():
-        out[f"critics.{name}"] = torch.stack([by_critic[i] for i in sorted(by_critic)])
-    return out
 
 
 class SymphonyPolicy:

@@ -195,9 +195,7 @@ def test_checkpoints_with_per_critic_tensors_load_for_inference_but_not_resume(t
                            spec=dataclasses.asdict(spec), tensors=old, step=0, seed=0)  # fmt: skip
     obs = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
     np.testing.assert_array_equal(robocl.load_policy(str(path)).predict(obs), algo.policy().predict(obs))
-    loaded = Symphony.policy_from_checkpoint(load_checkpoint(path)).net.critics
-    assert all(torch.equal(a, b) for a, b in zip(loaded.parameters(), critics.parameters(), strict=True))
-    with pytest.raises(ValueError, match="predates the fused critic ensemble"):
+    with pytest.raises(ValueError, match="predates the fused critics: it acts but cannot resume"):
         Symphony(TINY, spec).load_state_dict({"model": old, "trainer": state["trainer"]})
 
 
