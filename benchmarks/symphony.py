@@ -2,12 +2,20 @@
 
     python -m benchmarks.symphony --device cuda            # the paper-sized run (S3 defaults), on a GPU
     python -m benchmarks.symphony --envs Walker2d-v5 --name symphony_walker2d --steps 40000 \
-        --hidden 128 --n-q 32 --batch-size 96 --n-explore 2560 --tile 8 --threads 1   # a 2-core CPU budget
+        --hidden 128 --n-q 32 --batch-size 96 --n-explore 2560 --tile 8 --threads 1 --compile  # 2-core CPU
+    python -m benchmarks.symphony --speed --baseline 5fbb8a4   # update and env-step speed vs that commit
 
 The CPU budget shrinks the networks by S3's own rules (h = 512 -> 128, n_q = h / 4 = 32 nodes per critic,
 batch = number of nodes = 96) and the buffer to half the run: S3's 50x tiling sizes it for 3M-step runs,
 and at 50x of 2,560 exploration steps (128k slots) 81% of a 40k-step run's samples would be exploration
 copies; 8x (20,480 slots) gives 21%, and none once the run passes 23k steps.
+
+``--speed`` times instead of learning, on one thread, beside the code of ``--baseline`` (a git commit) in the
+same run: milliseconds per update at the CPU budget's size and the paper's (old, new and new with
+``torch.compile`` take turns in one process on the same replay; medians), and wall time per env step with
+its updates in short Walker2d runs (old, new, new compiled and SB3 SAC take turns, one fresh process each,
+timed after the first 200 training steps so a compile is not counted; no evaluation). Writes
+``<name>_speed.json``; the load average is recorded beside the numbers, as a shared machine moves them all.
 
 Records the deterministic evaluation return at fixed env-step marks (exploration steps included in the
 count and stated), wall time per 1k env steps, and the paper's anchor (S3 reaches an average evaluation
@@ -18,7 +26,12 @@ return of 5,000 on Humanoid at ~240k steps, 10 seeds, Humanoid-v4). SAC needs th
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -56,6 +69,7 @@ def run_symphony(env_id: str, seed: int, args: argparse.Namespace, root: Path) -
         checkpoint_every=args.steps,
         device=args.device,
         threads=args.threads,
+        compile=args.compile,
     )
     run = RunDir(root / f"symphony_{env_id}_{seed}")
     start = time.perf_counter()
@@ -136,8 +150,15 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--no-sac", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile Symphony's loss (see --speed)")
+    parser.add_argument("--speed", action="store_true", help="time updates and env steps, not returns")
+    parser.add_argument("--baseline", default="5fbb8a4", help="--speed: the commit to compare against")
+    parser.add_argument("--repeats", type=int, default=5, help="--speed: alternations of old and new")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.speed:
+        speed(args)
+        return
     try:
         import stable_baselines3  # noqa: F401
 
@@ -157,6 +178,159 @@ def main() -> None:
     print(table)
     print(f"exploration steps (counted in env steps): {args.n_explore}; SAC: {sac_note or SAC_NOTE}")
     print(f"wrote {RESULTS / args.name}.json and .png")
+
+
+# ---------------------------------------------------------------------------------------------- speed
+SIZES = {"cpu budget": (128, 32, 96), "paper": (512, 128, 384)}  # hidden, nodes per critic, batch
+SPEED_EXPLORE, SPEED_TILE = 256, 80  # a short exploration, and the CPU budget's buffer (20,480 slots)
+SPEED_FROM, SPEED_STEPS = 456, 2256  # env steps are timed from SPEED_FROM (past a compile) to the last one
+# One timed run in a fresh process (argv[1]: its settings as JSON); prints {"ms_per_step": ...}, the wall
+# time per env step, env step and its updates together, between env steps SPEED_FROM and SPEED_STEPS - 1.
+SYMPHONY_RUN = """
+import json, sys, tempfile, time, torch
+from robocl.algos.symphony import SymphonyConfig
+from robocl.run import online
+from robocl.run.train import OnlineLoopConfig, train_symphony
+a = json.loads(sys.argv[1])
+torch.set_num_threads(1)
+marks, sample = {}, online.OnlineSource.sample
+def timed(self, batch_size):
+    marks.setdefault(self.env_steps, time.perf_counter())
+    return sample(self, batch_size)
+online.OnlineSource.sample = timed
+config = SymphonyConfig(hidden=a["hidden"], n_q=a["n_q"], batch_size=a["batch"], n_explore=a["explore"],
+                        tile=a["tile"])
+loop = OnlineLoopConfig(env=a["env"], steps=a["steps"], eval_every=0, eval_episodes=0,
+                        checkpoint_every=a["steps"], threads=1, **a["loop"])
+with tempfile.TemporaryDirectory() as tmp:
+    train_symphony(config, loop, tmp + "/run", progress=False)
+last = a["steps"] - 1
+print(json.dumps({"ms_per_step": 1000 * (marks[last] - marks[a["from"]]) / (last - a["from"])}))
+"""
+SAC_RUN = """
+import json, sys, time, torch
+from stable_baselines3 import SAC
+from stable_baselines3.common.callbacks import BaseCallback
+from benchmarks.symphony import flat_env
+a = json.loads(sys.argv[1])
+torch.set_num_threads(1)
+marks = {}
+class Mark(BaseCallback):
+    def _on_step(self):
+        marks.setdefault(self.num_timesteps, time.perf_counter())
+        return True
+model = SAC("MlpPolicy", flat_env(a["env"]), seed=0, device="cpu", learning_starts=a["explore"])
+model.learn(total_timesteps=a["steps"], callback=Mark())
+last = a["steps"] - 1
+print(json.dumps({"ms_per_step": 1000 * (marks[last] - marks[a["from"]]) / (last - a["from"])}))
+"""
+
+
+def speed(args: argparse.Namespace) -> None:
+    """Old (``--baseline``) against new: ms per update at both sizes, then wall time per env step."""
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        old_tree = Path(tmp) / "baseline"
+        old_tree.mkdir()
+        archive = subprocess.run(["git", "archive", args.baseline, "robocl", "envs"], cwd=root,
+                                 check=True, capture_output=True).stdout  # fmt: skip
+        subprocess.run(["tar", "-x", "-C", str(old_tree)], input=archive, check=True)
+        load = [os.getloadavg()[0]]
+        updates = {name: _update_ms(old_tree, size, args) for name, size in SIZES.items()}
+        load.append(os.getloadavg()[0])
+        steps = _env_step_ms(root, old_tree, args)
+        load.append(os.getloadavg()[0])
+    variants = ["old", "new", "new compiled"]
+    rows = [
+        [f"update, {name}", *(u[v] for v in variants), "", *(u[v] / u["old"] for v in variants[1:])]
+        for name, u in updates.items()
+    ]
+    rows.append(["env step, cpu budget", *(steps[v] for v in variants), steps.get("sac", ""),
+                 *(steps[v] / steps["old"] for v in variants[1:])])  # fmt: skip
+    headers = ["ms per", *variants, "SAC", "new / old", "compiled / old"]
+    table = markdown_table(headers, rows)
+    best = min(steps["new"], steps["new compiled"])
+    payload = {
+        **run_info(0),
+        "args": vars(args),
+        "baseline": args.baseline,
+        "load_average_1min": load,
+        "updates_ms": updates,
+        "env_step_ms": steps,
+        "floor": {
+            "env step new <= 0.5 old": best <= 0.5 * steps["old"],
+            "env step new <= SAC": "sac" in steps and best <= steps["sac"],
+        },
+        "table": table,
+    }
+    write_result(f"{args.name}_speed", payload)
+    print(table)
+    print(f"1-min load average at start / after updates / end: {load}")
+    print(f"wrote {RESULTS / args.name}_speed.json")
+
+
+def _update_ms(old_tree: Path, size: tuple[int, int, int], args: argparse.Namespace) -> dict[str, Any]:
+    """Median ms per update of the baseline's Symphony and this one (eager and compiled), taking turns in
+    this process on the same fixed replay."""
+    from robocl.algos import symphony as new
+
+    spec = importlib.util.spec_from_file_location("symphony_baseline", old_tree / "robocl/algos/symphony.py")
+    assert spec is not None and spec.loader is not None
+    old = sys.modules["symphony_baseline"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(old)
+    hidden, n_q, batch = size
+    n = max(5, 2_000_000 // (hidden * hidden * batch // 100))  # about 1 s of updates per turn
+    learners = {}
+    for label, module, extra in (
+        ("old", old, {}),
+        ("new", new, {}),
+        ("new compiled", new, {"compile": True}),
+    ):
+        config = module.SymphonyConfig(hidden=hidden, n_q=n_q, batch_size=batch, n_explore=2560, tile=8)
+        algo = module.Symphony(config, module.SymphonySpec(obs_dim=17, action_dim=6), args.device, **extra)
+        feed = algo.feed()
+        gen = torch.Generator().manual_seed(0)
+        m = config.n_explore
+        rows = {"obs": torch.randn(m, 17, generator=gen), "action": torch.rand(m, 6, generator=gen) * 2 - 1,
+                "reward": torch.randn(m, generator=gen), "next_obs": torch.randn(m, 17, generator=gen),
+                "terminated": torch.zeros(m, dtype=torch.bool)}  # fmt: skip
+        feed.fill({k: v.numpy() for k, v in rows.items()}, np.arange(m))
+        for _ in range(3):  # warm-up: first-call allocations, caches and the compile
+            algo.update(feed.sample(batch))
+        learners[label] = (algo, feed)
+    times: dict[str, list[float]] = {label: [] for label in learners}
+    for _ in range(args.repeats):
+        for label, (algo, feed) in learners.items():
+            start = time.perf_counter()
+            for _ in range(n):
+                algo.update(feed.sample(batch))
+            times[label].append(1000 * (time.perf_counter() - start) / n)
+    medians = {label: statistics.median(t) for label, t in times.items()}
+    per_s = {f"updates_per_s {label}": 1000 / ms for label, ms in medians.items()}
+    return {**medians, **per_s, "samples": times, "updates_per_turn": n}
+
+
+def _env_step_ms(root: Path, old_tree: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Median wall ms per env step (with its updates) of short Walker2d runs, one fresh process each."""
+    hidden, n_q, batch = SIZES["cpu budget"]
+    settings = {"env": "Walker2d-v5", "steps": SPEED_STEPS, "from": SPEED_FROM, "explore": SPEED_EXPLORE,
+                "tile": SPEED_TILE, "hidden": hidden, "n_q": n_q, "batch": batch, "loop": {}}  # fmt: skip
+    runs = {
+        "old": (old_tree, SYMPHONY_RUN, settings),
+        "new": (root, SYMPHONY_RUN, settings),
+        "new compiled": (root, SYMPHONY_RUN, settings | {"loop": {"compile": True}}),
+    }
+    if not args.no_sac and importlib.util.find_spec("stable_baselines3") is not None:
+        runs["sac"] = (root, SAC_RUN, settings)
+    times: dict[str, list[float]] = {label: [] for label in runs}
+    for _ in range(max(1, args.repeats // 2)):
+        for label, (tree, code, run_settings) in runs.items():
+            env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{tree / 'envs'}", "OMP_NUM_THREADS": "1"}
+            out = subprocess.run([sys.executable, "-c", code, json.dumps(run_settings)], cwd=tree, env=env,
+                                 check=True, capture_output=True, text=True).stdout  # fmt: skip
+            times[label].append(json.loads(out.splitlines()[-1])["ms_per_step"])
+    medians = {label: statistics.median(t) for label, t in times.items()}
+    return {**medians, "samples": times, "timed_env_steps": [SPEED_FROM, SPEED_STEPS - 1]}
 
 
 def _report(args: argparse.Namespace, results: dict[str, Any], sac_note: str | None) -> str:

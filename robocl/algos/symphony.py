@@ -100,8 +100,19 @@ class SymphonySpec:
 
 
 # ---------------------------------------------------------------------------------------------- networks
+def resine(x: torch.Tensor, p: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """SiLU-rectified sine with a learnable per-unit period: f = s sin(x/s), out = f sigmoid(w f / s), with
+    s = sigmoid(p) and w = 1.5 (S3) or 1 / sigmoid(b) (newest draft); ``p``, ``b`` broadcast against ``x``.
+    1/s is taken once on the parameters: activations are multiplied, not divided (cheaper both ways)."""
+    sig = torch.sigmoid(p)
+    inv = 1 / sig
+    f = sig * torch.sin(x * inv)
+    w = 1.5 if b is None else 1 / torch.sigmoid(b)
+    return f * torch.sigmoid(f * (w * inv))
+
+
 class ReSine(nn.Module):
-    """SiLU-rectified sine with a learnable per-unit period: f = s sin(x/s), out = f sigmoid(w f / s)."""
+    """:func:`resine` with its own parameters: p (and with ``learnable_w`` b), both U(-1/sqrt h, 1/sqrt h)."""
 
     def __init__(self, width: int, learnable_w: bool) -> None:
         super().__init__()
@@ -111,10 +122,7 @@ class ReSine(nn.Module):
         self.b = nn.Parameter(torch.empty(width).uniform_(-bound, bound)) if learnable_w else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        sig = torch.sigmoid(self.p)
-        f = sig * torch.sin(x / sig)
-        w = 1.5 if self.b is None else 1 / torch.sigmoid(self.b)
-        return f * torch.sigmoid(w * f / sig)
+        return resine(x, self.p, self.b)
 
 
 class FF(nn.Sequential):
@@ -130,6 +138,40 @@ class FF(nn.Sequential):
         )
 
 
+class CriticEnsemble(nn.Module):
+    """``n`` independent FF critics with their weights stacked on a leading critic axis, so every layer is
+    one matmul over all critics instead of a Python loop of ``n`` small ones (at the CPU benchmark's
+    sizes the loop's kernel launches and autograd nodes cost as much as its arithmetic). Critic c computes
+    exactly ``FF`` with the weights ``[c]``; the tensors are initialised from ``n`` separately built FFs,
+    so the draws (and a seed's initial weights) are those of ``n`` FF critics."""
+
+    def __init__(self, n: int, in_dim: int, hidden: int, out_dim: int, learnable_w: bool) -> None:
+        super().__init__()
+        critics = [FF(in_dim, hidden, out_dim, learnable_w) for _ in range(n)]
+
+        def stack(layer: int, name: str) -> nn.Parameter:
+            return nn.Parameter(torch.stack([getattr(c[layer], name).detach() for c in critics]))
+
+        self.w1, self.b1 = stack(0, "weight"), stack(0, "bias")  # (n, hidden, in), (n, hidden)
+        self.ln_w, self.ln_b = stack(1, "weight"), stack(1, "bias")  # (n, hidden)
+        self.w2, self.b2 = stack(2, "weight"), stack(2, "bias")  # (n, hidden, hidden), (n, hidden)
+        self.p = stack(3, "p")  # (n, hidden)
+        self.b = stack(3, "b") if learnable_w else None
+        self.w3, self.b3 = stack(4, "weight"), stack(4, "bias")  # (n, out, hidden), (n, out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_dim) -> (B, n * out_dim): critic 0's outputs, then critic 1's, ..."""
+        n, hidden = self.p.shape
+        # The critics share their input: their first layers are one (B, in) x (in, n * hidden) matmul.
+        y = nn.functional.linear(x, self.w1.flatten(0, 1), self.b1.flatten())
+        y = y.view(-1, n, hidden).transpose(0, 1)  # (n, B, hidden)
+        y = torch.addcmul(self.ln_b[:, None], nn.functional.layer_norm(y, (hidden,)), self.ln_w[:, None])
+        y = torch.baddbmm(self.b2[:, None], y, self.w2.transpose(1, 2))
+        y = resine(y, self.p[:, None], None if self.b is None else self.b[:, None])
+        y = torch.baddbmm(self.b3[:, None], y, self.w3.transpose(1, 2))  # (n, B, out)
+        return y.transpose(0, 1).flatten(1)
+
+
 class ActorCritic(nn.Module):
     """The actor (direction, strength, beta heads) and ``n_critics`` critics in one module, one optimiser."""
 
@@ -137,10 +179,8 @@ class ActorCritic(nn.Module):
         super().__init__()
         self.action_dim = spec.action_dim
         self.actor = FF(spec.obs_dim, config.hidden, 3 * spec.action_dim, config.learnable_resine)
-        self.critics = nn.ModuleList(
-            FF(spec.obs_dim + spec.action_dim, config.hidden, config.n_q, config.learnable_resine)
-            for _ in range(config.n_critics)
-        )
+        in_dim, learnable_w = spec.obs_dim + spec.action_dim, config.learnable_resine
+        self.critics = CriticEnsemble(config.n_critics, in_dim, config.hidden, config.n_q, learnable_w)
 
     def heads(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, obs_dim) -> direction A in (-1, 1), strength S and beta in [0, 1); each (B, action_dim)."""
@@ -150,8 +190,7 @@ class ActorCritic(nn.Module):
 
     def nodes(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """(B, n_critics * n_q) node values of every critic, concatenated."""
-        x = torch.cat([obs, action], dim=-1)
-        return torch.cat([critic(x) for critic in self.critics], dim=-1)
+        return self.critics(torch.cat([obs, action], dim=-1))
 
 
 # ---------------------------------------------------------------------------------------------- losses
@@ -184,9 +223,16 @@ def value_weights(n: int, kind: Literal["tanh", "bell"] = "tanh") -> torch.Tenso
     return (w / w.sum()).float()
 
 
+@torch.compiler.disable  # traced, numpy's argsort would become torch's sort again
 def soft_truncated_value(nodes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """(B, Nq) nodes -> (B,) weighted sum of the nodes sorted ascending."""
-    return nodes.sort(dim=-1).values @ weights
+    """(B, Nq) nodes -> (B,) weighted sum of the nodes sorted ascending. On a CPU the order comes from
+    numpy's vectorised argsort, a quarter of torch.sort's time for rows of a few hundred; the gather
+    carries the gradient."""
+    if nodes.device.type == "cpu":
+        order = torch.from_numpy(np.argsort(nodes.detach().numpy(), axis=-1))
+    else:
+        order = nodes.detach().argsort(dim=-1)
+    return nodes.gather(-1, order) @ weights
 
 
 def action_noise(
@@ -282,6 +328,10 @@ class SymphonyAdamW(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "betas": betas, "weight_decay": weight_decay, "eps": eps})
         self.anneal_eps = anneal_eps
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero the gradients in place: parameters may hold views of them (:func:`flat_buffer`)."""
+        super().zero_grad(set_to_none=False)
+
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
         for group in self.param_groups:
@@ -312,14 +362,25 @@ class Symphony:
     name: ClassVar[str] = "symphony"
 
     def __init__(
-        self, config: SymphonyConfig, spec: SymphonySpec, device: str | torch.device = "cpu"
+        self,
+        config: SymphonyConfig,
+        spec: SymphonySpec,
+        device: str | torch.device = "cpu",
+        compile: bool = False,
     ) -> None:
         self.config, self.spec, self.device = config, spec, torch.device(device)
+        # torch.compile fuses the loss's chains of small elementwise ops (ReSine, Swaddling, ReHSE) and their
+        # backward into a few generated kernels; on one CPU core it pays after about a minute of compiling.
+        self.loss = torch.compile(symphony_loss, dynamic=False) if compile else symphony_loss
         with seeded(config.seed):
             self.net = ActorCritic(config, spec).to(self.device)
         self.target = copy.deepcopy(self.net).requires_grad_(False)
+        # All weights (and their gradients) live in one flat buffer, the critics' last: the optimiser, the
+        # gradient norm and Polyak averaging are then a few kernels over all weights, not a few per tensor.
+        self.flat = flat_buffer(list(self.net.parameters()), with_grad=True)
+        self.target_critics = flat_buffer(list(self.target.critics.parameters()), with_grad=False)
         self.optimizer = SymphonyAdamW(
-            self.net.parameters(), config.lr, config.betas, config.weight_decay, config.anneal_eps
+            [self.flat], config.lr, config.betas, config.weight_decay, config.anneal_eps
         )
         self.generator = torch.Generator(self.device).manual_seed(config.seed)
         self.weights = value_weights(config.n_critics * config.n_q, config.value_weights).to(self.device)
@@ -350,16 +411,13 @@ class Symphony:
         noise = action_noise(
             tuple(batch["action"].shape), self.config.noise_bound, self.generator, self.device
         )
-        loss, new_ema, terms = symphony_loss(
+        loss, new_ema, terms = self.loss(
             self.net, self.target, batch, noise, self.weights, self.ema, self.config
         )
-        grad_norm = guarded_step(loss, self.optimizer, self.net.parameters())
+        grad_norm = guarded_step(loss, self.optimizer, [self.flat])
         self.ema = new_ema.detach()
-        # S3 updates the critics only; the target's actor is never evaluated.
-        online = [p for c in self.net.critics for p in c.parameters()]
-        frozen = [p for c in self.target.critics for p in c.parameters()]
-        with torch.no_grad():
-            torch._foreach_lerp_(frozen, online, self.config.tau)
+        # S3 updates the critics only (the tail of the flat buffer); the target's actor is never evaluated.
+        self.target_critics.lerp_(self.flat[-self.target_critics.numel() :], self.config.tau)
         self.step += 1
         names = ["loss", *terms, "ema"]
         values = torch.stack([loss.detach(), *terms.values(), self.ema]).tolist()  # one device sync
@@ -374,10 +432,15 @@ class Symphony:
             "ema": self.ema.cpu(),
             "generator": self.generator.get_state(),
         }
-        return {"model": {f"net.{k}": v for k, v in self.net.state_dict().items()}, "trainer": trainer}
+        # Cloned: views of one buffer would share memory, which safetensors refuses.
+        model = {f"net.{k}": v.clone() for k, v in self.net.state_dict().items()}
+        return {"model": model, "trainer": trainer}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.net.load_state_dict(_strip(state["model"], "net."))
+        model = _strip(state["model"], "net.")
+        if "critics.w1" not in model:  # per-critic tensors: written before the fused ensemble
+            raise ValueError("this Symphony checkpoint predates the fused critics: it acts but cannot resume")
+        self.net.load_state_dict(model)
         trainer = state["trainer"]
         self.target.load_state_dict(trainer["target"])
         self.optimizer.load_state_dict(trainer["optimizer"])
@@ -387,14 +450,32 @@ class Symphony:
 
     @staticmethod
     def policy_from_checkpoint(ckpt: Checkpoint, device: str = "cpu") -> SymphonyPolicy:
-        """The actor-critic network alone (no target copy, optimiser or fading buffer), for inference."""
+        """The actor-critic network (no target copy, optimiser or fading buffer), for inference. Only the
+        actor acts, so only its tensors are read (which also reads checkpoints from before the fused
+        critics); the critics keep their initial weights."""
         config = SymphonyConfig(**ckpt.config)
         net = ActorCritic(config, SymphonySpec(**ckpt.spec)).to(device)
-        net.load_state_dict(_strip(ckpt.tensors, "net."))
+        net.actor.load_state_dict(_strip(ckpt.tensors, "net.actor."))
         return SymphonyPolicy(net, torch.device(device), config.a_max)
 
     def policy(self) -> SymphonyPolicy:
         return SymphonyPolicy(self.net, self.device, self.config.a_max)
+
+
+def flat_buffer(params: list[nn.Parameter], with_grad: bool) -> torch.Tensor:
+    """One new contiguous buffer holding ``params`` in order, each now a view of its slice; ``with_grad``:
+    their gradients too, views of the buffer's ``.grad`` (backward accumulates into them in place as long
+    as nothing sets them to None: :meth:`SymphonyAdamW.zero_grad` zeroes instead)."""
+    flat = torch.cat([p.detach().flatten() for p in params])
+    grad = torch.zeros_like(flat) if with_grad else None
+    offset = 0
+    for p in params:
+        p.data = flat[offset : offset + p.numel()].view_as(p)
+        if grad is not None:
+            p.grad = grad[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+    flat.grad = grad
+    return flat
 
 
 def _strip(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -125,7 +125,10 @@ def guarded_step(
     loss.backward()
     params = [p for p in params if p.grad is not None]
     dist.average_gradients(params)
-    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm is not None else math.inf)
+    if max_grad_norm is None:  # the norm alone: clipping at inf would rescale every gradient by 1
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    else:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     if not torch.isfinite(norm):
         raise NonFiniteError(f"gradient norm is {norm.item()} (loss {loss.item():.6g})")
     optimizer.step()
@@ -252,7 +255,6 @@ def fit(
     try:
         while algo.step < loop.n_updates:
             batch = source.sample(batch_size)
-            good_source_state = source.state_dict()
             try:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     metrics = algo.update(to_torch(batch, device))
@@ -260,8 +262,10 @@ def fit(
                 if bad:
                     raise NonFiniteError(f"metric {bad[0]} is {metrics[bad[0]]}")
             except NonFiniteError as exc:
+                # An update never touches the source, so its state is still the one after this sample; taken
+                # here, not before every update (an online source's state commits episodes, ~0.5 ms).
                 saved = save_algorithm(
-                    algo, run.checkpoint(stage, "last_good"), source_state=good_source_state
+                    algo, run.checkpoint(stage, "last_good"), source_state=source.state_dict()
                 )
                 where = list(
                     zip(*(np.asarray(batch.get(k, [])).tolist() for k in ("episode", "t")), strict=True)

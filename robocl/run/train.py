@@ -129,6 +129,7 @@ class OnlineLoopConfig:
     log_every: int = 1_000  # env steps between TensorBoard writes
     device: str = "cpu"  # training device: "cpu", "cuda" or "cuda:N"
     threads: int = 1  # torch intra-op threads (see robocl.run.runtime)
+    compile: bool = False  # torch.compile the method's loss: slower start (about a minute), faster updates
     wandb: bool = False  # also log every scalar to Weights & Biases (the wandb extra; WANDB_MODE=offline)
     wandb_project: str = "robocl"  # the wandb project runs go to
 
@@ -175,7 +176,7 @@ def train_symphony(
         max_episode_steps=int(probe.spec.max_episode_steps),  # type: ignore[union-attr]
     )
     probe.close()
-    algo = Symphony(config, spec, str(resolve_device(online.device)))
+    algo = Symphony(config, spec, str(resolve_device(online.device)), compile=online.compile)
     per_step = config.updates_per_step
     loop = LoopConfig(
         n_updates=(steps - config.n_explore) * per_step,

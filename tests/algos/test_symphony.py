@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -7,7 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+import robocl
 from robocl.algos.symphony import (
+    FF,
+    CriticEnsemble,
     Symphony,
     SymphonyAdamW,
     SymphonyConfig,
@@ -19,7 +23,7 @@ from robocl.algos.symphony import (
     temporal_advantage,
     value_weights,
 )
-from robocl.checkpoint import load_checkpoint
+from robocl.checkpoint import load_checkpoint, save_checkpoint
 from robocl.run.layout import RunDir
 from robocl.run.online import OnlineSource, make_env
 from robocl.run.train import OnlineLoopConfig, train_symphony
@@ -131,6 +135,70 @@ def test_sampling_matches_the_fading_weights_chi_square():
     assert df == 48 and chi2 < critical
 
 
+# ------------------------------------------------------------------ networks
+#: An FF critic's tensor names (and the keys of checkpoints before the fused ensemble) -> the stacked names.
+STACKED = {"0.weight": "w1", "0.bias": "b1", "1.weight": "ln_w", "1.bias": "ln_b", "2.weight": "w2",
+           "2.bias": "b2", "3.p": "p", "3.b": "b", "4.weight": "w3", "4.bias": "b3"}  # fmt: skip
+
+
+def per_critic(ensemble: CriticEnsemble, c: int, grad: bool = False) -> dict[str, torch.Tensor]:
+    """Critic c's slice of the stacked tensors (or of their gradients), named as an ``FF`` names them."""
+    stacked = {
+        old: getattr(ensemble, new) for old, new in STACKED.items() if getattr(ensemble, new) is not None
+    }
+    return {old: (t.grad if grad else t)[c] for old, t in stacked.items()}
+
+
+@pytest.mark.parametrize("learnable_w", [False, True])
+def test_fused_critic_ensemble_equals_a_loop_of_ff_critics(learnable_w):
+    torch.manual_seed(0)
+    ensemble = CriticEnsemble(3, 7, 16, 4, learnable_w)
+    with torch.no_grad():  # move LayerNorm off its (1, 0) init so every stacked tensor matters
+        for p in ensemble.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    critics = [FF(7, 16, 4, learnable_w) for _ in range(3)]
+    for c, critic in enumerate(critics):
+        critic.load_state_dict({k: v.detach().clone() for k, v in per_critic(ensemble, c).items()})
+    x = torch.randn(5, 7, requires_grad=True)
+    x_loop = x.detach().clone().requires_grad_()
+    fused, looped = ensemble(x), torch.cat([critic(x_loop) for critic in critics], dim=-1)
+    torch.testing.assert_close(fused, looped)
+    weights = torch.randn(5, 12)  # any loss: gradients must match too
+    (fused * weights).sum().backward()
+    (looped * weights).sum().backward()
+    torch.testing.assert_close(x.grad, x_loop.grad)
+    for c, critic in enumerate(critics):
+        fused_grads = per_critic(ensemble, c, grad=True)
+        for name, p in critic.named_parameters():
+            torch.testing.assert_close(fused_grads[name], p.grad, msg=f"critic {c} {name}")
+
+
+def test_ensemble_is_initialised_as_separately_built_critics():
+    torch.manual_seed(3)
+    ensemble = CriticEnsemble(3, 7, 16, 4, learnable_w=True)
+    torch.manual_seed(3)
+    critics = [FF(7, 16, 4, learnable_w=True) for _ in range(3)]
+    for c, critic in enumerate(critics):
+        state = per_critic(ensemble, c)
+        assert all(torch.equal(state[k], v) for k, v in critic.state_dict().items())
+
+
+def test_checkpoints_with_per_critic_tensors_load_for_inference_but_not_resume(tmp_path):
+    spec = SymphonySpec(obs_dim=5, action_dim=2)
+    algo = Symphony(TINY, spec)
+    state = algo.state_dict()
+    critics = algo.net.critics
+    old = {k: v for k, v in state["model"].items() if not k.startswith("net.critics.")}
+    for c in range(TINY.n_critics):  # the layout before the fused ensemble: net.critics.<c>.<layer>.<name>
+        old |= {f"net.critics.{c}.{k}": v.detach().clone() for k, v in per_critic(critics, c).items()}
+    path = save_checkpoint(tmp_path / "old", method="symphony", config=dataclasses.asdict(TINY),
+                           spec=dataclasses.asdict(spec), tensors=old, step=0, seed=0)  # fmt: skip
+    obs = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(robocl.load_policy(str(path)).predict(obs), algo.policy().predict(obs))
+    with pytest.raises(ValueError, match="predates the fused critics: it acts but cannot resume"):
+        Symphony(TINY, spec).load_state_dict({"model": old, "trainer": state["trainer"]})
+
+
 # ------------------------------------------------------------------ losses
 def test_rehse_rehae_values():
     u = torch.tensor([-2.0, 0.0, 1.0])
@@ -232,9 +300,24 @@ def test_one_update_is_one_backward_through_actor_and_critics(monkeypatch):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in algo.net.critics.parameters())
     after = algo.target.state_dict()
     assert all(torch.equal(after[k], before_target[k]) for k in after if k.startswith("actor."))
-    k = "critics.0.0.weight"  # Polyak: target moved by tau toward the updated online critic
+    k = "critics.w1"  # Polyak: target moved by tau toward the updated online critic
     online = algo.net.state_dict()[k]
     torch.testing.assert_close(after[k], before_target[k] + TINY.tau * (online - before_target[k]))
+
+
+@pytest.mark.slow
+def test_compiled_loss_updates_as_the_eager_one():
+    spec = SymphonySpec(obs_dim=5, action_dim=2)
+    eager, compiled = Symphony(TINY, spec), Symphony(TINY, spec, compile=True)
+    gen = torch.Generator().manual_seed(2)
+    batch = {"obs": torch.randn(16, 5, generator=gen), "action": torch.rand(16, 2, generator=gen) * 2 - 1,
+             "reward": torch.randn(16, generator=gen), "next_obs": torch.randn(16, 5, generator=gen),
+             "discount": torch.full((16,), 0.99)}  # fmt: skip
+    for _ in range(3):  # the same noise draws: both generators start from the seed
+        want, got = eager.update(batch), compiled.update(batch)
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-6)
+    for a, b in zip(eager.net.parameters(), compiled.net.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 # ------------------------------------------------------------------ online loop
