@@ -2,9 +2,13 @@
 
     python -m benchmarks.hypercrl latency                       # batched CEM vs a per-sample rollout loop
     python -m benchmarks.hypercrl compare --methods hypercrl,finetune [--n-random 2000 --n-mpc 4000 ...]
+    python -m benchmarks.hypercrl lr --family push --lrs 1e-4,3e-4,1e-3 --steps 2000 --n-tasks 5
 
 Latency uses the push reference planner (H 20, K 500, E 40, 5 iterations + the final draw) on the reference
-model sizes, on an untrained model (latency does not depend on the weights). The comparison's defaults are a
+model sizes, on an untrained model (latency does not depend on the weights). ``lr`` fits the reference-size
+model to random-action data of each task in turn (no MPC, so every learning rate sees the same transitions):
+the validation error curve of every task, and the after-task model-error matrix whose drift on earlier tasks
+is the model-error forgetting (results: hypercrl_lr_<family>.json). The comparison's defaults are a
 small budget (stated in the JSON); pass the reference numbers to run the full one. Forward transfer divides by
 a single-task run's diagonal, so ``single`` is always run. Results: benchmarks/results/hypercrl*.json + PNGs.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -22,7 +27,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import RESULTS, markdown_table, run_info, write_result
-from robocl.algos.dynamics import HyperCRLConfig, TaskData
+from robocl.algos.dynamics import HyperCRLConfig, TaskData, stream_seed
 from robocl.algos.hypercrl import HyperCRL
 from robocl.run.continual import train_hypercrl
 
@@ -131,6 +136,110 @@ def latency(seed: int, repeats: int) -> dict[str, Any]:
     }
 
 
+def _random_data(env_id: str, algo: HyperCRL, n: int, seed: int) -> TaskData:
+    """``n`` transitions under N(0, I) actions (stored unclipped), each in train with p = train_fraction."""
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    data = TaskData(algo.state_dim, algo.action_dim)
+    state = env.unwrapped.get_state()
+    for _ in range(n):
+        action = rng.standard_normal(algo.action_dim).astype(np.float32)
+        _, _, terminated, truncated, _ = env.step(np.clip(action, -1, 1))
+        nxt = env.unwrapped.get_state()
+        data.add(state, action, nxt, bool(rng.random() < algo.config.train_fraction))
+        state = nxt
+        if terminated or truncated:
+            env.reset()
+            state = env.unwrapped.get_state()
+    env.close()
+    return data
+
+
+def fit_tasks(config: HyperCRLConfig, data: list[TaskData], steps: int, log_every: int) -> dict[str, Any]:
+    """``steps`` updates per task in order on shuffled epochs (batch 100, last partial batch dropped, as the
+    loop draws them); the validation error of the task being fitted every ``log_every`` steps."""
+    algo = HyperCRL(config)
+    order_gen = torch.Generator().manual_seed(config.seed)
+    curves, t0 = [], time.perf_counter()
+    for task, task_data in enumerate(data):
+        algo.start_task(task)
+        algo.data[task] = task_data
+        algo.refresh_stats()
+        train_idx = torch.nonzero(task_data.train).flatten()
+        batches: list[torch.Tensor] = []
+        curve = [[0, algo.model_error(task)]]
+        for step in range(1, steps + 1):
+            if not batches:
+                perm = train_idx[torch.randperm(len(train_idx), generator=order_gen)]
+                batches = list(
+                    perm[: len(perm) // config.batch_size * config.batch_size].split(config.batch_size)
+                )
+            algo.update({"idx": batches.pop()})
+            if step % log_every == 0:
+                curve.append([step, algo.model_error(task)])
+        curves.append(curve)
+        algo.end_task(task)
+    errors = algo.model_errors
+    return {
+        "validation_curves": curves,
+        "model_error_matrix": errors,
+        "model_error_forgetting": [errors[-1][k] - errors[k][k] for k in range(len(errors) - 1)],
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+def lr_study(
+    family: str, lrs: list[float], seed: int, n_tasks: int, n_random: int, steps: int, log_every: int
+) -> dict[str, Any]:
+    """HyperCRL at each lr and the fine-tune MLP baseline at its own lr, on the same random-action data."""
+    config = HyperCRLConfig(family=family, n_tasks=n_tasks, seed=seed)
+    probe = HyperCRL(config)
+    data = [
+        _random_data(env_id, probe, n_random, stream_seed(seed, task, 1))
+        for task, env_id in enumerate(probe.env_ids)
+    ]
+    no_change = [float((probe.codec.target(d.state, d.next_state)[~d.train] ** 2).mean()) for d in data]
+    runs = {}
+    for name, method, lr in [*(("hypercrl", "hypercrl", lr) for lr in lrs), ("finetune", "finetune", None)]:
+        cfg = HyperCRLConfig(
+            family=family, method=method, n_tasks=n_tasks, seed=seed, **({"lr": lr} if lr else {})
+        )
+        label = f"{name} lr {lr if lr else cfg.baseline_lr:g}"
+        runs[label] = fit_tasks(cfg, data, steps, log_every)
+        run = runs[label]
+        forgetting = np.mean(run["model_error_forgetting"]) if n_tasks > 1 else float("nan")
+        final0 = run["validation_curves"][0][-1][1]
+        print(f"{family} {label}: task 0 {final0:.4g}, forgetting {forgetting:.3g} ({run['wall_s']:.0f} s)")
+    rows = []
+    for label, run in runs.items():
+        curve0 = dict((s, e) for s, e in run["validation_curves"][0])
+        forgetting = run["model_error_forgetting"]
+        rows.append(
+            [label]
+            + [curve0.get(s, float("nan")) for s in _checkpoints(steps)]
+            + [
+                float(np.mean(run["model_error_matrix"][-1])),
+                float(np.mean(forgetting)) if forgetting else float("nan"),
+            ]
+        )
+    headers = ["model", *(f"task 0 val error @{s}" for s in _checkpoints(steps))]
+    headers += ["final error, mean over tasks", "model-error forgetting, mean over earlier tasks"]
+    return {
+        "family": family,
+        "budget": {"n_tasks": n_tasks, "n_random": n_random, "steps_per_task": steps, "seed": seed},
+        "no_change_error": no_change,  # validation error of predicting s' = s, per task
+        "runs": runs,
+        "table": markdown_table(headers, rows),
+    }
+
+
+def _checkpoints(steps: int) -> list[int]:
+    return sorted({s for s in (200, 400, 800) if s < steps} | {steps})
+
+
 def compare(
     family: str, seeds: list[int], methods: list[str], budget: dict[str, Any], out: Path
 ) -> dict[str, Any]:
@@ -196,20 +305,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("part", choices=("latency", "compare"))
+    parser.add_argument("part", choices=("latency", "compare", "lr"))
     parser.add_argument("--seed", type=int, default=777)  # the first of HyperCRL's run-script seeds
     parser.add_argument("--seeds", default="777,855,1045", help="compare: HyperCRL's run-script seeds")
     parser.add_argument("--family", default="push", choices=("push", "door", "cheetah"))
     parser.add_argument("--repeats", type=int, default=10, help="latency: batched plans timed")
     parser.add_argument("--methods", default="hypercrl,finetune")
+    parser.add_argument("--lrs", default="1e-4,3e-4,1e-3", help="lr: hypernetwork learning rates")
+    parser.add_argument("--steps", type=int, default=800, help="lr: updates per task")
+    parser.add_argument("--log-every", type=int, default=100, help="lr: updates between validation errors")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--out", default="/tmp/robocl_hypercrl_bench", help="compare: run dirs")
     for key, value in SMALL_BUDGET.items():
         parser.add_argument("--" + key.replace("_", "-"), type=int, default=value)
     for key in ("hidden", "hnet_hidden"):  # e.g. 200,200: smaller than the family's reference on a CPU
         parser.add_argument("--" + key.replace("_", "-"), help="widths, comma-separated (default: reference)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     info = run_info(args.seed)
-    if args.part == "latency":
+    if args.part == "lr":
+        lrs = [float(x) for x in args.lrs.split(",")]
+        result = lr_study(
+            args.family, lrs, args.seed, args.n_tasks, args.n_random, args.steps, args.log_every
+        )
+        table = result["table"]
+        path = write_result(f"hypercrl_lr_{args.family}", {**info, "load": os.getloadavg(), **result})
+    elif args.part == "latency":
         result = latency(args.seed, args.repeats)
         rows = [
             ["batched CEM (this code)", result["batched_ms_median"]],
