@@ -106,6 +106,9 @@ class HyperCRLConfig:
     n_elites: int | None = None  # CEM elites
     n_iters: int | None = None  # CEM refits before the final best-of-population draw
     init_std: float | None = None  # CEM initial std, raw action units
+    # CEM refits of a plan warm-started from the previous step's (shifted) plan; None: every plan starts
+    # from N(0, init_std^2) with n_iters refits, as the reference does (robocl.algos.cem)
+    warm_iters: int | None = None
     # dtype of the planner's model layers: bfloat16 halves the matmul time on CPUs with bf16 units (CEM only
     # ranks costs, which tolerates ~3 significant digits); training is always float32
     planner_dtype: str = "float32"
@@ -147,6 +150,7 @@ class HyperCRLConfig:
             int(self.n_elites or 0),
             int(self.n_iters or 0),
             float(self.init_std or 0),
+            self.warm_iters,
         )
 
 
@@ -177,7 +181,8 @@ class StateCodec:
 
     def compose(self, state: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         nxt = state + delta
-        nxt[..., self.absolute] = delta[..., self.absolute]
+        if self.absolute:  # an empty index still costs an index_put per planner step
+            nxt[..., self.absolute] = delta[..., self.absolute]
         return nxt
 
 
