@@ -421,35 +421,8 @@ def main() -> None:
         parser.add_argument("--" + key.replace("_", "-"), help="widths, comma-separated (default: reference)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    info = run_info(args.seed)
-    if args.part == "lr":
-        lrs = [float(x) for x in args.lrs.split(",")]
-        result = lr_study(
-            args.family, lrs, args.seed, args.n_tasks, args.n_random, args.steps, args.log_every
-        )
-        table = result["table"]
-        path = write_result(f"hypercrl_lr_{args.family}", {**info, "load": os.getloadavg(), **result})
-    elif args.part == "warm":
-        load = os.getloadavg()
-        warm = [int(w) for w in args.warm_iters.split(",")]
-        result = warm_returns(args.seed, warm, args.episodes, args.n_random, args.steps, args.eval_max_steps)
-        table = result["table"]
-        load = [load, os.getloadavg()]
-        path = write_result("hypercrl_warm_start", {**info, "load": load, **result})
-    elif args.part == "latency":
-        load = os.getloadavg()
-        result = latency(args.seed, args.repeats, [int(w) for w in args.warm_iters.split(",")])
-        rows = [
-            [name, ms, result["gflop_per_action"][name], result["gflop_per_action"][name] / ms * 1e3]
-            for name, ms in result["ms_per_action_median"].items()
-        ]
-        headers = ["planner, push reference sizes", "ms per MPC action", "GFLOP per action", "GFLOP/s"]
-        table = markdown_table(headers, rows)
-        load_after = os.getloadavg()
-        path = write_result(
-            "hypercrl_latency", {**info, "load": [load, load_after], **result, "table": table}
-        )
-    else:
+    info, load_start = run_info(args.seed), os.getloadavg()
+    if args.part == "compare":
         budget = {k: getattr(args, k) for k in SMALL_BUDGET}
         for key in ("hidden", "hnet_hidden"):
             if getattr(args, key):
@@ -464,6 +437,31 @@ def main() -> None:
             f"hypercrl_{args.family}",
             {**info, "budget": budget, **json.loads(json.dumps(result, default=float))},
         )
+    else:
+        if args.part == "lr":
+            lrs = [float(x) for x in args.lrs.split(",")]
+            result = lr_study(
+                args.family, lrs, args.seed, args.n_tasks, args.n_random, args.steps, args.log_every
+            )
+            name = f"hypercrl_lr_{args.family}"
+        elif args.part == "warm":
+            warm = [int(w) for w in args.warm_iters.split(",")]
+            result = warm_returns(
+                args.seed, warm, args.episodes, args.n_random, args.steps, args.eval_max_steps
+            )
+            name = "hypercrl_warm_start"
+        else:
+            result = latency(args.seed, args.repeats, [int(w) for w in args.warm_iters.split(",")])
+            rows = [
+                [label, ms, result["gflop_per_action"][label], result["gflop_per_action"][label] / ms * 1e3]
+                for label, ms in result["ms_per_action_median"].items()
+            ]
+            headers = ["planner, push reference sizes", "ms per MPC action", "GFLOP per action", "GFLOP/s"]
+            result["table"] = markdown_table(headers, rows)
+            name = "hypercrl_latency" + ("" if args.threads == 1 else f"_threads{args.threads}")
+        # timings on a shared machine mean little without its load beside them
+        load = {"start": load_start, "end": os.getloadavg()}
+        table, path = result["table"], write_result(name, {**info, "load_1_5_15min": load, **result})
     print(table)
     print(f"wrote {path}")
 
