@@ -240,10 +240,18 @@ def fit_tasks(algo: HyperCRL, data: list[TaskData], steps: int, log_every: int) 
 
 
 def lr_study(
-    family: str, lrs: list[float], seed: int, n_tasks: int, n_random: int, steps: int, log_every: int
+    family: str,
+    lrs: list[float],
+    seed: int,
+    n_tasks: int,
+    n_random: int,
+    steps: int,
+    log_every: int,
+    sizes: dict[str, tuple[int, ...]],
 ) -> dict[str, Any]:
-    """HyperCRL at each lr and the fine-tune MLP baseline at its own lr, on the same random-action data."""
-    config = HyperCRLConfig(family=family, n_tasks=n_tasks, seed=seed)
+    """HyperCRL at each lr and the fine-tune MLP baseline at its own lr, on the same random-action data;
+    ``sizes``: hidden / hnet_hidden overrides (empty: the family's reference sizes)."""
+    config = HyperCRLConfig(family=family, n_tasks=n_tasks, seed=seed, **sizes)
     probe = HyperCRL(config)
     data = [
         _random_data(env_id, probe, n_random, stream_seed(seed, task, 1))
@@ -252,9 +260,8 @@ def lr_study(
     no_change = [float((probe.codec.target(d.state, d.next_state)[~d.train] ** 2).mean()) for d in data]
     runs = {}
     for name, method, lr in [*(("hypercrl", "hypercrl", lr) for lr in lrs), ("finetune", "finetune", None)]:
-        cfg = HyperCRLConfig(
-            family=family, method=method, n_tasks=n_tasks, seed=seed, **({"lr": lr} if lr else {})
-        )
+        lr_arg = {"lr": lr} if lr else {}
+        cfg = HyperCRLConfig(family=family, method=method, n_tasks=n_tasks, seed=seed, **sizes, **lr_arg)
         label = f"{name} lr {lr if lr else cfg.baseline_lr:g}"
         runs[label] = fit_tasks(HyperCRL(cfg), data, steps, log_every)
         run = runs[label]
@@ -278,6 +285,7 @@ def lr_study(
     return {
         "family": family,
         "budget": {"n_tasks": n_tasks, "n_random": n_random, "steps_per_task": steps, "seed": seed},
+        "sizes": {"hidden": list(config.hidden or ()), "hnet_hidden": list(config.hnet_hidden or ())},
         "no_change_error": no_change,  # validation error of predicting s' = s, per task
         "runs": runs,
         "table": markdown_table(headers, rows),
@@ -426,7 +434,7 @@ def main() -> None:
         budget = {k: getattr(args, k) for k in SMALL_BUDGET}
         for key in ("hidden", "hnet_hidden"):
             if getattr(args, key):
-                budget[key] = tuple(int(w) for w in getattr(args, key).split(","))
+                budget[key] = _widths(getattr(args, key))
         seeds = [int(x) for x in args.seeds.split(",")]
         result = compare(args.family, seeds, args.methods.split(","), budget, Path(args.out))
         table = result["table"]
@@ -440,8 +448,9 @@ def main() -> None:
     else:
         if args.part == "lr":
             lrs = [float(x) for x in args.lrs.split(",")]
+            sizes = {k: _widths(getattr(args, k)) for k in ("hidden", "hnet_hidden") if getattr(args, k)}
             result = lr_study(
-                args.family, lrs, args.seed, args.n_tasks, args.n_random, args.steps, args.log_every
+                args.family, lrs, args.seed, args.n_tasks, args.n_random, args.steps, args.log_every, sizes
             )
             name = f"hypercrl_lr_{args.family}"
         elif args.part == "warm":
@@ -464,6 +473,10 @@ def main() -> None:
         table, path = result["table"], write_result(name, {**info, "load_1_5_15min": load, **result})
     print(table)
     print(f"wrote {path}")
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    return tuple(int(w) for w in text.split(","))
 
 
 if __name__ == "__main__":
