@@ -21,6 +21,8 @@ Deviations from the reference (/work/shared/refs/hypercrl.md) and why:
 - A retraining session on fewer train transitions than the batch size uses them all as one batch, instead of
   dropping the last partial batch and taking no step; this only matters for the small test budgets.
 - An MPC episode that is still running when a task ends is stored truncated.
+- The hypernetwork and embeddings train at lr 1e-3, not 1e-4: measured to fit door tasks in far fewer steps
+  with no more drift of earlier tasks' models (``HyperCRLConfig.lr`` names the evidence).
 """
 
 from __future__ import annotations
