@@ -1,18 +1,28 @@
 """HyperCRL on the push family: planner latency per MPC action, and a continual comparison with the baselines.
 
-    python -m benchmarks.hypercrl latency                       # batched CEM vs a per-sample rollout loop
+    python -m benchmarks.hypercrl latency [--threads 1]    # this planner vs the previous one, warm starts
     python -m benchmarks.hypercrl compare --methods hypercrl,finetune [--n-random 2000 --n-mpc 4000 ...]
+    python -m benchmarks.hypercrl lr --family push --lrs 1e-4,3e-4,1e-3 --steps 2000 --n-tasks 5
+    python -m benchmarks.hypercrl warm --episodes 10 --n-random 2000 --steps 2000 --eval-max-steps 100
 
 Latency uses the push reference planner (H 20, K 500, E 40, 5 iterations + the final draw) on the reference
-model sizes, on an untrained model (latency does not depend on the weights). The comparison's defaults are a
-small budget (stated in the JSON); pass the reference numbers to run the full one. Forward transfer divides by
-a single-task run's diagonal, so ``single`` is always run. Results: benchmarks/results/hypercrl*.json + PNGs.
+model sizes, on an untrained model (latency does not depend on the weights); it times the planner as of
+5fbb8a4 beside this one in the same process, and a matmul-only floor. ``lr`` fits the reference-size
+model to random-action data of each task in turn (no MPC, so every learning rate sees the same transitions):
+the validation error curve of every task, and the after-task model-error matrix whose drift on earlier tasks
+is the model-error forgetting (results: hypercrl_lr_<family>.json). ``warm`` compares episode returns of the
+reference CEM and of warm-started CEM on one fitted push model (hypercrl_warm_start.json). The comparison's
+defaults are a small budget (stated in the JSON); pass the reference numbers to run the full one. Forward
+transfer divides by a single-task run's diagonal, so ``single`` is always run. Results:
+benchmarks/results/hypercrl*.json + PNGs. ``--threads`` (default 1) sets torch's intra-op threads.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -20,10 +30,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from benchmarks.common import RESULTS, markdown_table, run_info, write_result
-from robocl.algos.dynamics import HyperCRLConfig, TaskData
+from robocl.algos.cem import cem_plan
+from robocl.algos.dynamics import HyperCRLConfig, TaskData, stream_seed
 from robocl.algos.hypercrl import HyperCRL
+from robocl.nets.hypernet import mlp_forward
 from robocl.run.continual import train_hypercrl
 
 SMALL_BUDGET = {
@@ -62,56 +75,96 @@ def _planner_setup(seed: int) -> tuple[HyperCRL, Any, np.ndarray]:
     return algo, env, state
 
 
-def _naive_plan(algo: HyperCRL, state: np.ndarray, weights: list[torch.Tensor], reward_fn: Any) -> np.ndarray:
-    """The same CEM, but each sampled sequence rolled out on its own, one model call per step."""
+def _previous_plan(
+    algo: HyperCRL, state: np.ndarray, weights: list[torch.Tensor], reward_fn: Any, gen: torch.Generator
+) -> np.ndarray:
+    """The planner as of 5fbb8a4, kept to time against: the same CEM and model maths with batch-major
+    (K, H, .) rollouts, the input normalisation folded per call, a bias copy per first layer, the full
+    output layer, and a stack and a cat of the states per cost call."""
+    s0 = torch.as_tensor(state, dtype=torch.float32)
+    st = algo.stats[0]
+    mean = torch.cat([st["feature_mean"], st["action_mean"]])
+    weight = weights[0] / torch.cat([st["feature_std"], st["action_std"]])
+    bias = weights[1] - weight @ mean
+    w_state, w_action = weight[:, : algo.codec.feature_dim], weight[:, algo.codec.feature_dim :]
+
+    def cost(actions: torch.Tensor) -> torch.Tensor:
+        action_term = F.linear(actions, w_action, bias)  # (K, H, hidden)
+        s, states = s0.expand(actions.shape[0], -1), []
+        for h in range(actions.shape[1]):
+            first = torch.addmm(action_term[:, h], algo.codec.features(s), w_state.T).relu_()
+            out = mlp_forward(first, weights[2:])
+            nxt = s + out[..., : algo.state_dim]
+            nxt[..., algo.codec.absolute] = out[..., algo.codec.absolute]
+            s = nxt
+            states.append(s)
+        nxt = torch.stack(states, 1)  # (K, H, D)
+        prev = torch.cat([s0.expand(len(nxt), 1, -1), nxt[:, :-1]], 1)
+        return -reward_fn(prev, actions, nxt).sum(1)
+
+    return cem_plan(cost, algo.action_dim, algo.config.cem(), gen)[0].numpy()
+
+
+def _gemm_floor(algo: HyperCRL, populations: int) -> float:
+    """Seconds of only the rollout matmuls of one plan (no bias, activation, state, reward or CEM work)."""
+    cem, hidden = algo.config.cem(), list(algo.config.hidden or ())
+    inputs = [torch.randn(cem.n_samples, w) for w in [algo.codec.feature_dim, *hidden]]
+    ws = [
+        torch.randn(b, a)
+        for a, b in zip([algo.codec.feature_dim, *hidden], [*hidden, algo.state_dim], strict=True)
+    ]
+    t0 = time.perf_counter()
+    for _ in range(populations * cem.horizon):
+        for x, w in zip(inputs, ws, strict=True):
+            torch.mm(x, w.T)
+    return time.perf_counter() - t0
+
+
+def _flops_per_action(algo: HyperCRL, populations: int) -> float:
+    """Multiply-adds x 2 of the rollouts: per sample and step the state half of the first layer and the
+    other layers, plus the action half of the first layer."""
     cem = algo.config.cem()
-    gen = torch.Generator().manual_seed(0)
-    s0 = torch.as_tensor(state)
-    mean, std = torch.zeros(cem.horizon, 2), torch.full((cem.horizon, 2), cem.init_std)
-    best = mean
-    for it in range(cem.n_iters + 1):
-        samples = mean + std * torch.randn((cem.n_samples, cem.horizon, 2), generator=gen)
-        costs = []
-        for seq in samples:
-            s, total = s0, 0.0
-            for a in seq:
-                nxt = algo.predict_next(weights, 0, s[None], a[None])[0]
-                total -= float(reward_fn(s, a, nxt))
-                s = nxt
-            costs.append(total)
-        cost = torch.tensor(costs)
-        if it == cem.n_iters:
-            best = samples[torch.argmin(cost)]
-        else:
-            elites = samples[torch.topk(cost, cem.n_elites, largest=False).indices]
-            mean, std = elites.mean(0), elites.std(0, correction=0)
-    return best[0].numpy()
+    widths = [algo.codec.feature_dim, *(algo.config.hidden or ()), algo.state_dim]
+    per_step = sum(2 * a * b for a, b in itertools.pairwise(widths)) + 2 * algo.action_dim * widths[1]
+    return populations * cem.n_samples * cem.horizon * per_step
 
 
 @torch.no_grad()
-def latency(seed: int, repeats: int) -> dict[str, Any]:
+def latency(seed: int, repeats: int, warm_iters: list[int]) -> dict[str, Any]:
+    """ms per MPC action of the previous and the current planner, interleaved per repeat so that machine
+    noise hits all alike; medians. Warm-started plans are timed in their steady state (after a plan)."""
     algo, env, state = _planner_setup(seed)
     reward_fn = env.unwrapped.reward_fn
     gen = torch.Generator().manual_seed(seed)
-    batched, with_weights, bf16 = [], [], []
-    for _ in range(repeats):  # the two dtypes interleaved, so machine noise hits both alike
-        algo.config.planner_dtype = "float32"
-        t0 = time.perf_counter()
-        weights = [w.detach() for w in algo.learner.weights(0)]  # once per env step
-        t1 = time.perf_counter()
-        algo.plan(0, state, weights, reward_fn, gen)
-        t2 = time.perf_counter()
-        batched.append(t2 - t1)
-        with_weights.append(t2 - t0)
-        algo.config.planner_dtype = "bfloat16"
-        t0 = time.perf_counter()
-        algo.plan(0, state, weights, reward_fn, gen)
-        bf16.append(time.perf_counter() - t0)
-    algo.config.planner_dtype = "float32"
-    t0 = time.perf_counter()
-    _naive_plan(algo, state, weights, reward_fn)
-    naive = time.perf_counter() - t0
+    weights = [w.detach() for w in algo.learner.weights(0)]
     cem = algo.config.cem()
+    variants: dict[str, tuple[str, int | None]] = {
+        "previous planner (5fbb8a4), float32": ("float32", None),
+        "this planner, reference CEM, float32": ("float32", None),
+        **{f"this planner, warm start + {w} refits, float32": ("float32", w) for w in warm_iters},
+        "this planner, reference CEM, bfloat16 layers": ("bfloat16", None),
+    }
+    floor = "matmuls only, reference CEM, float32"
+    times: dict[str, list[float]] = {name: [] for name in [*variants, floor]}
+    build = []
+    for _ in range(repeats):
+        for name, (dtype, warm) in variants.items():
+            algo.config.planner_dtype, algo.config.warm_iters = dtype, warm
+            t0 = time.perf_counter()
+            algo._model_version += 1  # what an update does: the next plan regenerates W_t
+            algo.planning_model(0)
+            build.append(time.perf_counter() - t0)
+            previous = algo.plan(0, state, reward_fn, gen) if warm is not None else None
+            t0 = time.perf_counter()
+            if name.startswith("previous"):
+                _previous_plan(algo, state, weights, reward_fn, gen)
+            else:
+                algo.plan(0, state, reward_fn, gen, previous)
+            times[name].append(time.perf_counter() - t0)
+        times[floor].append(_gemm_floor(algo, cem.n_iters + 1))
+    algo.config.planner_dtype, algo.config.warm_iters = "float32", None
+    populations = {name: (w if w is not None else cem.n_iters) + 1 for name, (_, w) in variants.items()}
+    populations[floor] = cem.n_iters + 1
     return {
         "settings": {
             "horizon": cem.horizon,
@@ -122,12 +175,173 @@ def latency(seed: int, repeats: int) -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(),
             "repeats": repeats,
         },
-        "batched_ms_median": 1e3 * statistics.median(batched),
-        "batched_plus_hnet_ms_median": 1e3 * statistics.median(with_weights),
-        "batched_bf16_ms_median": 1e3 * statistics.median(bf16),
-        "naive_ms": 1e3 * naive,
-        "speedup": naive / statistics.median(batched),
-        "target_ms": 50.0,
+        "ms_per_action_median": {name: 1e3 * statistics.median(t) for name, t in times.items()},
+        "ms_per_action_all": {name: [1e3 * x for x in t] for name, t in times.items()},
+        "gflop_per_action": {name: _flops_per_action(algo, p) / 1e9 for name, p in populations.items()},
+        # W_t = h(e_t) and the folding, once per update (the planner caches it in between)
+        "model_build_ms_median": 1e3 * statistics.median(build),
+        "target_ms": 20.0,
+    }
+
+
+def _random_data(env_id: str, algo: HyperCRL, n: int, seed: int) -> TaskData:
+    """``n`` transitions under N(0, I) actions (stored unclipped), each in train with p = train_fraction."""
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    data = TaskData(algo.state_dim, algo.action_dim)
+    state = env.unwrapped.get_state()
+    for _ in range(n):
+        action = rng.standard_normal(algo.action_dim).astype(np.float32)
+        _, _, terminated, truncated, _ = env.step(np.clip(action, -1, 1))
+        nxt = env.unwrapped.get_state()
+        data.add(state, action, nxt, bool(rng.random() < algo.config.train_fraction))
+        state = nxt
+        if terminated or truncated:
+            env.reset()
+            state = env.unwrapped.get_state()
+    env.close()
+    return data
+
+
+def fit_tasks(algo: HyperCRL, data: list[TaskData], steps: int, log_every: int) -> dict[str, Any]:
+    """``steps`` updates per task in order on shuffled epochs (batch 100, last partial batch dropped, as the
+    loop draws them); the validation error of the task being fitted every ``log_every`` steps."""
+    config = algo.config
+    order_gen = torch.Generator().manual_seed(config.seed)
+    curves, t0 = [], time.perf_counter()
+    for task, task_data in enumerate(data):
+        algo.start_task(task)
+        algo.data[task] = task_data
+        algo.refresh_stats()
+        train_idx = torch.nonzero(task_data.train).flatten()
+        batches: list[torch.Tensor] = []
+        curve = [[0, algo.model_error(task)]]
+        for step in range(1, steps + 1):
+            if not batches:
+                perm = train_idx[torch.randperm(len(train_idx), generator=order_gen)]
+                batches = list(
+                    perm[: len(perm) // config.batch_size * config.batch_size].split(config.batch_size)
+                )
+            algo.update({"idx": batches.pop()})
+            if step % log_every == 0:
+                curve.append([step, algo.model_error(task)])
+        curves.append(curve)
+        algo.end_task(task)
+    errors = algo.model_errors
+    return {
+        "validation_curves": curves,
+        "model_error_matrix": errors,
+        "model_error_forgetting": [errors[-1][k] - errors[k][k] for k in range(len(errors) - 1)],
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+def lr_study(
+    family: str,
+    lrs: list[float],
+    seed: int,
+    n_tasks: int,
+    n_random: int,
+    steps: int,
+    log_every: int,
+    sizes: dict[str, tuple[int, ...]],
+) -> dict[str, Any]:
+    """HyperCRL at each lr and the fine-tune MLP baseline at its own lr, on the same random-action data;
+    ``sizes``: hidden / hnet_hidden overrides (empty: the family's reference sizes)."""
+    config = HyperCRLConfig(family=family, n_tasks=n_tasks, seed=seed, **sizes)
+    probe = HyperCRL(config)
+    data = [
+        _random_data(env_id, probe, n_random, stream_seed(seed, task, 1))
+        for task, env_id in enumerate(probe.env_ids)
+    ]
+    no_change = [float((probe.codec.target(d.state, d.next_state)[~d.train] ** 2).mean()) for d in data]
+    runs = {}
+    for name, method, lr in [*(("hypercrl", "hypercrl", lr) for lr in lrs), ("finetune", "finetune", None)]:
+        lr_arg = {"lr": lr} if lr else {}
+        cfg = HyperCRLConfig(family=family, method=method, n_tasks=n_tasks, seed=seed, **sizes, **lr_arg)
+        label = f"{name} lr {lr if lr else cfg.baseline_lr:g}"
+        runs[label] = fit_tasks(HyperCRL(cfg), data, steps, log_every)
+        run = runs[label]
+        forgetting = np.mean(run["model_error_forgetting"]) if n_tasks > 1 else float("nan")
+        final0 = run["validation_curves"][0][-1][1]
+        print(f"{family} {label}: task 0 {final0:.4g}, forgetting {forgetting:.3g} ({run['wall_s']:.0f} s)")
+    rows = []
+    for label, run in runs.items():
+        curve0 = dict((s, e) for s, e in run["validation_curves"][0])
+        forgetting = run["model_error_forgetting"]
+        rows.append(
+            [label]
+            + [curve0.get(s, float("nan")) for s in _checkpoints(steps)]
+            + [
+                float(np.mean(run["model_error_matrix"][-1])),
+                float(np.mean(forgetting)) if forgetting else float("nan"),
+            ]
+        )
+    headers = ["model", *(f"task 0 val error @{s}" for s in _checkpoints(steps))]
+    headers += ["final error, mean over tasks", "model-error forgetting, mean over earlier tasks"]
+    return {
+        "family": family,
+        "budget": {"n_tasks": n_tasks, "n_random": n_random, "steps_per_task": steps, "seed": seed},
+        "sizes": {"hidden": list(config.hidden or ()), "hnet_hidden": list(config.hnet_hidden or ())},
+        "no_change_error": no_change,  # validation error of predicting s' = s, per task
+        "runs": runs,
+        "table": markdown_table(headers, rows),
+    }
+
+
+def _checkpoints(steps: int) -> list[int]:
+    return sorted({s for s in (200, 400, 800) if s < steps} | {steps})
+
+
+def warm_returns(
+    seed: int, warm_iters: list[int], episodes: int, n_random: int, steps: int, max_steps: int
+) -> dict[str, Any]:
+    """Push task-0 episode returns of MPC with the reference CEM and with warm starts, on one model.
+
+    The model is the MLP baseline's (method single) fitted to random-action data: a short fit, and the
+    planner is the same whatever learner made the weights. Every planner gets the same reset seeds; the
+    reward is the env's; ms per action time the plan only."""
+    import gymnasium as gym
+
+    algo = HyperCRL(HyperCRLConfig(family="push", method="single", n_tasks=1, seed=seed))
+    data = _random_data(algo.env_ids[0], algo, n_random, stream_seed(seed, 0, 1))
+    fit = fit_tasks(algo, [data], steps, steps)
+    env = gym.make(algo.env_ids[0])
+    runs: dict[str, dict[str, Any]] = {}
+    for warm in [None, *warm_iters]:
+        name = "reference CEM" if warm is None else f"warm start + {warm} refits"
+        algo.config.warm_iters = warm
+        policy = algo.policy(0, seed=stream_seed(seed, 0, 7))
+        returns, plan_s = [], []
+        for episode in range(episodes):
+            env.reset(seed=stream_seed(seed, episode, 8))
+            policy.reset()
+            total, done, t = 0.0, False, 0
+            while not done and t < max_steps:
+                t0 = time.perf_counter()
+                action = policy.act(env.unwrapped.get_state())
+                plan_s.append(time.perf_counter() - t0)
+                _, reward, terminated, truncated, _ = env.step(np.clip(action, -1, 1))
+                total, done, t = total + float(reward), terminated or truncated, t + 1
+            returns.append(total)
+        runs[name] = {
+            "returns": returns,
+            "mean": float(np.mean(returns)),
+            "ci95": float(1.96 * np.std(returns, ddof=1) / np.sqrt(len(returns))),
+            "ms_per_action_median": 1e3 * statistics.median(plan_s),
+        }
+        print(f"{name}: return {runs[name]['mean']:.2f} +- {runs[name]['ci95']:.2f}", flush=True)
+    algo.config.warm_iters = None
+    rows = [[name, r["mean"], r["ci95"], r["ms_per_action_median"]] for name, r in runs.items()]
+    headers = ["push task 0 planner", "mean episode return", "95% CI half-width", "ms per action"]
+    return {
+        "budget": {"n_random": n_random, "fit_steps": steps, "episodes": episodes, "max_steps": max_steps},
+        "model_validation_error": fit["validation_curves"][0][-1][1],
+        "runs": runs,
+        "table": markdown_table(headers, rows),
     }
 
 
@@ -196,34 +410,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("part", choices=("latency", "compare"))
+    parser.add_argument("part", choices=("latency", "compare", "lr", "warm"))
     parser.add_argument("--seed", type=int, default=777)  # the first of HyperCRL's run-script seeds
     parser.add_argument("--seeds", default="777,855,1045", help="compare: HyperCRL's run-script seeds")
     parser.add_argument("--family", default="push", choices=("push", "door", "cheetah"))
     parser.add_argument("--repeats", type=int, default=10, help="latency: batched plans timed")
     parser.add_argument("--methods", default="hypercrl,finetune")
+    parser.add_argument("--warm-iters", default="1,2", help="latency, warm: warm-start refits")
+    parser.add_argument("--episodes", type=int, default=10, help="warm: episodes per planner")
+    parser.add_argument("--lrs", default="1e-4,3e-4,1e-3", help="lr: hypernetwork learning rates")
+    parser.add_argument("--steps", type=int, default=800, help="lr: updates per task")
+    parser.add_argument("--log-every", type=int, default=100, help="lr: updates between validation errors")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--out", default="/tmp/robocl_hypercrl_bench", help="compare: run dirs")
     for key, value in SMALL_BUDGET.items():
         parser.add_argument("--" + key.replace("_", "-"), type=int, default=value)
     for key in ("hidden", "hnet_hidden"):  # e.g. 200,200: smaller than the family's reference on a CPU
         parser.add_argument("--" + key.replace("_", "-"), help="widths, comma-separated (default: reference)")
     args = parser.parse_args()
-    info = run_info(args.seed)
-    if args.part == "latency":
-        result = latency(args.seed, args.repeats)
-        rows = [
-            ["batched CEM (this code)", result["batched_ms_median"]],
-            ["batched CEM + hypernetwork forward", result["batched_plus_hnet_ms_median"]],
-            ["batched CEM, bfloat16 layers (--planner-dtype bfloat16)", result["batched_bf16_ms_median"]],
-            ["naive per-sample loop", result["naive_ms"]],
-        ]
-        table = markdown_table(["planner, push settings", "ms per MPC action"], rows)
-        path = write_result("hypercrl_latency", {**info, **result, "table": table})
-    else:
+    torch.set_num_threads(args.threads)
+    info, load_start = run_info(args.seed), os.getloadavg()
+    if args.part == "compare":
         budget = {k: getattr(args, k) for k in SMALL_BUDGET}
         for key in ("hidden", "hnet_hidden"):
             if getattr(args, key):
-                budget[key] = tuple(int(w) for w in getattr(args, key).split(","))
+                budget[key] = _widths(getattr(args, key))
         seeds = [int(x) for x in args.seeds.split(",")]
         result = compare(args.family, seeds, args.methods.split(","), budget, Path(args.out))
         table = result["table"]
@@ -234,8 +445,38 @@ def main() -> None:
             f"hypercrl_{args.family}",
             {**info, "budget": budget, **json.loads(json.dumps(result, default=float))},
         )
+    else:
+        if args.part == "lr":
+            lrs = [float(x) for x in args.lrs.split(",")]
+            sizes = {k: _widths(getattr(args, k)) for k in ("hidden", "hnet_hidden") if getattr(args, k)}
+            result = lr_study(
+                args.family, lrs, args.seed, args.n_tasks, args.n_random, args.steps, args.log_every, sizes
+            )
+            name = f"hypercrl_lr_{args.family}"
+        elif args.part == "warm":
+            warm = [int(w) for w in args.warm_iters.split(",")]
+            result = warm_returns(
+                args.seed, warm, args.episodes, args.n_random, args.steps, args.eval_max_steps
+            )
+            name = "hypercrl_warm_start"
+        else:
+            result = latency(args.seed, args.repeats, [int(w) for w in args.warm_iters.split(",")])
+            rows = [
+                [label, ms, result["gflop_per_action"][label], result["gflop_per_action"][label] / ms * 1e3]
+                for label, ms in result["ms_per_action_median"].items()
+            ]
+            headers = ["planner, push reference sizes", "ms per MPC action", "GFLOP per action", "GFLOP/s"]
+            result["table"] = markdown_table(headers, rows)
+            name = "hypercrl_latency" + ("" if args.threads == 1 else f"_threads{args.threads}")
+        # timings on a shared machine mean little without its load beside them
+        load = {"start": load_start, "end": os.getloadavg()}
+        table, path = result["table"], write_result(name, {**info, "load_1_5_15min": load, **result})
     print(table)
     print(f"wrote {path}")
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    return tuple(int(w) for w in text.split(","))
 
 
 if __name__ == "__main__":

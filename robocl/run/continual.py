@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from robocl.algos.dynamics import HyperCRLConfig, TaskData, stream_seed
-from robocl.algos.hypercrl import HyperCRL
+from robocl.algos.hypercrl import HyperCRL, PlannerPolicy
 from robocl.checkpoint import load_checkpoint, resolve_checkpoint
 from robocl.eval.continual import ContinualEvaluator, continual_metrics, plot_curves
 from robocl.eval.evaluate import evaluate
@@ -50,7 +50,10 @@ class PlannerSource:
         self.env = gym.make(algo.env_ids[task])
         self.reward_fn = self.env.unwrapped.reward_fn  # type: ignore[attr-defined]
         self.rng = np.random.default_rng(stream_seed(cfg.seed, task, 1))
-        self.plan_gen = torch.Generator().manual_seed(stream_seed(cfg.seed, task, 2))
+        plan_gen = torch.Generator().manual_seed(stream_seed(cfg.seed, task, 2))
+        self.planner = PlannerPolicy(
+            lambda state, previous: algo.plan(task, state, self.reward_fn, plan_gen, previous)
+        )
         self.order_gen = torch.Generator().manual_seed(stream_seed(cfg.seed, task, 4))
         self.env.reset(seed=stream_seed(cfg.seed, task, 4))
         self.state = self.env.unwrapped.get_state()  # type: ignore[attr-defined]
@@ -69,14 +72,9 @@ class PlannerSource:
 
     def _collect(self, n: int, mpc: bool) -> None:
         cfg, algo = self.algo.config, self.algo
-        if mpc:
-            with torch.no_grad():  # W_t once per session: the model does not change while it acts
-                weights = [w.detach() for w in algo.learner.weights(self.task)]
         for _ in range(n):
-            if mpc:
-                action = algo.plan(self.task, self.state, weights, self.reward_fn, self.plan_gen)
-            else:
-                action = self.rng.standard_normal(algo.action_dim)
+            # the planner generates W_t once per session: it caches the model until the next update
+            action = self.planner.act(self.state) if mpc else self.rng.standard_normal(algo.action_dim)
             action = action.astype(np.float32)
             space = self.env.action_space
             _, reward, terminated, truncated, _ = self.env.step(np.clip(action, space.low, space.high))
@@ -92,6 +90,7 @@ class PlannerSource:
                 self._end_episode(terminated)
                 self.env.reset()
                 self.state = self.env.unwrapped.get_state()  # type: ignore[attr-defined]
+                self.planner.reset()
             algo.env_step += 1
             self.evaluator.maybe_evaluate(algo.env_step, self.task)
             if self.on_env_step is not None:

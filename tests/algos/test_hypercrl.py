@@ -157,13 +157,14 @@ def test_planner_rollout_equals_predict_next_with_the_normalisation_folded_in(fa
 
     algo.config.n_iters, algo.config.n_samples, algo.config.n_elites, algo.config.horizon = 0, 4, 1, 3
     gen = torch.Generator().manual_seed(1)
-    algo.plan(0, state.numpy(), weights, reward_fn, gen)
+    algo.plan(0, state.numpy(), reward_fn, gen)
     actions = torch.randn((4, 3, a), generator=torch.Generator().manual_seed(1)) * algo.config.cem().init_std
     s, expected = state.expand(4, -1), []
     for h in range(3):
         s = algo.predict_next(weights, 0, s, actions[:, h])
         expected.append(s)
-    torch.testing.assert_close(seen[0], torch.stack(expected, 1), rtol=1e-4, atol=1e-4)
+    # the planner hands the reward time-major (H, K, D) states
+    torch.testing.assert_close(seen[0], torch.stack(expected), rtol=1e-4, atol=1e-4)
 
 
 def test_model_error_is_the_validation_mse_of_the_predicted_change() -> None:
