@@ -12,7 +12,8 @@ env for the online one. :func:`fit` owns the rest, once for all methods:
 - a checkpoint every ``checkpoint_every`` updates and at exit in ``checkpoints/<stage>/last``, with the
   source's and the generators' state, so ``resume=True`` continues bit for bit (on CPU);
 - a non-finite loss, gradient or metric stops the run with the step and the batch's (episode, t), after
-  saving the last good state to ``checkpoints/<stage>/last_good``; Ctrl-C saves and says how to resume;
+  saving the last good state to ``checkpoints/<stage>/last_good``; Ctrl-C stops at the next update
+  boundary (a second one at once), saves and says how to resume;
 - periodic and final evaluation (``evaluate``: the shared evaluator into ``eval/<stage>/<step>/``) and
   validation (``validate``: metrics on held-out data);
 - data-parallel training under ``torchrun`` (:mod:`robocl.run.dist`): each rank samples its own windows.
@@ -37,7 +38,7 @@ from robocl.policy import Policy
 from robocl.progress import Progress, format_duration
 from robocl.run import dist
 from robocl.run.layout import RunDir
-from robocl.run.runtime import DEFAULT_THREADS, resolve_device, set_threads
+from robocl.run.runtime import DEFAULT_THREADS, DeferredInterrupt, resolve_device, set_threads
 
 
 @dataclass
@@ -252,8 +253,11 @@ def fit(
             for key, value in metrics.items():
                 writer.add_scalar(key, value, step)
 
+    interrupt = DeferredInterrupt()
     try:
         while algo.step < loop.n_updates:
+            if interrupt.requested:
+                raise KeyboardInterrupt
             batch = source.sample(batch_size)
             try:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -307,6 +311,7 @@ def fit(
             f"interrupted at update {algo.step} of stage {stage!r}; state saved to {last}"
         ) from exc
     finally:
+        interrupt.restore()
         bar.close()
         if algo.step > 0:
             save_algorithm(algo, last, source_state=source.state_dict())

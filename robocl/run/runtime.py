@@ -9,7 +9,11 @@ default; ``--threads N`` raises it for large image policies on a machine of thei
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 from collections.abc import Iterator
+from types import FrameType
+from typing import Any
 
 import torch
 
@@ -50,3 +54,27 @@ def seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+class DeferredInterrupt:
+    """Ctrl-C while installed sets ``requested`` for the loop to act on between updates, instead of raising
+    wherever Python happens to be: a KeyboardInterrupt raised inside a finaliser or a library's cleanup is
+    discarded ("Exception ignored in ..."), and a run interrupted there trained on (the Ctrl-C test hung so
+    once in CI). A second Ctrl-C raises at once, for a step that takes long (an evaluation). Off the main
+    thread, where Python has no signal handlers, it does nothing."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
