@@ -52,10 +52,10 @@ class CORFTConfig:
     # ---- stage 2: chunked offline RL
     # How the policy improves through the critic; None = distill for a flow head, td3_bc for regression.
     # The distilled one-step actor (FQL) against best-of-8, seen + unseen success points summed over both
-    # tasks and position sets (benchmarks/results/co_rft_<task>.json, 0e31477: 30 demos x 3 seeds and 60
-    # demos x 5 seeds, 50 episodes per cell; co_rft_<task>_head.json, 563b8b1: 60 demos x 3 seeds): tied
-    # at 0e31477 (477 against 481 over 8 cells), ahead at 563b8b1 (282 against 257 over 4 cells). It acts
-    # in 0.26 ms per chunk against best-of-N's 7.5-10.6 ms, so it is the default.
+    # tasks and position sets (benchmarks/results/co_rft_<task>.json, 0e31477: 30 and 60 demos x 5 seeds,
+    # 50 episodes per cell; co_rft_<task>_head.json, 563b8b1: 60 demos x 3 seeds): behind at 0e31477 (458
+    # against 471 over 8 cells), ahead at 563b8b1 (282 against 257 over 4 cells), within noise in both. It
+    # acts in 0.26 ms per chunk against best-of-N's 7.5-10.6 ms, so it is the default.
     actor: Literal["best_of_n", "distill", "td3_bc"] | None = None
     # Best-of-N proposals per decision: the first from x_0 = 0 (the flow's mode), the others from noise of the
     # ``candidate_noise`` scales in turn. QC draws 32 at full noise; on 60 mixed demos (seed-0 pilots, 1k
