@@ -49,6 +49,7 @@ from robocl.run.online import make_env
 from robocl.run.train import OnlineLoopConfig, train_symphony
 
 PAPER_ANCHOR = {"env": "Humanoid-v4", "return": 5000, "env_steps": 240_000, "seeds": 10}
+DIAGNOSTICS = ("strength", "action_abs", "action_abs_above_half", "noisy/mean_return")
 SAC_NOTE = "stable-baselines3 SAC, default hyper-parameters, learning_starts = n_explore"
 
 
@@ -82,7 +83,19 @@ def run_symphony(env_id: str, seed: int, args: argparse.Namespace, root: Path) -
         ]
         for step, path in run.evaluations("online")
     }
-    return {"curve": curve, "wall_s": wall, "exploration_steps": config.n_explore}
+    # What each evaluation also logged: the strength S and |a| / a_max the deterministic policy acted with,
+    # and the return with the training noise on (robocl.run.train.train_symphony).
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = EventAccumulator(str(run.tb("online")))
+    scalars.Reload()
+    diagnostics: dict[str, dict[int, float]] = {}
+    for name in DIAGNOSTICS:
+        for event in scalars.Scalars(f"eval/{name}"):
+            diagnostics.setdefault(name, {})[config.n_explore + event.step // config.updates_per_step] = (
+                event.value
+            )
+    return {"curve": curve, "diagnostics": diagnostics, "wall_s": wall, "exploration_steps": config.n_explore}
 
 
 def evaluation(env_id: str, seed: int, args: argparse.Namespace) -> EnvEvaluation:
@@ -345,6 +358,23 @@ def _report(args: argparse.Namespace, results: dict[str, Any], sac_note: str | N
                 )
     headers = ["env", "method", "env steps", "mean return", "std", "seeds", "wall s / 1k steps"]
     table = markdown_table(headers, rows)
+    rows = []
+    for env_id, methods in results.items():
+        runs = methods["symphony"]
+        for mark in marks:
+            if all(mark in r["curve"] for r in runs):
+                means = [float(np.mean([r["diagnostics"][k][mark] for r in runs])) for k in DIAGNOSTICS]
+                rows.append([env_id, mark, *means, float(np.mean([r["curve"][mark] for r in runs]))])
+    headers = [
+        "env",
+        "env steps",
+        "S",
+        "mean abs(a)/a_max",
+        "share abs(a)>a_max/2",
+        "return, noise on",
+        "return",
+    ]
+    table += "\n\nSymphony, mean over seeds at each evaluation:\n\n" + markdown_table(headers, rows)
     payload = {
         **run_info(0),
         "args": vars(args),

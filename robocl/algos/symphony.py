@@ -458,8 +458,12 @@ class Symphony:
         net.actor.load_state_dict(_strip(ckpt.tensors, "net.actor."))
         return SymphonyPolicy(net, torch.device(device), config.a_max)
 
-    def policy(self) -> SymphonyPolicy:
-        return SymphonyPolicy(self.net, self.device, self.config.a_max)
+    def policy(self, noisy: bool = False) -> SymphonyPolicy:
+        """The deterministic policy, or (``noisy``) one acting with the training noise, seeded by the step."""
+        if not noisy:
+            return SymphonyPolicy(self.net, self.device, self.config.a_max)
+        bound, seed = self.config.noise_bound, self.config.seed + 10_000 + self.step
+        return SymphonyPolicy(self.net, self.device, self.config.a_max, bound, seed)
 
 
 def flat_buffer(params: list[nn.Parameter], with_grad: bool) -> torch.Tensor:
@@ -483,10 +487,17 @@ def _strip(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.
 
 
 class SymphonyPolicy:
-    """Deterministic numpy policy a_max tanh(S A) for evaluation."""
+    """Numpy policy a_max tanh(S A) for evaluation; with ``noise_bound`` > 0, a_max tanh(S A + eps) with the
+    training noise eps (its own generator, seeded: evaluating never moves the training stream). It also
+    keeps what it did, for :meth:`action_stats`: the strength S and the action magnitude |a| decide whether
+    small actions cap a run (the issue S3's Swaddling raises: S settles near 1/e)."""
 
-    def __init__(self, net: ActorCritic, device: torch.device, a_max: float) -> None:
-        self.net, self.device, self.a_max = net, device, a_max
+    def __init__(
+        self, net: ActorCritic, device: torch.device, a_max: float, noise_bound: float = 0.0, seed: int = 0
+    ) -> None:
+        self.net, self.device, self.a_max, self.noise_bound = net, device, a_max, noise_bound
+        self.generator = torch.Generator(device).manual_seed(seed) if noise_bound > 0 else None
+        self._sums = torch.zeros(4, dtype=torch.float64)  # sum S, sum |a|, count |a| > 0.5, entries
 
     def reset(self) -> None:
         """Symphony's policy is memoryless."""
@@ -498,5 +509,23 @@ class SymphonyPolicy:
         _, single = batch_size_of(obs, 1)
         x = torch.as_tensor(obs, device=self.device)
         direction, strength, _ = self.net.heads(x[None] if single else x)
-        action = (self.a_max * torch.tanh(strength * direction)).cpu().numpy()
+        signal = strength * direction
+        if self.generator is not None:
+            signal = signal + action_noise(tuple(signal.shape), self.noise_bound, self.generator, self.device)
+        action = self.a_max * torch.tanh(signal)
+        magnitude = (action / self.a_max).abs()
+        self._sums += (
+            torch.stack(
+                [strength.sum(), magnitude.sum(), (magnitude > 0.5).sum(), torch.tensor(magnitude.numel())]
+            )
+            .double()
+            .cpu()
+        )
+        action = action.cpu().numpy()
         return action[0] if single else action
+
+    def action_stats(self) -> dict[str, float]:
+        """Means over every action produced: strength S, |a| / a_max, the share of |a| / a_max above 0.5."""
+        total_s, total_a, large, n = self._sums.tolist()
+        n = max(n, 1.0)
+        return {"strength": total_s / n, "action_abs": total_a / n, "action_abs_above_half": large / n}

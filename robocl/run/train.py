@@ -6,6 +6,7 @@ and returns the checkpoint of each stage it trained. ``robocl train METHOD`` is 
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,12 +198,22 @@ def train_symphony(
     )  # fmt: skip
     # Evaluation reset seeds far above every training seed (online.train_seed), the same at every mark.
     seed = 10**9 + 1000 * config.seed
-    evaluate = EnvEvaluation(env_id, online.eval_episodes, seed=seed) if online.eval_episodes else None
+    deterministic = EnvEvaluation(env_id, online.eval_episodes, seed=seed)
+
+    def evaluate(policy: Any, out_dir: Any) -> dict[str, float]:
+        """The deterministic return, the strength and action magnitude it acted with, and the return with
+        the training noise on (same reset seeds; its episodes are not kept)."""
+        scores = deterministic(policy, out_dir) | policy.action_stats()
+        with tempfile.TemporaryDirectory() as tmp:
+            noisy = deterministic(algo.policy(noisy=True), lambda task: Path(tmp) / task)
+        return scores | {f"noisy/{k}": v for k, v in noisy.items()}
+
     run.begin(
         Symphony.name, config, stage="online", seed=config.seed, env=env_id, store=str(source.store.location)
     )
     try:
-        fit(algo, source, loop, run, stage="online", resume=resume, evaluate=evaluate, progress=progress)
+        evaluation = evaluate if online.eval_episodes else None
+        fit(algo, source, loop, run, stage="online", resume=resume, evaluate=evaluation, progress=progress)
     finally:
         source.close()
     return {"online": run.checkpoint("online")}

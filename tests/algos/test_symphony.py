@@ -391,6 +391,12 @@ def test_seeded_run_is_deterministic_and_stores_what_collect_stores(tmp_path):
     assert steps == [60, 120, 138]
     reports = [[json.loads(p.read_text())["aggregate"] for _, p in run.evaluations("online")] for run in runs]
     assert reports[0] == reports[1] and np.isfinite(reports[0][0]["mean_return"])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = EventAccumulator(str(runs[0].tb("online")))
+    scalars.Reload()
+    for name in ("strength", "action_abs", "action_abs_above_half", "noisy/mean_return"):
+        assert [e.step for e in scalars.Scalars(f"eval/{name}")] == [60, 120, 138]
     assert runs[0].info()["method"] == "symphony" and runs[0].info()["env"] == "Walker2d-v5"
     with TrajectoryStore.open(runs[0].data("replay.zarr")) as store:
         assert 0 < store.n_steps <= 110 and store.meta["env_id"] == "Walker2d-v5"
@@ -427,3 +433,24 @@ def test_policy_reads_the_rollout_engines_dict_observations_of_an_arm_task():
     policy = Symphony(TINY, SymphonySpec(obs_dim=37, action_dim=5), "cpu").policy()
     as_dict = {k: v[None] for k, v in obs.items()} | {"task": ["put it there"]}
     np.testing.assert_array_equal(policy.predict(as_dict)[0], policy.predict(flat))
+
+
+def test_evaluation_policies_act_with_or_without_the_training_noise_and_report_what_they_did():
+    algo = Symphony(TINY, SymphonySpec(obs_dim=5, action_dim=2))
+    obs = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
+    training_stream = algo.generator.get_state()
+    deterministic = algo.policy()
+    action = deterministic.predict(obs)
+    with torch.no_grad():
+        direction, strength, _ = algo.net.heads(torch.as_tensor(obs))
+    a_max = algo.config.a_max
+    np.testing.assert_allclose(action, a_max * np.tanh((strength * direction).numpy()), rtol=1e-6)
+    magnitude = np.abs(action) / a_max
+    stats = deterministic.action_stats()
+    assert stats["strength"] == pytest.approx(float(strength.mean()), rel=1e-6)
+    assert stats["action_abs"] == pytest.approx(float(magnitude.mean()), rel=1e-6)
+    assert stats["action_abs_above_half"] == pytest.approx(float((magnitude > 0.5).mean()))
+    noisy = [algo.policy(noisy=True).predict(obs) for _ in range(2)]
+    np.testing.assert_array_equal(noisy[0], noisy[1])  # seeded by the update count
+    assert not np.allclose(noisy[0], action)
+    assert torch.equal(algo.generator.get_state(), training_stream)  # evaluating never moves training
