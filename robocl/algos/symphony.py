@@ -71,6 +71,9 @@ class SymphonyConfig:
     a_max: float = 1.0  # action = a_max * tanh(...); the paper sends [-1, 1] even to Humanoid's +-0.4 box
     noise_bound: float = math.e  # eps = clip(N(0,1), -b, b) / b; S3 uses e, the SE variant pi
     swaddle_clamp: float = 1e-3  # S and beta clamped to [c, 1 - c] in the Swaddling loss (newest: 1e-8)
+    # Weight of L_Sw in the loss (S3 and the newest draft: 1, no coefficient). Below 1 the pull of S toward
+    # 1/e weakens: at S = 1/e the deterministic action is at most a_max tanh(1/e) = 0.35 a_max.
+    swaddle_weight: float = 1.0
     fall_steps: int = 50  # last steps of a capped training episode run noise only (newest: 100)
     seed: int = 0  # initialisation, noise, batch sampling and env reset seeds
 
@@ -83,6 +86,8 @@ class SymphonyConfig:
             raise ValueError(f"need 0 < tau={self.tau} <= 1, 0 <= gamma={self.gamma} < 1, 0 <= alpha < 1")
         if self.baseline not in ("per_sample", "scalar") or self.value_weights not in ("tanh", "bell"):
             raise ValueError(f"bad baseline={self.baseline!r} or value_weights={self.value_weights!r}")
+        if self.swaddle_weight < 0:
+            raise ValueError(f"swaddle_weight must be >= 0, got {self.swaddle_weight}")
         if not 0 < self.swaddle_clamp < 0.5:
             raise ValueError(f"swaddle_clamp must be in (0, 0.5), got {self.swaddle_clamp}")
         if self.tile * self.n_explore < 2:
@@ -297,7 +302,7 @@ def symphony_loss(
     advantage, new_ema = temporal_advantage(q_next, ema, config.alpha, config.baseline)
     actor_loss = -rehae(advantage).mean()
     swaddle_loss = sw.mean() + beta_term.mean()
-    loss = actor_loss + critic_loss + swaddle_loss
+    loss = actor_loss + critic_loss + config.swaddle_weight * swaddle_loss
     terms = {
         "critic_loss": critic_loss,
         "actor_loss": actor_loss,
