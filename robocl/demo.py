@@ -29,11 +29,13 @@ ENV = "robocl/PickPlace-v0"
 
 
 def main(argv: list[str] | None = None) -> int:
+    from robocl.algos.co_rft_config import IL_UPDATES
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", default="runs/demo", help="folder for the store, run and evaluations")
-    parser.add_argument("--il-updates", type=int, default=3000, help="stage-1 imitation updates")
+    parser.add_argument("--il-updates", type=int, default=IL_UPDATES, help="stage-1 imitation updates")
     parser.add_argument("--rl-updates", type=int, default=2000, help="stage-2 chunked offline RL updates")
     parser.add_argument("--images", action="store_true", help="add both 96x96 cameras (slower on a CPU)")
     parser.add_argument("--eval-episodes", type=int, default=50, help="evaluation episodes per position set")
