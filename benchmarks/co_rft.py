@@ -12,8 +12,9 @@ For each demo count (scripted mixed-quality demos of ``--task``, collection seed
 - ``il regression`` / ``il``: the VLA-style policy (CORFTConfig defaults) with a regression head / with the
   flow-matching head, ``--il-updates`` imitation steps;
 - ``il +extra``: the flow policy trained ``--rl-updates`` more imitation steps (CO-RFT's gradient steps);
-- ``co-rft`` (the distilled one-step actor, the default), ``co-rft best-of-n`` and ``co-rft regression``
-  (TD3+BC): stage 2 from the matching IL policy, ``--rl-updates`` updates on all but the held-out episodes;
+- ``co-rft`` (best-of-N chunk selection, the default), ``co-rft distill`` (FQL's one-step actor) and
+  ``co-rft regression`` (TD3+BC): stage 2 from the matching IL policy, ``--rl-updates`` updates on all but
+  the held-out episodes;
 - ``il exec=5`` / ``il ensemble``: the flow IL policy executing 5 of 10 actions / ACT's temporal ensembling,
   and ``<variant> exec=5`` for every stage-2 policy (how chunks are executed, measured rather than assumed).
 
@@ -73,7 +74,7 @@ TASKS = {
 # Stage-2 variants: name -> (the IL policy they start from, CORFTConfig overrides).
 RL_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "co-rft": ("il", {}),
-    "co-rft best-of-n": ("il", {"actor": "best_of_n"}),
+    "co-rft distill": ("il", {"actor": "distill"}),
     "co-rft regression": ("il regression", {}),
 }
 EXECUTIONS = {"il exec=5": {"n_action_steps": 5}, "il ensemble": {"ensemble_coef": 0.01}}

@@ -267,7 +267,7 @@ COMMANDS = {
 }
 METHODS = {
     "bc": "chunked behaviour cloning on low-dimensional observations",
-    "co-rft": "CO-RFT: flow-matching imitation, then chunked offline RL (Cal-QL critic, distilled actor)",
+    "co-rft": "CO-RFT: flow-matching imitation, then chunked offline RL (Cal-QL critic, best-of-N chunks)",
     "vla-pretrain": "pretrain the CO-RFT policy by imitation on a multi-task store (a generalist for --init)",
     "symphony": "Symphony online actor-critic on a gymnasium env",
     "hypercrl": "HyperCRL continual model-based RL (and its CL baselines)",

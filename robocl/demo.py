@@ -5,8 +5,8 @@
 2. check the store (``robocl info``/``validate``),
 3. stage 1: imitation with the flow-matching VLA-style policy (proprioception and object state, with the
    positions relative to the tool; ``--images`` adds both cameras and the instruction),
-4. stage 2: chunked offline RL from that policy (Cal-QL chunk critic on all but 10% of the demos; a one-step
-   actor distilled from the flow climbs the critic), validated on the held-out demos,
+4. stage 2: chunked offline RL from that policy (Cal-QL chunk critic on all but 10% of the demos; the
+   policy executes the best of 8 flow samples under the critic), validated on the held-out demos,
 5. evaluate both stages at seen and at unseen object positions (success rate with Wilson intervals, cycle
    time of the successes), write a video of each stage's first episode, and print the table.
 

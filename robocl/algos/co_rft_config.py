@@ -58,12 +58,13 @@ class CORFTConfig:
     weight_decay: float = 0.0  # AdamW decoupled weight decay (RoboVLMs: 0)
     max_grad_norm: float = 1.0  # stage-1 gradient clipping (RoboVLMs: 1.0)
     # ---- stage 2: chunked offline RL
-    # How the policy improves through the critic; None = distill for a flow head, td3_bc for regression.
-    # The distilled one-step actor (FQL) against best-of-8, seen + unseen success points summed over both
-    # tasks and position sets (benchmarks/results/co_rft_<task>.json, 0e31477: 30 and 60 demos x 5 seeds,
-    # 50 episodes per cell; co_rft_<task>_head.json, 563b8b1: 60 demos x 3 seeds): behind at 0e31477 (458
-    # against 471 over 8 cells), ahead at 563b8b1 (282 against 257 over 4 cells), within noise in both. It
-    # acts in 0.26 ms per chunk against best-of-N's 7.5-10.6 ms, so it is the default.
+    # How the policy improves through the critic; None = best_of_n for a flow head, td3_bc for regression.
+    # Best-of-N keeps what imitation learned: its first proposal is the flow's mode, so the critic can only
+    # swap it for a sample it ranks higher. The distilled one-step actor (FQL) has to relearn the flow from
+    # scratch in stage 2: behind a 3,000-update flow it was within noise of best-of-8 (co_rft_<task>.json,
+    # 0e31477, 5 seeds), but behind the 30,000-update flow on pick-and-place (co_rft_pick_place_il30k.json,
+    # 8fbe94e, 60 demos, seeds 0-1) 1,000 stage-2 updates left it at 14% / 2% (seen / unseen) where best-of-8
+    # kept 80% / 54% against IL's 92% / 58%.
     actor: Literal["best_of_n", "distill", "td3_bc"] | None = None
     # Best-of-N proposals per decision: the first from x_0 = 0 (the flow's mode), the others from noise of the
     # ``candidate_noise`` scales in turn. QC draws 32 at full noise; on 60 mixed demos (seed-0 pilots, 1k
@@ -143,7 +144,7 @@ class CORFTConfig:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if self.actor is None:
-            self.actor = "distill" if self.head == "flow" else "td3_bc"
+            self.actor = "best_of_n" if self.head == "flow" else "td3_bc"
         choices = {
             "head": ("flow", "regression"),
             "state_path": ("head", "trunk", "both"),

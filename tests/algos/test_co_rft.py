@@ -738,7 +738,7 @@ def test_new_config_errors_name_the_values():
         CORFTConfig(actor="best_of_n", rl_train_backbone=True)
     with pytest.raises(ValueError, match=r"n_action_steps=5 must be 0 or 1"):
         CORFTConfig(ensemble_coef=0.01, n_action_steps=5)
-    assert CORFTConfig(head="regression").actor == "td3_bc" and CORFTConfig().actor == "distill"
+    assert CORFTConfig(head="regression").actor == "td3_bc" and CORFTConfig().actor == "best_of_n"
 
 
 def test_relative_positions_come_from_store_names(tmp_path):
