@@ -62,6 +62,7 @@ def run_symphony(env_id: str, seed: int, args: argparse.Namespace, root: Path) -
         n_q=args.n_q,
         batch_size=args.batch_size,
         swaddle_weight=args.swaddle_weight,
+        baseline=args.advantage_baseline,
     )
     online = OnlineLoopConfig(
         env=env_id,
@@ -161,6 +162,9 @@ def main() -> None:
     parser.add_argument("--n-q", type=int, default=SymphonyConfig.n_q, help="nodes per critic")
     parser.add_argument("--batch-size", type=int, default=SymphonyConfig.batch_size)
     parser.add_argument("--swaddle-weight", type=float, default=SymphonyConfig.swaddle_weight)
+    parser.add_argument(
+        "--advantage-baseline", default=SymphonyConfig.baseline, choices=("per_sample", "scalar")
+    )
     parser.add_argument("--name", default="symphony", help="result name: <name>.json and <name>.png")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")

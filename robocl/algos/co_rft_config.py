@@ -10,11 +10,12 @@ from typing import Literal
 from robocl.nets.language import DEFAULT_LANGUAGE_MODEL
 
 # Stage-1 updates that `robocl train co-rft` and `make demo` run by default. On 60 mixed demos (batch 128,
-# 3 seeds, 50 episodes each at seen / unseen positions, an AMD EPYC CPU) 3,000 updates reached 43% / 21%
-# on pick-and-place and 56% / 55% on push, 10,000 69% / 45% (pick-and-place) and 30,000 85% / 59% and 84% /
-# 60% (push, seed 0); a cosine schedule or a weight EMA added nothing at 10k-30k. The head keeps learning
-# the fine offsets of grasping and contact long after the loss flattens (diffusion_policy trains thousands
-# of epochs on datasets this size); 30,000 updates take ~100 s on one CPU thread.
+# 3 seeds, 50 episodes each at seen / unseen positions; benchmarks/results/co_rft_<task>_il3k.json and
+# _il30k.json, 8fbe94e, an AMD EPYC CPU) 3,000 updates reached 43% / 21% on pick-and-place and 56% / 55% on
+# push, 30,000 85% / 59% and 86% / 64% (pilots: 10,000 gave 69% / 45% on pick-and-place; a cosine schedule
+# or a weight EMA added nothing at 10k-30k). The head keeps learning the fine offsets of grasping and
+# contact long after the loss flattens (diffusion_policy trains thousands of epochs on datasets this
+# size); 30,000 updates take ~100 s on one CPU thread.
 IL_UPDATES = 30_000
 
 
@@ -62,9 +63,10 @@ class CORFTConfig:
     # Best-of-N keeps what imitation learned: its first proposal is the flow's mode, so the critic can only
     # swap it for a sample it ranks higher. The distilled one-step actor (FQL) has to relearn the flow from
     # scratch in stage 2: behind a 3,000-update flow it was within noise of best-of-8 (co_rft_<task>.json,
-    # 0e31477, 5 seeds), but behind the 30,000-update flow on pick-and-place (co_rft_pick_place_il30k.json,
-    # 8fbe94e, 60 demos, seeds 0-1) 1,000 stage-2 updates left it at 14% / 2% (seen / unseen) where best-of-8
-    # kept 80% / 54% against IL's 92% / 58%.
+    # 0e31477, 5 seeds), but behind the 30,000-update flow (co_rft_<task>_il30k.json, 8fbe94e, 60 demos, 3
+    # seeds) 1,000 updates left it at 13% / 2% (seen / unseen) on pick-and-place, where best-of-8 kept 79% /
+    # 57% against IL's 85% / 59%; on push it led (93% / 87% against best-of-8's 87% / 65%). Summed: 195
+    # against 288 points.
     actor: Literal["best_of_n", "distill", "td3_bc"] | None = None
     # Best-of-N proposals per decision: the first from x_0 = 0 (the flow's mode), the others from noise of the
     # ``candidate_noise`` scales in turn. QC draws 32 at full noise; on 60 mixed demos (seed-0 pilots, 1k
