@@ -169,6 +169,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--no-sac", action="store_true")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the runs <name>.json already holds, run the missing seeds"
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile Symphony's loss (see --speed)")
     parser.add_argument("--speed", action="store_true", help="time updates and env steps, not returns")
     parser.add_argument("--baseline", default="5fbb8a4", help="--speed: the commit to compare against")
@@ -184,14 +187,21 @@ def main() -> None:
         sac_note = None if not args.no_sac else "skipped (--no-sac)"
     except ImportError:
         sac_note = "skipped: stable-baselines3 is not installed (pip install robocl[bench])"
-    results: dict[str, Any] = {}
+    results = _finished_runs(args) if args.resume else {}
+    commit = run_info(0)["commit"]
     with tempfile.TemporaryDirectory() as tmp:
         for env_id in args.envs.split(","):
             for seed in range(args.seeds):
                 runs = results.setdefault(env_id, {})
-                runs.setdefault("symphony", []).append(run_symphony(env_id, seed, args, Path(tmp)))
+                if seed < len(runs.get("symphony", [])):
+                    continue
+                runs.setdefault("symphony", []).append(
+                    {**run_symphony(env_id, seed, args, Path(tmp)), "commit": commit}
+                )
                 if sac_note is None:
-                    runs.setdefault("sac", []).append(run_sac(env_id, seed, args, Path(tmp)))
+                    runs.setdefault("sac", []).append(
+                        {**run_sac(env_id, seed, args, Path(tmp)), "commit": commit}
+                    )
                 # Rewritten after every seed, so a budget cut short still leaves its finished runs.
                 table = _report(args, results, sac_note)
     print(table)
@@ -350,6 +360,38 @@ def _env_step_ms(root: Path, old_tree: Path, args: argparse.Namespace) -> dict[s
             times[label].append(json.loads(out.splitlines()[-1])["ms_per_step"])
     medians = {label: statistics.median(t) for label, t in times.items()}
     return {**medians, "samples": times, "timed_env_steps": [SPEED_FROM, SPEED_STEPS - 1]}
+
+
+# Arguments a resumed benchmark must share with the runs it keeps (the rest only name or schedule the job).
+RESUME_MUST_MATCH = ("steps", "eval_every", "eval_episodes", "n_explore", "tile", "hidden", "n_q",
+                     "batch_size", "swaddle_weight", "advantage_baseline", "no_sac")  # fmt: skip
+
+
+def _finished_runs(args: argparse.Namespace) -> dict[str, Any]:
+    """The runs of ``<name>.json`` whose seeds finished, for ``--resume``; each keeps the commit it ran at."""
+    path = RESULTS / f"{args.name}.json"
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    differ = [k for k in RESUME_MUST_MATCH if old["args"].get(k, getattr(args, k)) != getattr(args, k)]
+    if differ:
+        raise SystemExit(f"--resume: {path} ran with other {', '.join(differ)}; rerun without --resume")
+    results: dict[str, Any] = {}
+    for env_id, methods in old["results"].items():
+        n = min(len(runs) for runs in methods.values())  # a seed counts once both methods finished it
+        for method, runs in methods.items():
+            results.setdefault(env_id, {})[method] = [
+                {**run, "commit": run.get("commit", old["commit"]), **_int_keys(run)} for run in runs[:n]
+            ]
+    return results
+
+
+def _int_keys(run: dict[str, Any]) -> dict[str, Any]:
+    """A run's curve and diagnostics keyed by env step again (JSON made the keys strings)."""
+    out = {"curve": {int(k): v for k, v in run["curve"].items()}}
+    if "diagnostics" in run:
+        out["diagnostics"] = {d: {int(k): v for k, v in c.items()} for d, c in run["diagnostics"].items()}
+    return out
 
 
 def _report(args: argparse.Namespace, results: dict[str, Any], sac_note: str | None) -> str:

@@ -1,0 +1,43 @@
+"""The Symphony benchmark's --resume: which finished runs it keeps, and what it refuses."""
+
+import argparse
+import json
+
+import pytest
+
+from benchmarks import symphony
+
+
+def _args(**over):
+    base = dict(name="bench", steps=1000, eval_every=500, eval_episodes=2, n_explore=100, tile=8,
+                hidden=128, n_q=32, batch_size=96, swaddle_weight=1.0, advantage_baseline="per_sample",
+                no_sac=False)  # fmt: skip
+    return argparse.Namespace(**(base | over))
+
+
+def _run(value):
+    return {
+        "curve": {"100": value, "600": value + 1},
+        "diagnostics": {"strength": {"600": 0.4}},
+        "wall_s": 1.0,
+    }
+
+
+def test_resume_keeps_seeds_both_methods_finished_with_their_commit(tmp_path, monkeypatch):
+    monkeypatch.setattr(symphony, "RESULTS", tmp_path)
+    old = {"commit": "abc1234", "args": vars(_args()),
+           "results": {"Walker2d-v5": {"symphony": [_run(1.0), _run(2.0)], "sac": [_run(3.0)]}}}  # fmt: skip
+    (tmp_path / "bench.json").write_text(json.dumps(old))
+    kept = symphony._finished_runs(_args())["Walker2d-v5"]
+    assert [len(kept["symphony"]), len(kept["sac"])] == [1, 1]  # seed 1's SAC never finished: rerun it
+    assert kept["symphony"][0]["curve"] == {100: 1.0, 600: 2.0}
+    assert kept["symphony"][0]["diagnostics"] == {"strength": {600: 0.4}}
+    assert kept["sac"][0]["commit"] == "abc1234"
+
+
+def test_resume_refuses_runs_of_another_budget(tmp_path, monkeypatch):
+    monkeypatch.setattr(symphony, "RESULTS", tmp_path)
+    (tmp_path / "bench.json").write_text(json.dumps({"commit": "x", "args": vars(_args()), "results": {}}))
+    with pytest.raises(SystemExit, match="steps"):
+        symphony._finished_runs(_args(steps=2000))
+    assert symphony._finished_runs(_args(name="other")) == {}
