@@ -8,7 +8,8 @@ trainable (the IL policy, which is also the baseline). Stage 2 is offline RL who
 chunk: a causal critic "expert" beside the policy reads the trunk's feature and the chunk and outputs Q^(j)
 for every prefix a_{t..t+j-1}; each prefix has its own n-step target, and a Cal-QL conservative term keeps Q
 of unseen chunks down (but not below the Monte-Carlo return of the logged episode). The policy improves
-through the critic in one of three ways (``actor``; the default ``distill`` won the benchmark on average):
+through the critic in one of three ways (``actor``; ``best_of_n`` by default for a flow head, see the
+config):
 
 - ``best_of_n`` (Q-chunking's "QC"): the flow proposes N chunks (one from x_0 = 0, the others from noise of
   several scales) and the one with the highest Q^(h) is executed, and used as A' in the TD target. The flow
