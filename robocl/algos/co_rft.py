@@ -171,6 +171,7 @@ class CORFT:
                 "lang_dim": lang_dim,
                 "stage": "il",
                 "relative_positions": [list(p) for p in pairs],
+                "relative_resolution": config.relative_resolution if pairs else 0.0,
             },
             world=data_world(store, (*config.state_keys, *config.image_keys)),
         )

@@ -8,6 +8,12 @@ robocl's tasks name every dimension of their state features (``Feature.names``, 
 metres in the world frame. Every pair of entities gets its difference over the axes both have, later entity
 minus earlier, in the order the features list them (the tool comes first: it is in the proprioception).
 Features without such names (most real-robot datasets: joint names) give no pairs.
+
+Standardised by the store's spread (10-20 cm on a tabletop), the last centimetre before a grasp is a change of
+~0.05 in the input, which an MLP resolves only after many updates. :func:`log_scaled` adds each difference
+again on a scale that is linear within ``resolution`` and logarithmic beyond it (the symlog squashing
+DreamerV3 applies to its inputs, in the smooth asinh form), so offsets of 0.5-2 cm are as far apart in the
+input as offsets of 10-30 cm.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch
 from torch import nn
 
 AXES = ("x", "y", "z")
+LOG_SCALE_REACH = 0.1  # m; log_scaled maps a difference of this size to 1
 
 
 def relative_position_pairs(names: Mapping[str, Sequence[str] | None]) -> list[tuple[str, int, int]]:
@@ -61,3 +68,9 @@ class RelativePositions(nn.Module):
     def numpy(self, state: np.ndarray) -> np.ndarray:
         """The same on a numpy array (statistics over a whole store)."""
         return state[..., self.later.numpy()] - state[..., self.earlier.numpy()]
+
+
+def log_scaled(diff: torch.Tensor, resolution: float) -> torch.Tensor:
+    """asinh(d / r) / asinh(R / r) with R = ``LOG_SCALE_REACH``: odd, ~linear for |d| << r, logarithmic for
+    |d| >> r, and +-1 at |d| = R (r = 1 cm: 0.29 at 1 cm, 0.48 at 2 cm, 1.36 at 30 cm). ``diff`` in metres."""
+    return torch.asinh(diff / resolution) / np.arcsinh(LOG_SCALE_REACH / resolution)

@@ -12,8 +12,11 @@
   gripper (RoboVLMs' policy head: MLP+tanh for the arm, sigmoid for the gripper).
 
 With ``relative_positions`` the low-dimensional input also holds the differences between the entities the
-state features name (:mod:`robocl.nets.relative`: object - tool, plate - object, ...). :class:`VLAPolicy` runs
-the network step by step in an environment through :class:`robocl.policy.ChunkExecutor`.
+state features name (:mod:`robocl.nets.relative`: object - tool, plate - object, ...), standardised and,
+with ``spec.extra["relative_resolution"]`` > 0, once more on a log scale with that resolution
+(:func:`~robocl.nets.relative.log_scaled`; a checkpoint saved before that option existed loads with the
+standardised encoding only). :class:`VLAPolicy` runs the network step by step in an environment through
+:class:`robocl.policy.ChunkExecutor`.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from robocl.nets.flow import FlowHead, OneStepActor
 from robocl.nets.language import LanguageEncoder
 from robocl.nets.mlp import MLP
 from robocl.nets.normalize import Normalizer
-from robocl.nets.relative import RelativePositions
+from robocl.nets.relative import RelativePositions, log_scaled
 from robocl.nets.transformer import TokenTrunk
 from robocl.policy import ChunkExecutor, ObsHistory, batch_size_of
 
@@ -70,7 +73,8 @@ def snap_gripper(chunk: torch.Tensor) -> torch.Tensor:
 
 class VLAPolicyNet(nn.Module):
     """Trunk + chunk head. ``spec.extra["relative_positions"]`` lists the relative-position pairs as
-    (name, earlier index, later index) over the concatenated state keys (empty: none)."""
+    (name, earlier index, later index) over the concatenated state keys (empty: none);
+    ``spec.extra["relative_resolution"]`` (m, absent or 0: off) adds them again log-scaled."""
 
     def __init__(self, config: VLAConfig, spec: Spec) -> None:
         super().__init__()
@@ -84,7 +88,9 @@ class VLAPolicyNet(nn.Module):
             shapes["relative"], modes["relative"] = (len(pairs),), "mean_std"
         self.normalizer = Normalizer(shapes, modes)
         lang_dim = int(spec.extra.get("lang_dim", 0))
-        lowdim_dim = sum(int(np.prod(s)) for s in state_shapes.values()) + len(pairs)
+        self.resolution = float(spec.extra.get("relative_resolution", 0.0)) if pairs else 0.0
+        n_relative = len(pairs) * (2 if self.resolution else 1)
+        lowdim_dim = sum(int(np.prod(s)) for s in state_shapes.values()) + n_relative
         # Where the low-dim history goes (see CORFTConfig.state_path). pi0 gives the robot state to its
         # action expert, not to the VLM: the trunk then fuses the cameras and the instruction only, and is
         # left out when there is neither.
@@ -161,7 +167,10 @@ class VLAPolicyNet(nn.Module):
             parts = [self.normalizer.normalize(k, obs[k].float()).flatten(2) for k in keys]  # (B, n_obs, D_k)
             if self.relative is not None:
                 raw = torch.cat([obs[k].float().flatten(2) for k in keys], -1)
-                parts.append(self.normalizer.normalize("relative", self.relative(raw)))
+                relative = self.relative(raw)
+                parts.append(self.normalizer.normalize("relative", relative))
+                if self.resolution:
+                    parts.append(log_scaled(relative, self.resolution))
             lowdim = torch.cat(parts, -1)
         parts = []
         if self.trunk is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import gymnasium as gym
@@ -20,7 +21,7 @@ from robocl.algos.chunk_losses import (
 from robocl.algos.co_rft import CORFT
 from robocl.algos.co_rft_config import CORFTConfig
 from robocl.checkpoint import load_checkpoint
-from robocl.nets.vla import BestOfN, candidate_scales
+from robocl.nets.vla import BestOfN, VLAPolicyNet, candidate_scales
 from robocl.run.layout import RunDir
 from robocl.run.loop import LoopConfig, fit, to_torch
 from robocl.run.train import train_co_rft
@@ -767,9 +768,21 @@ def test_relative_positions_come_from_store_names(tmp_path):
     diff = store.steps("observation.object") - store.steps("observation.state")
     mean = torch.as_tensor(diff.mean(0), dtype=torch.float32)
     torch.testing.assert_close(net.normalizer.relative_shift, mean)
-    assert net.feat_dim == 2 * 6  # n_obs x (2 + 2 state dims and 2 differences)
+    assert net.feat_dim == 2 * 8  # n_obs x (2 + 2 state dims, 2 differences standardised, 2 log-scaled)
+    obs = {k: torch.as_tensor(store.steps(k)[:2][None]) for k in ("observation.state", "observation.object")}
+    feat = net.features(obs, None).view(2, 8)  # (n_obs, dims) of one history
+    d = torch.as_tensor(diff[:2], dtype=torch.float32)
+    torch.testing.assert_close(feat[:, 4:6], (d - mean) / net.normalizer.relative_scale)
+    torch.testing.assert_close(feat[:, 6:], torch.asinh(d / 0.01) / float(np.arcsinh(10.0)))
+    linear = CORFT.from_store(CORFTConfig(horizon=2, gripper=False, relative_resolution=0.0, **TINY), store)
+    assert linear.policy_net.feat_dim == 2 * 6
     off = CORFT.from_store(CORFTConfig(horizon=2, gripper=False, relative_positions=False, **TINY), store)
     assert off.policy_net.relative is None and off.policy_net.feat_dim == 2 * 4
+    # A checkpoint saved before relative_resolution existed records no resolution: standardised only.
+    algo = CORFT.from_store(cfg, store)
+    old_spec = copy.deepcopy(algo.spec)
+    del old_spec.extra["relative_resolution"]
+    assert VLAPolicyNet(algo.config, old_spec).feat_dim == 2 * 6
 
 
 def test_flow_policy_samples_are_seeded(tmp_path):

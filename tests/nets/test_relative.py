@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
-from robocl.nets.relative import RelativePositions, relative_position_pairs
+from robocl.nets.relative import RelativePositions, log_scaled, relative_position_pairs
 
 
 def test_pairs_from_names_cover_every_entity_pair_over_shared_axes():
@@ -29,3 +31,14 @@ def test_differences_in_torch_and_numpy_agree():
     state = torch.tensor([[[1.0, 2.0, 4.0, 8.0]]])  # (B, n_obs, D)
     torch.testing.assert_close(module(state), torch.tensor([[[3.0, 6.0]]]))
     np.testing.assert_array_equal(module.numpy(state.numpy()), [[[3.0, 6.0]]])
+
+
+def test_log_scaled_is_linear_near_zero_logarithmic_beyond_and_one_at_the_reach():
+    d = torch.tensor([0.0, 0.01, -0.01, 0.02, 0.1, 0.3, 1e-4])
+    out = log_scaled(d, resolution=0.01)
+    asinh10 = math.log(10 + math.sqrt(101))  # asinh(0.1 m / 0.01 m), by hand
+    expected = [0.0, math.log(1 + math.sqrt(2)) / asinh10, -math.log(1 + math.sqrt(2)) / asinh10,
+                math.log(2 + math.sqrt(5)) / asinh10, 1.0, math.log(30 + math.sqrt(901)) / asinh10,
+                0.01 / asinh10]  # fmt: skip
+    torch.testing.assert_close(out, torch.tensor(expected), rtol=1e-4, atol=1e-6)
+    assert 0.29 < out[1] < 0.30 and 0.48 < out[3] < 0.49 and 1.35 < out[5] < 1.37
