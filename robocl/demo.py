@@ -97,11 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         algo = CORFT.from_checkpoint(load_checkpoint(paths["rl"]))
         with TrajectoryStore.open(store_path) as store:
             _, held_out = algo.split(store)
-            if held_out is not None:
-                val = algo.validate(algo.val_sampler(held_out))
+            val = {} if held_out is None else algo.validate(algo.val_sampler(held_out))
+            if "val_q_mc_corr" in val:  # scored on the successful ones (see CORFT.validate)
                 print(
-                    f"   critic on {held_out.n_episodes} held-out demos: Q vs Monte-Carlo return correlation "
-                    f"{val['val_q_mc_corr']:.2f}, mean |Q - return| {val['val_q_abs_err']:.1f} steps"
+                    f"   critic on {held_out.n_episodes} held-out demos ({val['val_failed_episodes']:.0f} "
+                    f"failed, scored apart): Q vs Monte-Carlo return correlation {val['val_q_mc_corr']:.2f}, "
+                    f"mean |Q - return| {val['val_q_abs_err']:.1f} steps"
                 )
 
     print("== 3. evaluation of both stages (the shared evaluator at the end of each stage)")

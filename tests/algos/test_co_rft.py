@@ -25,7 +25,7 @@ from robocl.nets.vla import BestOfN, VLAPolicyNet, candidate_scales
 from robocl.run.layout import RunDir
 from robocl.run.loop import LoopConfig, fit, to_torch
 from robocl.run.train import train_co_rft
-from robocl.store import Feature, TrajectoryStore, WindowSampler
+from robocl.store import Feature, StoreView, TrajectoryStore, WindowSampler
 from robocl.store.chunked import ChunkedTDSampler, mc_returns, step_rewards
 
 GAMMA = 0.9
@@ -716,20 +716,32 @@ def test_stage_two_lifts_a_policy_over_its_imitation_on_an_easy_task(tmp_path, a
 
 def test_validation_scores_the_critic_on_held_out_episodes(tmp_path):
     store = chain_store(tmp_path)
+    add_scalar_episode(store, [[0.0]] * 30, [[-1.0]] * 30, [False] * 30, 0.0)  # stays put: cut at 30 steps
     cfg = CORFTConfig(state_keys=("observation.state",), horizon=2, n_obs=1, gripper=False, **TINY)
     algo = CORFT.from_store(cfg, store)
     train, val = algo.split(store)
     assert len(val.episode_indices) == 6 and not set(val.episode_indices) & set(train.episode_indices)
     algo.start_rl()
-    sampler, val_sampler = algo.rl_sampler(train), algo.val_sampler(val)
+    sampler = algo.rl_sampler(train)
     for _ in range(150):
         algo.update(to_torch(sampler.sample(32), "cpu"))
-    metrics = algo.validate(val_sampler)
+    succeeded = store.episodes["success"]
+    held_out = StoreView(store, val.episode_indices[succeeded[val.episode_indices]])
+    metrics = algo.validate(algo.val_sampler(held_out))
     names = {"val_q_bias", "val_q_abs_err", "val_q_mc_corr", "val_q_spread", "val_q_policy_gap"}
-    assert set(metrics) == names
+    assert set(metrics) == names | {"val_failed_episodes"} and metrics["val_failed_episodes"] == 0
     # Q of the logged chunks tracks the Monte-Carlo returns of episodes the critic never trained on.
     assert metrics["val_q_mc_corr"] > 0.5 and metrics["val_q_abs_err"] < 3.0, metrics
-    assert algo.validate(val_sampler) == metrics  # fixed noise: the same critic scores the same
+    assert (
+        algo.validate(algo.val_sampler(held_out)) == metrics
+    )  # fixed noise: the same critic scores the same
+    # A failed episode (V_MC = -1 / (1 - gamma) at every step) is scored apart: the calibration over the
+    # successful ones is unchanged, and its own bias is reported.
+    with_failure = StoreView(store, np.append(held_out.episode_indices, len(succeeded) - 1))
+    mixed = algo.validate(algo.val_sampler(with_failure))
+    assert mixed["val_failed_episodes"] == 1 and mixed["val_q_failed_bias"] > metrics["val_q_bias"]
+    for name in ("val_q_bias", "val_q_abs_err", "val_q_mc_corr"):
+        assert mixed[name] == pytest.approx(metrics[name], abs=1e-5), name
 
 
 def test_new_config_errors_name_the_values():
