@@ -15,8 +15,9 @@ For each demo count (scripted mixed-quality demos of ``--task``, collection seed
 - ``co-rft`` (best-of-N chunk selection, the default), ``co-rft distill`` (FQL's one-step actor) and
   ``co-rft regression`` (TD3+BC): stage 2 from the matching IL policy, ``--rl-updates`` updates on all but
   the held-out episodes;
-- ``il exec=5`` / ``il ensemble``: the flow IL policy executing 5 of 10 actions / ACT's temporal ensembling,
-  and ``<variant> exec=5`` for every stage-2 policy (how chunks are executed, measured rather than assumed).
+- ``il whole chunk`` / ``il ensemble``: the flow IL policy executing all 10 actions of a chunk open loop /
+  ACT's temporal ensembling, and ``<variant> whole chunk`` for every stage-2 policy, beside the default of 5
+  of 10 (how chunks are executed, measured rather than assumed).
 
 Each is evaluated on seen and unseen object positions (success with a Wilson 95% interval over the episodes
 of all seeds pooled, cycle time of the successes). The JSON also holds ms per update of every phase, the
@@ -77,7 +78,7 @@ RL_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "co-rft distill": ("il", {"actor": "distill"}),
     "co-rft regression": ("il regression", {}),
 }
-EXECUTIONS = {"il exec=5": {"n_action_steps": 5}, "il ensemble": {"ensemble_coef": 0.01}}
+EXECUTIONS = {"il whole chunk": {"n_action_steps": 0}, "il ensemble": {"ensemble_coef": 0.01}}
 NETWORK_FIELDS = set(VLAConfig.__annotations__)
 
 
@@ -170,7 +171,7 @@ def _policies(
                 _train(extra.update, sample, args.rl_updates, [])  # the same stream, continued
                 out["il +extra"] = extra.policy()
     for name, (il_name, overrides) in args.variants.items():
-        if not {name, f"{name} exec=5"} & wanted:
+        if not {name, f"{name} whole chunk"} & wanted:
             continue
         variant = copy.deepcopy(ils[il_name])
         variant.config = dataclasses.replace(variant.config, **overrides)
@@ -187,7 +188,7 @@ def _policies(
         torch.manual_seed(stage_seed(seed, "rl"))
         _train(variant.update, sample, args.rl_updates, times[name], validate)
         out[name] = variant.policy()
-        out[f"{name} exec=5"] = variant.policy(n_action_steps=5)  # receding horizon, as for IL
+        out[f"{name} whole chunk"] = variant.policy(n_action_steps=0)  # open loop, as for IL
         record["fingerprints"][name] = _fingerprint(variant.state_dict()["model"])
     if "mlp bc" in wanted:
         bc = BC.from_store(BCConfig(obs_keys=("observation.state", "observation.object"), seed=seed), store)
@@ -271,7 +272,7 @@ def main() -> None:
         print(combine(args.combine, args.name))
         return
     args.variants = {**RL_VARIANTS, **dict(args.variant)}
-    variants = [m for name in args.variants for m in (name, f"{name} exec=5")]
+    variants = [m for name in args.variants for m in (name, f"{name} whole chunk")]
     args.methods = ["mlp bc", "iql", "il regression", "il", *EXECUTIONS, "il +extra", *variants]
     if args.only:
         only = set(args.only.split(","))

@@ -331,7 +331,7 @@ def _add_train_bc(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train_co_rft(p: argparse.ArgumentParser, *, pretrain: bool = False) -> None:
-    from robocl.algos.co_rft_config import IL_UPDATES, CORFTConfig
+    from robocl.algos.co_rft_config import IL_UPDATES, RL_UPDATES, CORFTConfig
     from robocl.config import add_config_args
     from robocl.run.loop import LoopConfig
 
@@ -347,7 +347,7 @@ def _add_train_co_rft(p: argparse.ArgumentParser, *, pretrain: bool = False) -> 
         p.set_defaults(rl_updates=0, eval_env=None, eval_episodes=0)
     else:
         p.add_argument("--il-updates", type=int, default=IL_UPDATES, help="stage-1 updates; 0 skips stage 1")
-        p.add_argument("--rl-updates", type=int, default=1_000, help="stage-2 updates; 0 = imitation only")
+        p.add_argument("--rl-updates", type=int, default=RL_UPDATES, help="stage-2 updates; 0 = IL only")
         p.add_argument("--eval-env", help="env evaluated after each stage (default: the store's env_id)")
         p.add_argument(
             "--eval-episodes", type=int, default=20, help="episodes per stage and position set; 0 skips"

@@ -6,7 +6,8 @@
 3. stage 1: imitation with the flow-matching VLA-style policy (proprioception and object state, with the
    positions relative to the tool; ``--images`` adds both cameras and the instruction),
 4. stage 2: chunked offline RL from that policy (Cal-QL chunk critic on all but 10% of the demos; the
-   policy executes the best of 8 flow samples under the critic), validated on the held-out demos,
+   policy executes the best of 8 flow samples under the critic, 5 actions of each chunk before the next),
+   validated on the held-out demos,
 5. evaluate both stages at seen and at unseen object positions (success rate with Wilson intervals, cycle
    time of the successes), write a video of each stage's first episode, and print the table.
 
@@ -29,14 +30,14 @@ ENV = "robocl/PickPlace-v0"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from robocl.algos.co_rft_config import IL_UPDATES
+    from robocl.algos.co_rft_config import IL_UPDATES, RL_UPDATES
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", default="runs/demo", help="folder for the store, run and evaluations")
     parser.add_argument("--il-updates", type=int, default=IL_UPDATES, help="stage-1 imitation updates")
-    parser.add_argument("--rl-updates", type=int, default=2000, help="stage-2 chunked offline RL updates")
+    parser.add_argument("--rl-updates", type=int, default=RL_UPDATES, help="stage-2 offline RL updates")
     parser.add_argument("--images", action="store_true", help="add both 96x96 cameras (slower on a CPU)")
     parser.add_argument("--eval-episodes", type=int, default=50, help="evaluation episodes per position set")
     parser.add_argument("--seed", type=int, default=0)

@@ -643,6 +643,8 @@ class CORFT:
             choose = self._best_of_n()
         elif self.stage == "rl" and cfg.actor == "distill":
             choose = self._one_step(noise)
+        if ensemble_coef and n_action_steps is None:  # temporal ensembling predicts every step
+            n_action_steps = 1
         execution = {"n_action_steps": n_action_steps, "ensemble_coef": ensemble_coef}
         return _policy(self.policy_net, self.device, self._language, choose, cfg, **execution)
 

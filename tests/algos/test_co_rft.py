@@ -744,6 +744,14 @@ def test_validation_scores_the_critic_on_held_out_episodes(tmp_path):
         assert mixed[name] == pytest.approx(metrics[name], abs=1e-5), name
 
 
+def test_execution_defaults_to_half_the_chunk():
+    """Receding horizon by default (the benchmark's choice); 0 keeps the whole chunk (as older
+    checkpoints' configs say), and temporal ensembling alone predicts every step."""
+    assert CORFTConfig().n_action_steps == 5 and CORFTConfig(horizon=3).n_action_steps == 2
+    assert CORFTConfig(n_action_steps=0).n_action_steps == 0
+    assert CORFTConfig(ensemble_coef=0.01).n_action_steps == 1
+
+
 def test_new_config_errors_name_the_values():
     with pytest.raises(ValueError, match=r"actor='td3_bc' does not fit head='flow'"):
         CORFTConfig(actor="td3_bc")
