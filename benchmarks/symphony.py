@@ -203,8 +203,8 @@ def main() -> None:
                         {**run_sac(env_id, seed, args, Path(tmp)), "commit": commit}
                     )
                 # Rewritten after every seed, so a budget cut short still leaves its finished runs.
-                table = _report(args, results, sac_note)
-    print(table)
+                _report(args, results, sac_note)
+    print(_report(args, results, sac_note))  # also when --resume found every seed finished
     print(f"exploration steps (counted in env steps): {args.n_explore}; SAC: {sac_note or SAC_NOTE}")
     print(f"wrote {RESULTS / args.name}.json and .png")
 

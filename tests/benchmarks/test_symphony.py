@@ -41,3 +41,25 @@ def test_resume_refuses_runs_of_another_budget(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="steps"):
         symphony._finished_runs(_args(steps=2000))
     assert symphony._finished_runs(_args(name="other")) == {}
+
+
+def test_resume_with_every_seed_finished_reports_them_without_training(tmp_path, monkeypatch, capsys):
+    from benchmarks import common
+
+    monkeypatch.setattr(symphony, "RESULTS", tmp_path)
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    monkeypatch.setattr(symphony, "run_symphony", lambda *a: pytest.fail("trained a finished seed"))
+    logged = {name: {"100": 0.5, "600": 0.4} for name in symphony.DIAGNOSTICS}
+    runs = {"symphony": [{**_run(1.0), "diagnostics": logged}], "sac": [_run(3.0)]}
+    (tmp_path / "bench.json").write_text(
+        json.dumps({"commit": "abc1234", "args": vars(_args()), "results": {"Walker2d-v5": runs}})
+    )
+    argv = "--envs Walker2d-v5 --name bench --steps 1000 --seeds 1 --eval-every 500 --eval-episodes 2"
+    argv += " --n-explore 100 --tile 8 --hidden 128 --n-q 32 --batch-size 96 --resume"
+    monkeypatch.setattr("sys.argv", ["symphony", *argv.split()])
+    symphony.main()
+    assert "Walker2d-v5" in capsys.readouterr().out
+    assert (
+        json.loads((tmp_path / "bench.json").read_text())["results"]["Walker2d-v5"]["sac"][0]["commit"]
+        == "abc1234"
+    )
