@@ -17,13 +17,13 @@ from robocl.nets.language import DEFAULT_LANGUAGE_MODEL
 # contact long after the loss flattens (diffusion_policy trains thousands of epochs on datasets this
 # size); 30,000 updates take ~100 s on one CPU thread.
 IL_UPDATES = 30_000
-# Stage-2 updates (the same users' default), from the critic's validation curve: Q^(h) against the
-# Monte-Carlo returns of the held-out successful demos, every 500 updates behind the 30,000-update flow
-# (seed 0, 60 demos, best-of-8; pilots at 2b7f0b8). The correlation peaked at 1,500-2,000 updates on both
-# tasks (pick-and-place 0.80 / 0.88 / 0.89 / 0.89 at 500-2,000, then 0.82 at 4,000; push 0.72 / 0.86 / 0.87
-# / 0.81, then 0.03 at 4,000, its bias falling to -12 steps under the conservative term). Success executing
-# 5 of 10 (seen / unseen): pick-and-place 90% / 72%, 94% / 78%, 96% / 80% at 1,000, 2,000, 4,000; push
-# 94% / 68%, 96% / 64%, 90% / 62%.
+# Stage-2 updates (the same users' default), from the critic's validation curve: the correlation of Q^(h)
+# with the Monte-Carlo returns of the held-out successful demos, every 250 updates behind the 30,000-update
+# flow (co_rft_<task>_exec5.json, 8f9070e, 60 demos, seeds 0-2, best-of-8). Its mean over the six runs
+# rises 0.56 / 0.76 / 0.84 / 0.87 at 250-1,000 updates, peaks at 0.89 at 1,250-1,500 and eases to 0.86 at
+# 2,000, where the bias is within 2.6 steps on every run. Success (seen / unseen, 5 of 10 executed) is
+# the same at 1,000 (co_rft_<task>_logrel.json: pick-and-place 91% / 68%, push 90% / 69%) and 2,000
+# updates (91% / 65%, 91% / 71%); 2,000 is the length the benchmark measured at these defaults.
 RL_UPDATES = 2_000
 
 
