@@ -157,7 +157,7 @@ class CORFTConfig:
             raise ValueError(
                 f"horizon={self.horizon}, n_obs={self.n_obs}, flow_steps={self.flow_steps} must be >= 1"
             )
-        if self.n_action_steps is None:  # temporal ensembling predicts every step
+        if self.n_action_steps is None:  # half the chunk; temporal ensembling predicts every step
             self.n_action_steps = 1 if self.ensemble_coef else -(-self.horizon // 2)
         if not 0 <= self.n_action_steps <= self.horizon:
             raise ValueError(f"n_action_steps={self.n_action_steps} must be in [0, horizon={self.horizon}]")
