@@ -82,21 +82,39 @@ EXECUTIONS = {"il whole chunk": {"n_action_steps": 0}, "il ensemble": {"ensemble
 NETWORK_FIELDS = set(VLAConfig.__annotations__)
 
 
-def _variant(text: str) -> tuple[str, tuple[str, dict[str, Any]]]:
-    """``NAME:field=value;field=value`` -> (NAME, ("il", CORFTConfig overrides)), values parsed as JSON."""
-    name, _, fields = text.partition(":")
+def _overrides(text: str, option: str) -> dict[str, Any]:
+    """``field=value;field=value`` -> CORFTConfig overrides, values parsed as JSON (else kept as text)."""
     overrides = {}
-    for item in filter(None, fields.split(";")):
+    for item in filter(None, text.split(";")):
         key, _, value = item.partition("=")
         if key not in CORFTConfig.__dataclass_fields__:
-            raise argparse.ArgumentTypeError(f"--variant {text!r}: {key!r} is not a CORFTConfig field")
-        if key in NETWORK_FIELDS:  # the variant copies the trained IL network, built from these
-            raise argparse.ArgumentTypeError(f"--variant {text!r}: {key!r} shapes the IL policy network")
+            raise argparse.ArgumentTypeError(f"{option} {text!r}: {key!r} is not a CORFTConfig field")
         try:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value
+    return overrides
+
+
+def _variant(text: str) -> tuple[str, tuple[str, dict[str, Any]]]:
+    """``NAME:field=value;field=value`` -> (NAME, ("il", CORFTConfig overrides))."""
+    name, _, fields = text.partition(":")
+    overrides = _overrides(fields, "--variant")
+    shaping = sorted(set(overrides) & NETWORK_FIELDS)  # the variant copies the trained IL network
+    if shaping:
+        raise argparse.ArgumentTypeError(
+            f"--variant {text!r}: {shaping[0]!r} shapes the IL policy network (use --set)"
+        )
     return name, ("il", overrides)
+
+
+def _settings(text: str) -> dict[str, Any]:
+    """``--set`` text -> CORFTConfig overrides for every CO-RFT policy of the run (IL and stage 2)."""
+    overrides = _overrides(text, "--set")
+    fixed = sorted(set(overrides) & {"seed", "head", "image_keys", "state_keys", "gripper"})
+    if fixed:  # the benchmark sets these per cell and per method
+        raise argparse.ArgumentTypeError(f"--set {text!r}: {fixed[0]!r} is set by the benchmark itself")
+    return overrides
 
 
 def _train(update: Any, sample: Any, n_updates: int, times: list[list[float]], every: Any = None) -> None:
@@ -143,7 +161,7 @@ def _policies(
     ``record`` with ms per update, validation curves and weight fingerprints."""
     out, wanted, times = {}, set(args.methods), record["times"]
     cameras = tuple(k for k, f in store.features.items() if f.is_image)
-    base: dict[str, Any] = {"image_keys": cameras, "seed": seed, "gripper": task["gripper"]}
+    base: dict[str, Any] = {**args.set, "image_keys": cameras, "seed": seed, "gripper": task["gripper"]}
     if args.images:  # the cameras replace the privileged object state (proprioception stays)
         base["state_keys"] = ("observation.state",)
     else:
@@ -223,7 +241,7 @@ def _latency(policy: Any, store: TrajectoryStore, repeats: int = 50) -> float:
 
 def _check_determinism(store: TrajectoryStore, task: dict[str, Any], args: argparse.Namespace, language: Any):
     """Train the first cell's flow IL policy twice in this process: equal fingerprints = deterministic."""
-    cfg = CORFTConfig(seed=args.seeds[0], gripper=task["gripper"])
+    cfg = CORFTConfig(**args.set, seed=args.seeds[0], gripper=task["gripper"])
     small = argparse.Namespace(**{**vars(args), "il_updates": min(args.il_updates, 200)})
     prints = [
         _fingerprint(_corft(store, cfg, small, [], language)[0].state_dict()["model"]) for _ in range(2)
@@ -253,6 +271,13 @@ def main() -> None:
         default=[],
         help="an extra stage-2 variant from the flow IL policy, 'NAME:field=value;...' (stage-2 "
         "CORFTConfig fields, JSON values)",
+    )
+    parser.add_argument(
+        "--set",
+        type=_settings,
+        default={},
+        help="CORFTConfig overrides for every CO-RFT policy of the run, 'field=value;...' (JSON values), "
+        "e.g. 'n_obs=1' (recorded in the JSON's budget)",
     )
     parser.add_argument("--only", default="", help="comma-separated methods to run; default: all")
     parser.add_argument("--name", default="", help="result file name (default co_rft_<task>[_images])")
@@ -520,6 +545,7 @@ def _report(
             "batch_size": args.batch_size,
             "eval_episodes_per_seed": args.episodes,
             "variants": {name: args.variants[name] for name in args.methods if name in args.variants},
+            "config_overrides": args.set,
         },
         "ms_per_update_median": ms,
         "ms_first_update_median": first_ms,

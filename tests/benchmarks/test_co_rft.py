@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import benchmarks.common
-from benchmarks.co_rft import combine, main
+from benchmarks.co_rft import _settings, combine, main
 
 
 def _part(seed: int, demos: list[int], successes: int, **changes: object) -> dict:
@@ -78,12 +79,23 @@ def test_a_tiny_run_is_deterministic_and_writes_its_table(
     the JSON of every cell."""
     monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
     argv = "--demos 2 --seeds 0 --il-updates 4 --rl-updates 2 --episodes 1 --check-determinism"
-    monkeypatch.setattr(sys, "argv", ["co_rft", *argv.split(), "--only", "il,co-rft,co-rft distill"])
+    only = ["--only", "il,co-rft,co-rft distill", "--set", "n_obs=1;flow_steps=3"]
+    monkeypatch.setattr(sys, "argv", ["co_rft", *argv.split(), *only])
     main()
     result = json.loads((tmp_path / "co_rft_pick_place.json").read_text())
     assert result["determinism"]["identical"]
+    assert result["budget"]["config_overrides"] == {"n_obs": 1, "flow_steps": 3}
     assert {(s["method"], s["positions"]) for s in result["summary"]} == {
         (m, p) for m in ("il", "co-rft", "co-rft distill") for p in ("seen", "unseen")
     }
     assert set(result["records"][0]["fingerprints"]) >= {"il", "co-rft", "co-rft distill"}
     assert "co-rft distill" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("n_obz=1", "'n_obz' is not a CORFTConfig field"), ("seed=3", "'seed' is set by the benchmark")],
+)
+def test_set_names_the_field_it_cannot_take(text: str, message: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match=re.escape(message)):
+        _settings(text)
