@@ -86,7 +86,7 @@ from robocl.features import check_training_data, data_world, state_keys
 from robocl.nets.critic import PrefixMLPCritic
 from robocl.nets.flow import OneStepActor
 from robocl.nets.language import LanguageEncoder
-from robocl.nets.relative import RelativePositions, relative_position_pairs
+from robocl.nets.relative import RelativePositions, relative_position_pairs, scene_position_columns
 from robocl.nets.transformer import ChunkCritic
 from robocl.nets.vla import BestOfN, ChunkChooser, FlowChooser, OneStep, VLAPolicy, VLAPolicyNet
 from robocl.run.loop import guarded_step, to_torch
@@ -157,11 +157,9 @@ class CORFT:
             language = language or LanguageEncoder(config.language_model)
             embeddings = language.encode(store.tasks)
             lang_dim = language.dim
-        pairs = (
-            relative_position_pairs({k: feats[k].names for k in config.state_keys})
-            if config.relative_positions
-            else []
-        )
+        names = {k: feats[k].names for k in config.state_keys}
+        pairs = relative_position_pairs(names) if config.relative_positions else []
+        dropped = scene_position_columns(names) if pairs and not config.absolute_positions else []
         spec = PolicySpec(
             obs_shapes={k: tuple(feats[k].shape) for k in (*config.state_keys, *config.image_keys)},
             action_dim=int(np.prod(feats["action"].shape)),
@@ -172,6 +170,7 @@ class CORFT:
                 "stage": "il",
                 "relative_positions": [list(p) for p in pairs],
                 "relative_resolution": config.relative_resolution if pairs else 0.0,
+                "dropped_state_columns": dropped,
             },
             world=data_world(store, (*config.state_keys, *config.image_keys)),
         )

@@ -51,6 +51,11 @@ class CORFTConfig:
     # 10), push from 86% / 64% to 85% / 63%, and the distilled actor from 13% / 2% to 70% / 38% on
     # pick-and-place.
     relative_resolution: float = 0.01
+    # Keep the absolute positions of the scene's entities (object, plate, goal: every entity but the tool)
+    # in the input beside their relative positions; False leaves them out (the tool's own position stays),
+    # so the policy cannot tie an action to where in the workspace an object lies, only to where it lies
+    # from the tool. Needs relative_positions (otherwise nothing is left out).
+    absolute_positions: bool = True
     n_obs: int = 2  # observation history length (RoboVLMs uses 8-16; 2 keeps CPU runs fast)
     horizon: int = 10  # actions per chunk h (RoboVLMs' fwd_pred_next_n)
     d_model: int = 128  # width of the trunk and critic transformers

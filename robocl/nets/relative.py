@@ -28,10 +28,10 @@ AXES = ("x", "y", "z")
 LOG_SCALE_REACH = 0.1  # m; log_scaled maps a difference of this size to 1
 
 
-def relative_position_pairs(names: Mapping[str, Sequence[str] | None]) -> list[tuple[str, int, int]]:
-    """[(name, index of the earlier entity's coordinate, index of the later one's)] over the concatenation
-    of the features in ``names`` (feature key -> per-dimension names, or None), in that order."""
-    positions: dict[str, dict[str, int]] = {}  # entity -> axis -> index in the concatenation
+def _entity_positions(names: Mapping[str, Sequence[str] | None]) -> dict[str, dict[str, int]]:
+    """entity -> axis -> index in the concatenation of the features in ``names``, for the entities with a
+    position over at least two axes, in the order the features list them."""
+    positions: dict[str, dict[str, int]] = {}
     offset = 0
     for dims in names.values():
         for i, name in enumerate(dims or ()):
@@ -39,7 +39,22 @@ def relative_position_pairs(names: Mapping[str, Sequence[str] | None]) -> list[t
             if entity and axis in AXES:
                 positions.setdefault(entity, {}).setdefault(axis, offset + i)
         offset += len(dims or ())
-    entities = [e for e, axes in positions.items() if len(axes) >= 2]
+    return {e: axes for e, axes in positions.items() if len(axes) >= 2}
+
+
+def scene_position_columns(names: Mapping[str, Sequence[str] | None]) -> list[int]:
+    """Indices (in the concatenation of the features in ``names``) of the absolute positions of every entity
+    but the first, the tool: what a policy reading only relative positions leaves out. Empty with fewer than
+    two entities."""
+    entities = list(_entity_positions(names).values())
+    return sorted(i for axes in entities[1:] for i in axes.values()) if len(entities) > 1 else []
+
+
+def relative_position_pairs(names: Mapping[str, Sequence[str] | None]) -> list[tuple[str, int, int]]:
+    """[(name, index of the earlier entity's coordinate, index of the later one's)] over the concatenation
+    of the features in ``names`` (feature key -> per-dimension names, or None), in that order."""
+    positions = _entity_positions(names)
+    entities = list(positions)
     pairs = []
     for i, first in enumerate(entities):
         for second in entities[i + 1 :]:

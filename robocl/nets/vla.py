@@ -74,7 +74,8 @@ def snap_gripper(chunk: torch.Tensor) -> torch.Tensor:
 class VLAPolicyNet(nn.Module):
     """Trunk + chunk head. ``spec.extra["relative_positions"]`` lists the relative-position pairs as
     (name, earlier index, later index) over the concatenated state keys (empty: none);
-    ``spec.extra["relative_resolution"]`` (m, absent or 0: off) adds them again log-scaled."""
+    ``spec.extra["relative_resolution"]`` (m, absent or 0: off) adds them again log-scaled;
+    ``spec.extra["dropped_state_columns"]`` (absent: none) lists state columns left out of the input."""
 
     def __init__(self, config: VLAConfig, spec: Spec) -> None:
         super().__init__()
@@ -90,7 +91,16 @@ class VLAPolicyNet(nn.Module):
         lang_dim = int(spec.extra.get("lang_dim", 0))
         self.resolution = float(spec.extra.get("relative_resolution", 0.0)) if pairs else 0.0
         n_relative = len(pairs) * (2 if self.resolution else 1)
-        lowdim_dim = sum(int(np.prod(s)) for s in state_shapes.values()) + n_relative
+        n_state = sum(int(np.prod(s)) for s in state_shapes.values())
+        # The state columns the policy reads (absolute_positions=False leaves the scene's out).
+        dropped = set(spec.extra.get("dropped_state_columns", []))
+        self.kept_columns: torch.Tensor | None
+        self.register_buffer(
+            "kept_columns",
+            torch.tensor([i for i in range(n_state) if i not in dropped]) if dropped else None,
+            persistent=False,
+        )
+        lowdim_dim = n_state - len(dropped) + n_relative
         # Where the low-dim history goes (see CORFTConfig.state_path). pi0 gives the robot state to its
         # action expert, not to the VLM: the trunk then fuses the cameras and the instruction only, and is
         # left out when there is neither.
@@ -165,6 +175,8 @@ class VLAPolicyNet(nn.Module):
         lowdim = None
         if keys:
             parts = [self.normalizer.normalize(k, obs[k].float()).flatten(2) for k in keys]  # (B, n_obs, D_k)
+            if self.kept_columns is not None:
+                parts = [torch.cat(parts, -1)[..., self.kept_columns]]
             if self.relative is not None:
                 raw = torch.cat([obs[k].float().flatten(2) for k in keys], -1)
                 relative = self.relative(raw)

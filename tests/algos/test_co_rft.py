@@ -803,6 +803,17 @@ def test_relative_positions_come_from_store_names(tmp_path):
     old_spec = copy.deepcopy(algo.spec)
     del old_spec.extra["relative_resolution"]
     assert VLAPolicyNet(algo.config, old_spec).feat_dim == 2 * 6
+    # absolute_positions=False: the object's own position leaves the input, its offset from the tool stays.
+    relative_only = CORFT.from_store(
+        CORFTConfig(horizon=2, gripper=False, absolute_positions=False, **TINY), store
+    )
+    net = relative_only.policy_net
+    assert relative_only.spec.extra["dropped_state_columns"] == [2, 3] and net.feat_dim == 2 * 6
+    moved = {**obs, "observation.object": obs["observation.object"] + 0.5}
+    moved["observation.state"] = obs["observation.state"] + 0.5  # the scene shifted, tool and object alike
+    assert not torch.equal(algo.policy_net.features(moved, None), algo.policy_net.features(obs, None))
+    feat, feat_moved = net.features(obs, None).view(2, 6), net.features(moved, None).view(2, 6)
+    torch.testing.assert_close(feat[:, 2:], feat_moved[:, 2:])  # only the tool's own columns changed
 
 
 def test_flow_policy_samples_are_seeded(tmp_path):

@@ -7,7 +7,12 @@ import math
 import numpy as np
 import torch
 
-from robocl.nets.relative import RelativePositions, log_scaled, relative_position_pairs
+from robocl.nets.relative import (
+    RelativePositions,
+    log_scaled,
+    relative_position_pairs,
+    scene_position_columns,
+)
 
 
 def test_pairs_from_names_cover_every_entity_pair_over_shared_axes():
@@ -24,6 +29,9 @@ def test_pairs_from_names_cover_every_entity_pair_over_shared_axes():
     ]  # fmt: skip
     # gripper.width and block.cos are not positions; joint names (a real arm's dataset) give no pairs.
     assert relative_position_pairs({"observation.state": ("shoulder.pos", "elbow.pos")}) == []
+    # Every entity's absolute position but the tool's (the first): block and goal.
+    assert scene_position_columns(names) == [5, 6, 7, 9, 10]
+    assert scene_position_columns({"observation.state": ("tcp.x", "tcp.y", "joint1.pos")}) == []
 
 
 def test_differences_in_torch_and_numpy_agree():
