@@ -136,6 +136,7 @@ def test_prefix_histories_dedup_to_equal_rows_and_match_history_ids(tmp_path):
         horizon=3,
         gripper=False,
         rl_train_backbone=True,
+        n_obs=2,
         actor="distill",
         **TINY,
     )
@@ -782,7 +783,7 @@ def test_relative_positions_come_from_store_names(tmp_path):
             success=True,
             terminated=True,
         )
-    cfg = CORFTConfig(horizon=2, gripper=False, **TINY)
+    cfg = CORFTConfig(horizon=2, gripper=False, n_obs=2, absolute_positions=True, **TINY)
     net = CORFT.from_store(cfg, store).policy_net
     assert net.relative.names == ["object-tcp.x", "object-tcp.y"]
     diff = store.steps("observation.object") - store.steps("observation.state")
@@ -794,9 +795,19 @@ def test_relative_positions_come_from_store_names(tmp_path):
     d = torch.as_tensor(diff[:2], dtype=torch.float32)
     torch.testing.assert_close(feat[:, 4:6], (d - mean) / net.normalizer.relative_scale)
     torch.testing.assert_close(feat[:, 6:], torch.asinh(d / 0.01) / float(np.arcsinh(10.0)))
-    linear = CORFT.from_store(CORFTConfig(horizon=2, gripper=False, relative_resolution=0.0, **TINY), store)
+    linear = CORFT.from_store(
+        CORFTConfig(
+            horizon=2, gripper=False, n_obs=2, relative_resolution=0.0, absolute_positions=True, **TINY
+        ),
+        store,
+    )
     assert linear.policy_net.feat_dim == 2 * 6
-    off = CORFT.from_store(CORFTConfig(horizon=2, gripper=False, relative_positions=False, **TINY), store)
+    off = CORFT.from_store(
+        CORFTConfig(
+            horizon=2, gripper=False, n_obs=2, relative_positions=False, absolute_positions=True, **TINY
+        ),
+        store,
+    )
     assert off.policy_net.relative is None and off.policy_net.feat_dim == 2 * 4
     # A checkpoint saved before relative_resolution existed records no resolution: standardised only.
     algo = CORFT.from_store(cfg, store)
@@ -805,7 +816,7 @@ def test_relative_positions_come_from_store_names(tmp_path):
     assert VLAPolicyNet(algo.config, old_spec).feat_dim == 2 * 6
     # absolute_positions=False: the object's own position leaves the input, its offset from the tool stays.
     relative_only = CORFT.from_store(
-        CORFTConfig(horizon=2, gripper=False, absolute_positions=False, **TINY), store
+        CORFTConfig(horizon=2, gripper=False, n_obs=2, absolute_positions=False, **TINY), store
     )
     net = relative_only.policy_net
     assert relative_only.spec.extra["dropped_state_columns"] == [2, 3] and net.feat_dim == 2 * 6
@@ -818,7 +829,9 @@ def test_relative_positions_come_from_store_names(tmp_path):
 
 def test_flow_policy_samples_are_seeded(tmp_path):
     store = hand_store(tmp_path)
-    cfg = CORFTConfig(state_keys=("observation.state",), horizon=3, gripper=False, flow_noise=1.0, **TINY)
+    cfg = CORFTConfig(
+        state_keys=("observation.state",), horizon=3, gripper=False, n_obs=2, flow_noise=1.0, **TINY
+    )
     algo = CORFT.from_store(cfg, store)
     obs = {"observation.state": np.array([[1.0], [2.0]], np.float32)}
 
