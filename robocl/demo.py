@@ -4,7 +4,8 @@
    operator; datasets/pick_place_50_mixed.toml) into a trajectory store,
 2. check the store (``robocl info``/``validate``),
 3. stage 1: imitation with the flow-matching VLA-style policy (proprioception and object state, with the
-   positions relative to the tool; ``--images`` adds both cameras and the instruction),
+   positions of the object and the plate given relative to the tool only; ``--images`` adds both cameras
+   and the instruction),
 4. stage 2: chunked offline RL from that policy (Cal-QL chunk critic on all but 10% of the demos; the
    policy executes the best of 8 flow samples under the critic, 5 actions of each chunk before the next),
    validated on the held-out demos,
