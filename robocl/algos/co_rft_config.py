@@ -55,8 +55,9 @@ class CORFTConfig:
     # in the input beside their relative positions; False leaves them out (the tool's own position stays),
     # so the policy cannot tie an action to where in the workspace an object lies, only to where it lies
     # from the tool. Needs relative_positions (otherwise nothing is left out). IL pilots on the benchmark's
-    # 60 demos (co_rft_<task>_{nobs1,nobs1_noabs,noabs}.json in benchmarks/results, cb47b25 /
-    # 5361213, seeds 0-2, 30,000 updates, seen / unseen, 5 of 10 executed; whole chunk after the slash-pair):
+    # 60 demos (co_rft_<task>_{nobs1,nobs1_noabs,noabs}.json in benchmarks/results: cb47b25, and f80378e's
+    # code for the last two, whose JSONs name 5361213, a snapshot of it; seeds 0-2, 30,000 updates, seen /
+    # unseen, 5 of 10 executed, whole chunk in brackets):
     # with n_obs=1, push 68% / 55% (85% / 60%) -> 64% / 73% (83% / 75%), pick-and-place 91% / 76% (95% /
     # 67%) -> 92% / 73% (90% / 66%); with n_obs=2, push 70% / 63% -> 77% / 68%, pick-and-place 90% / 71%
     # -> 93% / 64%. Unseen push positions gain 10-20 points either way.
