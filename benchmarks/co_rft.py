@@ -17,7 +17,8 @@ For each demo count (scripted mixed-quality demos of ``--task``, collection seed
   the held-out episodes;
 - ``il whole chunk`` / ``il ensemble``: the flow IL policy executing all 10 actions of a chunk open loop /
   ACT's temporal ensembling, and ``<variant> whole chunk`` for every stage-2 policy, beside the default of 5
-  of 10 (how chunks are executed, measured rather than assumed).
+  of 10; ``il sigma S`` (S = 0, 0.25, 0.5, 1): the flow IL policy sampled from x_0 ~ N(0, S^2 I) (how
+  chunks are drawn and executed, measured rather than assumed).
 
 Each is evaluated on seen and unseen object positions (success with a Wilson 95% interval over the episodes
 of all seeds pooled, cycle time of the successes). The JSON also holds ms per update of every phase, the
@@ -78,7 +79,13 @@ RL_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "co-rft distill": ("il", {"actor": "distill"}),
     "co-rft regression": ("il regression", {}),
 }
-EXECUTIONS = {"il whole chunk": {"n_action_steps": 0}, "il ensemble": {"ensemble_coef": 0.01}}
+# How the flow IL policy is executed, beside the config's default: whole chunks open loop, ACT's temporal
+# ensembling, and the noise scale sigma of x_0 ~ N(0, sigma^2 I) at inference (flow heads only).
+EXECUTIONS: dict[str, dict[str, Any]] = {
+    "il whole chunk": {"n_action_steps": 0},
+    "il ensemble": {"ensemble_coef": 0.01},
+    **{f"il sigma {sigma:g}": {"flow_noise": sigma} for sigma in (0.0, 0.25, 0.5, 1.0)},
+}
 NETWORK_FIELDS = set(VLAConfig.__annotations__)
 
 
@@ -171,9 +178,9 @@ def _policies(
         base["language_model"] = None
     ils = {}
     for il_name, head in (("il", "flow"), ("il regression", "regression")):
-        if il_name not in wanted and not any(
-            v[0] == il_name for n, v in args.variants.items() if n in wanted
-        ):
+        evaluated = {il_name, *EXECUTIONS, "il +extra"} if il_name == "il" else {il_name}
+        started_from = {il for n, (il, _) in args.variants.items() if {n, f"{n} whole chunk"} & wanted}
+        if not evaluated & wanted and il_name not in started_from:
             continue
         algo, sampler = _corft(store, CORFTConfig(head=head, **base), args, times[il_name], language)
         ils[il_name] = algo
