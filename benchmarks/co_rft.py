@@ -311,6 +311,8 @@ def main() -> None:
         if only - set(args.methods):
             parser.error(f"--only: unknown methods {sorted(only - set(args.methods))}")
         args.methods = [m for m in args.methods if m in only]
+    if "language_model" in args.set and not args.images:  # _policies turns it off for the state policy
+        parser.error("--set language_model: the state-only policy reads no instruction; add --images")
     args.seeds = [int(x) for x in args.seeds.split(",")]
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: torch sees no CUDA device")

@@ -99,3 +99,12 @@ def test_a_tiny_run_is_deterministic_and_writes_its_table(
 def test_set_names_the_field_it_cannot_take(text: str, message: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError, match=re.escape(message)):
         _settings(text)
+
+
+def test_set_refuses_a_language_model_the_state_policy_would_drop(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["co_rft", "--set", "language_model=my-encoder"])
+    with pytest.raises(SystemExit):
+        main()
+    assert "--set language_model: the state-only policy reads no instruction" in capsys.readouterr().err
