@@ -177,9 +177,10 @@ def _policies(
         # it reached 92% / 66% (seen / unseen) against 72-84% / 48-72% with it (pilots, 3k updates).
         base["language_model"] = None
     ils = {}
+    variants = {n: v for n, v in args.variants.items() if {n, f"{n} whole chunk"} & wanted}
+    started_from = {il_name for il_name, _ in variants.values()}
     for il_name, head in (("il", "flow"), ("il regression", "regression")):
         evaluated = {il_name, *EXECUTIONS, "il +extra"} if il_name == "il" else {il_name}
-        started_from = {il for n, (il, _) in args.variants.items() if {n, f"{n} whole chunk"} & wanted}
         if not evaluated & wanted and il_name not in started_from:
             continue
         algo, sampler = _corft(store, CORFTConfig(head=head, **base), args, times[il_name], language)
@@ -195,9 +196,7 @@ def _policies(
                 sample = lambda s=sampler: to_torch(s.sample(args.batch_size), args.device)  # noqa: E731
                 _train(extra.update, sample, args.rl_updates, [])  # the same stream, continued
                 out["il +extra"] = extra.policy()
-    for name, (il_name, overrides) in args.variants.items():
-        if not {name, f"{name} whole chunk"} & wanted:
-            continue
+    for name, (il_name, overrides) in variants.items():
         variant = copy.deepcopy(ils[il_name])
         variant.config = dataclasses.replace(variant.config, **overrides)
         variant.start_rl()
