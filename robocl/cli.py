@@ -111,7 +111,8 @@ def _cmd_train_co_rft(args: argparse.Namespace) -> int:
         if args.state_keys is None and PROPRIOCEPTION in states:
             overrides["state_keys"] = (PROPRIOCEPTION,)
     config = config_from_args(CORFTConfig, args, **overrides)
-    il_loop = config_from_args(LoopConfig, args, n_updates=args.il_updates) if args.il_updates else None
+    il_updates = _il_updates(args)
+    il_loop = config_from_args(LoopConfig, args, n_updates=il_updates) if il_updates else None
     rl_updates = 0 if pretrain else args.rl_updates
     rl_loop = config_from_args(LoopConfig, args, n_updates=rl_updates) if rl_updates else None
     env_id = None if pretrain else _eval_env(args)
@@ -134,6 +135,18 @@ def _cmd_train_co_rft(args: argparse.Namespace) -> int:
     elif env_id is not None and args.eval_episodes:
         print(f"evaluations: {Path(args.run_dir) / 'eval'} (robocl compare {args.run_dir})")
     return 0
+
+
+def _il_updates(args: argparse.Namespace) -> int:
+    """--il-updates, or by default IL_UPDATES_PER_EPISODE for every episode the run trains on (--tags)."""
+    from robocl.algos.co_rft_config import il_updates_for
+    from robocl.store import TrajectoryStore
+
+    if args.il_updates is not None:
+        return args.il_updates
+    with TrajectoryStore.open(args.data, "r") as store:
+        view = store.view(tags=_tags(args)) if args.tags else store.view()
+        return il_updates_for(view.n_episodes)
 
 
 def _tags(args: argparse.Namespace) -> list[str]:
@@ -331,7 +344,7 @@ def _add_train_bc(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train_co_rft(p: argparse.ArgumentParser, *, pretrain: bool = False) -> None:
-    from robocl.algos.co_rft_config import IL_UPDATES, RL_UPDATES, CORFTConfig
+    from robocl.algos.co_rft_config import IL_UPDATES_PER_EPISODE, RL_UPDATES, CORFTConfig
     from robocl.config import add_config_args
     from robocl.run.loop import LoopConfig
 
@@ -346,7 +359,11 @@ def _add_train_co_rft(p: argparse.ArgumentParser, *, pretrain: bool = False) -> 
         p.add_argument("--il-updates", type=int, default=50_000, help="imitation updates")
         p.set_defaults(rl_updates=0, eval_env=None, eval_episodes=0)
     else:
-        p.add_argument("--il-updates", type=int, default=IL_UPDATES, help="stage-1 updates; 0 skips stage 1")
+        p.add_argument(
+            "--il-updates",
+            type=int,
+            help=f"stage-1 updates (default {IL_UPDATES_PER_EPISODE} per training episode); 0 skips stage 1",
+        )
         p.add_argument("--rl-updates", type=int, default=RL_UPDATES, help="stage-2 updates; 0 = IL only")
         p.add_argument("--eval-env", help="env evaluated after each stage (default: the store's env_id)")
         p.add_argument(

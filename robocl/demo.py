@@ -31,13 +31,15 @@ ENV = "robocl/PickPlace-v0"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from robocl.algos.co_rft_config import IL_UPDATES, RL_UPDATES
+    from robocl.algos.co_rft_config import IL_UPDATES_PER_EPISODE, RL_UPDATES, il_updates_for
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", default="runs/demo", help="folder for the store, run and evaluations")
-    parser.add_argument("--il-updates", type=int, default=IL_UPDATES, help="stage-1 imitation updates")
+    parser.add_argument(
+        "--il-updates", type=int, help=f"stage-1 updates (default {IL_UPDATES_PER_EPISODE} per demo)"
+    )
     parser.add_argument("--rl-updates", type=int, default=RL_UPDATES, help="stage-2 offline RL updates")
     parser.add_argument("--images", action="store_true", help="add both 96x96 cameras (slower on a CPU)")
     parser.add_argument("--eval-episodes", type=int, default=50, help="evaluation episodes per position set")
@@ -74,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"   validate: {'OK' if report.ok else report.problems}")
 
     run_dir = out / f"co_rft{'_images' if args.images else ''}_seed{args.seed}"
+    if args.il_updates is None:
+        args.il_updates = il_updates_for(info["n_episodes"])
     print(f"== 2. CO-RFT -> {run_dir}: {args.il_updates} imitation updates, {args.rl_updates} RL updates")
     # The benchmark's recipe (benchmarks/co_rft.py): with the object state the instruction is redundant and
     # left out; with cameras the policy sees proprioception, both cameras and the instruction.

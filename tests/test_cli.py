@@ -84,3 +84,28 @@ def test_a_device_torch_cannot_use_is_one_line(capsys):
     assert cli.main(["eval", "--policy", "x", "--env", "robocl/PickPlace-v0", "--device", "cuda:7"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--device cuda:7" in err
+
+
+def test_co_rft_imitation_budget_scales_with_the_training_episodes(tmp_path):
+    import argparse
+
+    from robocl.algos.co_rft_config import IL_UPDATES_PER_EPISODE, il_updates_for
+    from robocl.store import TrajectoryStore
+    from tests.store.conftest import FEATURES, make_episode
+
+    assert il_updates_for(60) == 30_000 and il_updates_for(30) == 15_000  # the two measured budgets
+    with pytest.raises(ValueError, match="n_episodes=0"):
+        il_updates_for(0)
+    with TrajectoryStore.create(tmp_path / "s.zarr", FEATURES, fps=10) as store:
+        for e in range(5):
+            store.add_episode(make_episode(e, 4), tags=("good",) if e < 3 else ())
+
+    def il_updates(**given) -> int:
+        return cli._il_updates(argparse.Namespace(**{"data": str(tmp_path / "s.zarr"), "tags": None} | given))
+
+    assert il_updates(il_updates=None) == 5 * IL_UPDATES_PER_EPISODE
+    assert il_updates(il_updates=None, tags="good") == 3 * IL_UPDATES_PER_EPISODE  # what --tags trains on
+    assert il_updates(il_updates=0) == 0 and il_updates(il_updates=123) == 123  # given: as given
+    parser = argparse.ArgumentParser()
+    cli._add_train_co_rft(parser)
+    assert parser.parse_args(["--data", "d", "--run-dir", "r"]).il_updates is None  # so the default scales
