@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # --images renders on a headless CPU
 
@@ -124,18 +125,39 @@ def _settings(text: str) -> dict[str, Any]:
     return overrides
 
 
-def _train(update: Any, sample: Any, n_updates: int, times: list[list[float]], every: Any = None) -> None:
+# The last updates of a run are counted (matrix-product FLOPs, forward and backward) rather than timed:
+# 50 spans one best-of-N re-ranking period (bon_refresh), so a stage-2 count includes its amortised share.
+FLOP_WINDOW = 50
+
+
+def _train(
+    update: Any,
+    sample: Any,
+    n_updates: int,
+    times: list[list[float]],
+    every: Any = None,
+    flops: list[float] | None = None,
+) -> None:
     """``n_updates`` calls of ``update(batch)``; appends this run's seconds per update (sampling excluded)
-    to ``times``; calls ``every(i)`` after update i when given."""
-    run = []
+    to ``times`` and, with ``flops``, the mean FLOPs of its last updates (``FLOP_WINDOW``, at most half of
+    the run, not timed); calls ``every(i)`` after update i when given."""
+    run, counted = [], []
+    first_counted = n_updates - (min(FLOP_WINDOW, n_updates // 2) if flops is not None else 0)
     for i in range(n_updates):
         batch = sample()
-        t0 = time.perf_counter()
-        update(batch)
-        run.append(time.perf_counter() - t0)
+        if i >= first_counted:
+            with FlopCounterMode(display=False) as counter:  # counts, never changes, the arithmetic
+                update(batch)
+            counted.append(counter.get_total_flops())
+        else:
+            t0 = time.perf_counter()
+            update(batch)
+            run.append(time.perf_counter() - t0)
         if every is not None:
             every(i + 1)
     times.append(run)
+    if flops is not None and counted:
+        flops.append(statistics.mean(counted))
 
 
 def _fingerprint(tensors: dict[str, torch.Tensor]) -> str:
@@ -146,13 +168,19 @@ def _fingerprint(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _corft(store: TrajectoryStore, cfg: CORFTConfig, args: argparse.Namespace, times: list, language: Any):
+def _corft(
+    store: TrajectoryStore,
+    cfg: CORFTConfig,
+    args: argparse.Namespace,
+    times: list,
+    language: Any,
+    flops: list | None = None,
+):
     algo = CORFT.from_store(cfg, store, language=language, device=args.device)
     sampler = algo.il_sampler(store)
     torch.manual_seed(stage_seed(cfg.seed, "il"))  # dropout's stream, seeded as the loop seeds a stage
-    _train(
-        algo.update, lambda: to_torch(sampler.sample(args.batch_size), args.device), args.il_updates, times
-    )
+    sample = lambda: to_torch(sampler.sample(args.batch_size), args.device)  # noqa: E731
+    _train(algo.update, sample, args.il_updates, times, flops=flops)
     return algo, sampler
 
 
@@ -165,8 +193,8 @@ def _policies(
     record: dict[str, Any],
 ) -> dict[str, Any]:
     """The trained policies of one (store, seed) cell, keyed by method name (``args.methods``); fills
-    ``record`` with ms per update, validation curves and weight fingerprints."""
-    out, wanted, times = {}, set(args.methods), record["times"]
+    ``record`` with ms and FLOPs per update, validation curves and weight fingerprints."""
+    out, wanted, times, flops = {}, set(args.methods), record["times"], record["flops"]
     cameras = tuple(k for k, f in store.features.items() if f.is_image)
     base: dict[str, Any] = {**args.set, "image_keys": cameras, "seed": seed, "gripper": task["gripper"]}
     if args.images:  # the cameras replace the privileged object state (proprioception stays)
@@ -183,7 +211,8 @@ def _policies(
         evaluated = {il_name, *EXECUTIONS, "il +extra"} if il_name == "il" else {il_name}
         if not evaluated & wanted and il_name not in started_from:
             continue
-        algo, sampler = _corft(store, CORFTConfig(head=head, **base), args, times[il_name], language)
+        cfg = CORFTConfig(head=head, **base)
+        algo, sampler = _corft(store, cfg, args, times[il_name], language, flops[il_name])
         ils[il_name] = algo
         out[il_name] = copy.deepcopy(algo).policy()
         record["fingerprints"][il_name] = _fingerprint(algo.state_dict()["model"])
@@ -210,7 +239,7 @@ def _policies(
 
         sample = lambda s=sampler: to_torch(s.sample(args.batch_size), args.device)  # noqa: E731
         torch.manual_seed(stage_seed(seed, "rl"))
-        _train(variant.update, sample, args.rl_updates, times[name], validate)
+        _train(variant.update, sample, args.rl_updates, times[name], validate, flops[name])
         out[name] = variant.policy()
         out[f"{name} whole chunk"] = variant.policy(n_action_steps=0)  # open loop, as for IL
         record["fingerprints"][name] = _fingerprint(variant.state_dict()["model"])
@@ -219,11 +248,11 @@ def _policies(
         bc_sampler = bc.sampler(store)
         sample = lambda: to_torch(bc_sampler.sample(args.batch_size), "cpu")  # noqa: E731
         torch.manual_seed(stage_seed(seed, "bc"))
-        _train(bc.update, sample, args.il_updates, times["mlp bc"])
+        _train(bc.update, sample, args.il_updates, times["mlp bc"], flops=flops["mlp bc"])
         out["mlp bc"] = bc.policy()
     if "iql" in wanted:
         iql = IQL(IQLConfig(n_updates=args.iql_updates, seed=seed), store)
-        _train(lambda _: iql.update(), lambda: None, args.iql_updates, times["iql"])
+        _train(lambda _: iql.update(), lambda: None, args.iql_updates, times["iql"], flops=flops["iql"])
         out["iql"] = iql.policy()
     return {name: policy for name, policy in out.items() if name in wanted}
 
@@ -325,6 +354,7 @@ def main() -> None:
     task = TASKS[args.task]
     env = task["env"]
     times: dict[str, list[list[float]]] = collections.defaultdict(list)  # phase -> runs -> s per update
+    flops: dict[str, list[float]] = collections.defaultdict(list)  # phase -> runs -> FLOPs per update
     cells: list[dict[str, Any]] = []
     records: list[dict[str, Any]] = []
     latency: dict[str, float] = {}
@@ -355,6 +385,7 @@ def main() -> None:
                     "demos": n_demos,
                     "seed": seed,
                     "times": times,
+                    "flops": flops,
                     "validation": {},
                     "fingerprints": {},
                 }
@@ -387,10 +418,10 @@ def main() -> None:
                                 "cycle_times": [r.cycle_time for r in episodes if r.cycle_time is not None],
                             }
                         )
-                records.append({k: v for k, v in record.items() if k != "times"})
+                records.append({k: v for k, v in record.items() if k not in ("times", "flops")})
                 run = {"seeds": sorted({c["seed"] for c in cells}), "wall_s": time.perf_counter() - t_start}
-                tables = _report(name, args, env, task, demo_stats, times, cells, records, latency, run,
-                                 determinism)  # fmt: skip
+                tables = _report(name, args, env, task, demo_stats, times, flops, cells, records, latency,
+                                 run, determinism)  # fmt: skip
                 print(f"seed {seed}, {n_demos} demos done after {run['wall_s']:.0f} s", flush=True)
         for store in stores.values():
             store.close()
@@ -446,6 +477,7 @@ def combine(paths: list[Path], name: str) -> str:
             }
             for key, values in per_part.items()
         },
+        "gflop_per_update": {k: v for part in parts for k, v in part.get("gflop_per_update", {}).items()},
         "ms_per_chunk_inference": first["ms_per_chunk_inference"],
         "determinism": next((p["determinism"] for p in parts if p["determinism"]), None),
         "parts": [
@@ -524,6 +556,7 @@ def _report(
     task: dict[str, Any],
     demo_stats: dict[int, dict[str, float]],
     times: dict[str, list[list[float]]],
+    flops: dict[str, list[float]],
     cells: list[dict[str, Any]],
     records: list[dict[str, Any]],
     latency: dict[str, float],
@@ -536,6 +569,9 @@ def _report(
     # best-of-N's candidates): it is reported apart.
     ms = {k: 1000 * statistics.median([t for run in v for t in run[1:] or run]) for k, v in times.items()}
     first_ms = {k: 1000 * statistics.median(run[0] for run in v) for k, v in times.items()}
+    # Matrix-product FLOPs (torch's FlopCounterMode), set by the shapes: equal across runs but for the
+    # best-of-N ranking's share; so ms per update against IL splits into arithmetic and its speed.
+    gflop = {k: statistics.mean(v) / 1e9 for k, v in flops.items() if v}
     payload = {
         **args.info,
         "dirty": args.dirty,
@@ -557,6 +593,7 @@ def _report(
         },
         "ms_per_update_median": ms,
         "ms_first_update_median": first_ms,
+        "gflop_per_update": gflop,
         "ms_per_chunk_inference": latency,
         "determinism": determinism,
         "summary": summary,
@@ -564,13 +601,15 @@ def _report(
         "cells": cells,
     }
     path = write_result(name, payload)
+    g = {k: gflop.get(k, np.nan) for k in ms}
+    phases = [[k, v, first_ms[k], g[k], g[k] / v * 1e3] for k, v in ms.items()]
     return "\n".join(
         [
             markdown_table(["demos", "method", "positions", "success (95% CI)", "cycle time"], rows),
             "",
             markdown_table(
-                ["phase", "ms / update (median)", "first update ms"],
-                [[k, v, first_ms[k]] for k, v in ms.items()],
+                ["phase", "ms / update (median)", "first update ms", "GFLOP / update", "GFLOP/s"],
+                phases,
             ),
             "",
             markdown_table(["policy", "ms / chunk (1 thread)"], [[k, v] for k, v in latency.items()]),

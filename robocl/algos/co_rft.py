@@ -281,7 +281,13 @@ class CORFT:
             y, mask = chunked_targets(
                 batch["reward"], is_pad, batch["done"], next_q, cfg.gamma, per_prefix=per_prefix
             )
-        q = torch.stack([c(feat, data_chunk) for c in self.critics])  # (C, B, h)
+        h_eff, rows = (~is_pad).sum(1), torch.arange(B, device=self.device)
+        if per_prefix:
+            q = torch.stack([c(feat, data_chunk) for c in self.critics])  # (C, B, h)
+            q_data = q[:, rows, h_eff - 1]  # (C, B) Q of the logged chunk
+        else:  # the whole-chunk backup trains Q^(h_eff) alone: no other prefix is computed
+            q_data = torch.stack([c.q_prefix(feat, data_chunk, h_eff) for c in self.critics])
+            q, y, mask = q_data[..., None], y[rows, h_eff - 1, None], mask[rows, h_eff - 1, None]
         td = critic_td_loss(q, y, mask)
         metrics = {
             "critic_td": td.item(),
@@ -299,9 +305,7 @@ class CORFT:
             q_s = torch.stack(
                 [c.q_chunk(feat_rep, samples).view(B, 3 * n) for c in self.critics]
             )  # (C, B, 3n)
-            h_eff = (~is_pad).sum(1)
             log_density = h * self.spec.action_dim * np.log(0.5) if cfg.cql_importance_sample else 0.0
-            q_data = q[:, torch.arange(B, device=self.device), h_eff - 1]  # (C, B) Q of the logged chunk
             cons = conservative_loss(
                 q_data, q_s[..., :n], q_s[..., n : 2 * n], q_s[..., 2 * n :],
                 batch["mc_return"].float() if cfg.conservative == "calql" else None,

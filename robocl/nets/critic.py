@@ -46,3 +46,10 @@ class PrefixMLPCritic(nn.Module):
             self.context(feat) + torch.einsum("bka,kaw->bw", chunk, self.action_weight) + self.prefix_emb[-1]
         )
         return self.mlp(first).squeeze(-1)
+
+    def q_prefix(self, feat: torch.Tensor, chunk: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        """(B,) Q^(length_b) of each row's first ``length_b`` actions: ``forward(...)[b, length_b - 1]``
+        without the other prefixes (the whole-chunk backup trains this one alone)."""
+        kept = torch.arange(chunk.shape[1], device=chunk.device) < length[:, None]  # (B, h)
+        steps = torch.einsum("bka,kaw->bw", chunk * kept[..., None], self.action_weight)
+        return self.mlp(self.context(feat) + steps + self.prefix_emb[length - 1]).squeeze(-1)

@@ -163,3 +163,7 @@ class ChunkCritic(nn.Module):
         """(B,) Q^(h) of whole (unpadded) chunks: ``forward(feat, chunk)[:, -1]`` at about 60% of the cost."""
         out = encoder_forward(self.encoder, self._tokens(feat, chunk), self.causal_mask, last_only=True)
         return self.head(out[:, 0]).squeeze(-1)
+
+    def q_prefix(self, feat: torch.Tensor, chunk: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        """(B,) Q^(length_b): ``forward(...)[b, length_b - 1]`` (the encoder computes every prefix anyway)."""
+        return self(feat, chunk).gather(1, (length - 1)[:, None]).squeeze(1)

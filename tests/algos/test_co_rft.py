@@ -15,6 +15,7 @@ from robocl.algos.chunk_losses import (
     chunk_bc_loss,
     chunked_targets,
     conservative_loss,
+    critic_td_loss,
     distill_actor_loss,
     td3_bc_actor_loss,
 )
@@ -201,6 +202,16 @@ def test_critic_forward_matches_torch_encoder():
     torch.testing.assert_close(critic.q_chunk(feat, chunk), critic(feat, chunk)[:, -1], rtol=1e-5, atol=1e-6)
 
 
+def test_whole_chunk_td_loss_on_the_one_trained_prefix():
+    """The whole-chunk backup computes Q^(h_eff) alone: its loss equals the masked loss over every prefix."""
+    torch.manual_seed(0)
+    q, y, h_eff = torch.randn(2, 5, 4), torch.randn(5, 4), torch.tensor([4, 1, 3, 4, 2])
+    mask = torch.arange(1, 5) == h_eff[:, None]
+    rows = torch.arange(5)
+    alone = critic_td_loss(q[:, rows, h_eff - 1, None], y[rows, h_eff - 1, None], mask[rows, h_eff - 1, None])
+    torch.testing.assert_close(alone, critic_td_loss(q, y, mask))
+
+
 @pytest.mark.parametrize("kind", ["mlp", "transformer"])
 def test_critics_are_causal_over_the_chunk(kind):
     from robocl.nets.critic import PrefixMLPCritic
@@ -219,6 +230,8 @@ def test_critics_are_causal_over_the_chunk(kind):
     torch.testing.assert_close(q_later[:, :2], q[:, :2])  # Q^(1), Q^(2) do not see a_3, a_4
     assert not torch.allclose(q_later[:, 2:], q[:, 2:])
     torch.testing.assert_close(critic.q_chunk(feat, chunk), q[:, -1], rtol=1e-5, atol=1e-5)
+    length = torch.tensor([1, 4, 2, 3, 4])  # one prefix per row, as the whole-chunk backup trains
+    torch.testing.assert_close(critic.q_prefix(feat, chunk, length), q[torch.arange(5), length - 1])
     if kind == "mlp":  # Q^(j) is an ordinary MLP on [feat, a_1..a_j]: check prefix 2 against one by hand
         first = critic.context(feat) + (chunk[:, :2, :, None] * critic.action_weight[:2]).sum((1, 2))
         torch.testing.assert_close(q[:, 1], critic.mlp(first + critic.prefix_emb[1]).squeeze(-1))

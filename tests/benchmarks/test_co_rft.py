@@ -7,11 +7,13 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 import benchmarks.common
-from benchmarks.co_rft import _settings, combine, main
+from benchmarks.co_rft import _settings, _train, combine, main
 
 
 def _part(seed: int, demos: list[int], successes: int, **changes: object) -> dict:
@@ -89,6 +91,10 @@ def test_a_tiny_run_is_deterministic_and_writes_its_table(
         (m, p) for m in ("il", "il sigma 0.5", "co-rft", "co-rft distill") for p in ("seen", "unseen")
     }
     assert set(result["records"][0]["fingerprints"]) >= {"il", "co-rft", "co-rft distill"}
+    # The last updates of each run are FLOP-counted instead of timed: a stage-2 update does more arithmetic.
+    gflop = result["gflop_per_update"]
+    assert set(gflop) == {"il", "co-rft", "co-rft distill"}
+    assert 0 < gflop["il"] < gflop["co-rft"]
     assert "co-rft distill" in capsys.readouterr().out
 
 
@@ -108,3 +114,29 @@ def test_set_refuses_a_language_model_the_state_policy_would_drop(
     with pytest.raises(SystemExit):
         main()
     assert "--set language_model: the state-only policy reads no instruction" in capsys.readouterr().err
+
+
+def test_counting_flops_leaves_the_updates_unchanged() -> None:
+    """The counted updates run the same arithmetic as timed ones: equal weights after, and a count."""
+    torch.manual_seed(0)
+    nets = [torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    batches = torch.randn(6, 8, 4)
+
+    def trainer(net: torch.nn.Linear) -> Any:
+        opt = torch.optim.Adam(net.parameters(), lr=0.1)
+
+        def update(batch: torch.Tensor) -> None:
+            opt.zero_grad()
+            net(batch).square().mean().backward()
+            opt.step()
+
+        return update
+
+    counted_times: list[list[float]] = []
+    flops: list[float] = []
+    _train(trainer(nets[0]), iter(batches).__next__, 6, [])
+    _train(trainer(nets[1]), iter(batches).__next__, 6, counted_times, flops=flops)
+    assert all(torch.equal(a, b) for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True))
+    assert len(counted_times[0]) == 3  # half of a short run is counted, not timed
+    assert flops == [2 * 8 * 4 * 4 * 2]  # addmm forward + the weight's gradient mm (inputs need none)
