@@ -119,8 +119,10 @@ class CORFT:
         self.config, self.spec, self.device = config, spec, torch.device(device)
         with seeded(config.seed):
             self.policy_net = VLAPolicyNet(config, spec).to(self.device)
+        # fused: one kernel for every parameter; the per-parameter loop took 3 of a ~27 ms stage-2 update
+        # on one CPU thread (a 128-wide critic), for the same Adam.
         self.il_opt = torch.optim.AdamW(
-            self.policy_net.parameters(), lr=config.il_lr, weight_decay=config.weight_decay
+            self.policy_net.parameters(), lr=config.il_lr, weight_decay=config.weight_decay, fused=True
         )
         self.stage, self.step = "il", 0
         self._language: LanguageEncoder | None = None
@@ -214,14 +216,14 @@ class CORFT:
             if cfg.rl_train_backbone:
                 groups.append({"params": list(trunk.parameters()), "lr": cfg.il_lr})
             trunk.requires_grad_(cfg.rl_train_backbone)
-        self.critic_opt = torch.optim.Adam(groups)
+        self.critic_opt = torch.optim.Adam(groups, fused=True)
         self.actor_opt: torch.optim.Optimizer | None = None
         if cfg.actor == "td3_bc":
-            self.actor_opt = torch.optim.Adam(self.policy_net.head.parameters(), lr=cfg.actor_lr)
+            self.actor_opt = torch.optim.Adam(self.policy_net.head.parameters(), lr=cfg.actor_lr, fused=True)
         else:
             self.policy_net.head.requires_grad_(False)
         if self.one_step is not None:
-            self.actor_opt = torch.optim.Adam(self.one_step.parameters(), lr=cfg.actor_lr)
+            self.actor_opt = torch.optim.Adam(self.one_step.parameters(), lr=cfg.actor_lr, fused=True)
         self.stage, self.step = "rl", 0
         self.spec.extra["stage"] = "rl"
         self._features = self._candidates = self._choice = None
