@@ -302,11 +302,8 @@ class CORFT:
             with torch.no_grad():
                 policy = self._policy_samples(batch, feat.detach(), next_feat, n)  # (B, 2n, h, A)
                 uniform = torch.rand(B, n, h, self.spec.action_dim, device=self.device) * 2 - 1
-                samples = torch.cat([uniform, policy], 1).flatten(0, 1)  # (B*3n, h, A)
-            feat_rep = feat.repeat_interleave(3 * n, 0)
-            q_s = torch.stack(
-                [c.q_chunk(feat_rep, samples).view(B, 3 * n) for c in self.critics]
-            )  # (C, B, 3n)
+                samples = torch.cat([uniform, policy], 1)  # (B, 3n, h, A)
+            q_s = torch.stack([c.q_chunk(feat, samples) for c in self.critics])  # (C, B, 3n)
             log_density = h * self.spec.action_dim * np.log(0.5) if cfg.cql_importance_sample else 0.0
             cons = conservative_loss(
                 q_data, q_s[..., :n], q_s[..., n : 2 * n], q_s[..., 2 * n :],
@@ -446,7 +443,7 @@ class CORFT:
         """Best-of-N's target policy: every history's N candidates, drawn once per stage from a generator
         seeded by the config (so a resumed run draws the same ones), and with ``rank`` their ranking under
         the target critics (a resumed run restores the ranking it saved)."""
-        table, best_of_n, n = self._history_features(token), self._best_of_n(), self.config.n_candidates
+        table, best_of_n = self._history_features(token), self._best_of_n()
         rows = 256  # histories per piece: 8k candidate chunks through the flow or a critic at a time
         if self._candidates is None:
             generator = torch.Generator(self.device).manual_seed(self.config.seed + 2)
@@ -457,9 +454,9 @@ class CORFT:
             return
         choice = []
         for lo in range(0, len(table), rows):
-            feat, cand = table[lo : lo + rows].repeat_interleave(n, 0), self._candidates[lo : lo + rows]
-            q = torch.stack([c.q_chunk(feat, cand.flatten(0, 1)) for c in self.target_critics]).min(0).values
-            choice.append(q.view(-1, n).argmax(1))
+            feat, cand = table[lo : lo + rows], self._candidates[lo : lo + rows]
+            q = torch.stack([c.q_chunk(feat, cand) for c in self.target_critics]).min(0).values  # (rows, N)
+            choice.append(q.argmax(1))
         self._choice = torch.cat(choice)
 
     # ------------------------------------------------------------------ validation

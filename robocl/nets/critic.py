@@ -20,7 +20,7 @@ from torch import nn
 
 
 class PrefixMLPCritic(nn.Module):
-    """(B, feat_dim) context + (B, h, A) chunk -> (B, h) Q^(j); ``q_chunk``: (B,) Q^(h) alone."""
+    """(B, feat_dim) context + (B, h, A) chunk -> (B, h) Q^(j); ``q_chunk``: Q^(h) alone."""
 
     def __init__(self, feat_dim: int, action_dim: int, horizon: int, hidden: Sequence[int] = (256, 256)):
         super().__init__()
@@ -41,11 +41,13 @@ class PrefixMLPCritic(nn.Module):
         return self.mlp(first).squeeze(-1)
 
     def q_chunk(self, feat: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
-        """(B,) Q^(h) of whole chunks: ``forward(feat, chunk)[:, -1]`` without the other prefixes."""
-        first = (
-            self.context(feat) + torch.einsum("bka,kaw->bw", chunk, self.action_weight) + self.prefix_emb[-1]
-        )
-        return self.mlp(first).squeeze(-1)
+        """Q^(h) of whole chunks, ``forward(feat, chunk)[:, -1]`` without the other prefixes: (B, h, A) ->
+        (B,), or N chunks per context (B, N, h, A) -> (B, N) with the context's layer computed once."""
+        context = self.context(feat)
+        if chunk.dim() == 4:
+            context = context.unsqueeze(1)
+        steps = torch.einsum("...ka,kaw->...w", chunk, self.action_weight)
+        return self.mlp(context + steps + self.prefix_emb[-1]).squeeze(-1)
 
     def q_prefix(self, feat: torch.Tensor, chunk: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
         """(B,) Q^(length_b) of each row's first ``length_b`` actions: ``forward(...)[b, length_b - 1]``

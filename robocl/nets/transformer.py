@@ -160,7 +160,11 @@ class ChunkCritic(nn.Module):
         return self.head(out[:, 1:]).squeeze(-1)  # (B, h): position j holds Q^(j)
 
     def q_chunk(self, feat: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
-        """(B,) Q^(h) of whole (unpadded) chunks: ``forward(feat, chunk)[:, -1]`` at about 60% of the cost."""
+        """Q^(h) of whole (unpadded) chunks, ``forward(feat, chunk)[:, -1]`` at about 60% of the cost: (B, h,
+        A) -> (B,), or N chunks per context (B, N, h, A) -> (B, N)."""
+        if chunk.dim() == 4:
+            n = chunk.shape[1]
+            return self.q_chunk(feat.repeat_interleave(n, 0), chunk.flatten(0, 1)).view(-1, n)
         out = encoder_forward(self.encoder, self._tokens(feat, chunk), self.causal_mask, last_only=True)
         return self.head(out[:, 0]).squeeze(-1)
 

@@ -264,10 +264,8 @@ class BestOfN:
 
     def __call__(self, feat: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         candidates = self.propose(feat, generator)
-        q = torch.stack(
-            [c.q_chunk(feat.repeat_interleave(self.n, 0), candidates.flatten(0, 1)) for c in self.critics]
-        ).mean(0)
-        return candidates[torch.arange(len(feat)), q.view(-1, self.n).argmax(1)]
+        q = torch.stack([c.q_chunk(feat, candidates) for c in self.critics]).mean(0)  # (B, N)
+        return candidates[torch.arange(len(feat)), q.argmax(1)]
 
 
 class OneStep:

@@ -230,6 +230,9 @@ def test_critics_are_causal_over_the_chunk(kind):
     torch.testing.assert_close(q_later[:, :2], q[:, :2])  # Q^(1), Q^(2) do not see a_3, a_4
     assert not torch.allclose(q_later[:, 2:], q[:, 2:])
     torch.testing.assert_close(critic.q_chunk(feat, chunk), q[:, -1], rtol=1e-5, atol=1e-5)
+    many = torch.rand(5, 3, 4, 3) * 2 - 1  # 3 chunks per context (best-of-N, the conservative samples)
+    rows = critic.q_chunk(feat.repeat_interleave(3, 0), many.flatten(0, 1)).view(5, 3)
+    torch.testing.assert_close(critic.q_chunk(feat, many), rows, rtol=1e-5, atol=1e-5)
     length = torch.tensor([1, 4, 2, 3, 4])  # one prefix per row, as the whole-chunk backup trains
     torch.testing.assert_close(critic.q_prefix(feat, chunk, length), q[torch.arange(5), length - 1])
     if kind == "mlp":  # Q^(j) is an ordinary MLP on [feat, a_1..a_j]: check prefix 2 against one by hand
@@ -669,7 +672,7 @@ class HandCritic(torch.nn.Module):
     """Q(o, A) = -||A - 0.3||^2: the chunk nearest 0.3 everywhere is the best."""
 
     def q_chunk(self, feat: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
-        return -((chunk - 0.3) ** 2).sum((1, 2))
+        return -((chunk - 0.3) ** 2).sum((-2, -1))  # (B, h, A) -> (B,), (B, N, h, A) -> (B, N)
 
 
 def test_best_of_n_executes_the_argmax_under_the_critic(tmp_path):
