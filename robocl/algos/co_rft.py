@@ -318,7 +318,8 @@ class CORFT:
             loss, self.critic_opt, params, max_grad_norm=cfg.rl_max_grad_norm
         )
         soft_update(self.target_critics, self.critics, cfg.tau)
-        soft_update(self.target_policy, net, cfg.tau)
+        if any(p.requires_grad for p in net.parameters()):  # a frozen policy's copy stays equal to it
+            soft_update(self.target_policy, net, cfg.tau)
         metrics.update(self._actor_update(batch, feat.detach()))
         return metrics
 

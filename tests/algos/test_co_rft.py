@@ -668,6 +668,19 @@ def test_resume_through_shared_fit_matches_losses(tmp_path):
     assert [m.get("actor_loss") for m in first + rest] == [m.get("actor_loss") for m in full]
 
 
+def test_a_frozen_policy_keeps_its_target_copy_equal(tmp_path):
+    """Best-of-N trains critics only: the policy's target copy (not soft-updated then) stays the policy."""
+    store = chain_store(tmp_path)
+    cfg = CORFTConfig(state_keys=("observation.state",), horizon=2, gripper=False, **TINY)
+    algo = CORFT.from_store(cfg, store)
+    algo.start_rl()
+    sampler = algo.rl_sampler(store)
+    for _ in range(3):
+        algo.update(to_torch(sampler.sample(8), "cpu"))
+    target, policy = algo.target_policy.state_dict(), algo.policy_net.state_dict()
+    assert all(torch.equal(target[k], policy[k]) for k in policy)
+
+
 class HandCritic(torch.nn.Module):
     """Q(o, A) = -||A - 0.3||^2: the chunk nearest 0.3 everywhere is the best."""
 
