@@ -151,6 +151,8 @@ class CORFTConfig:
     # episodes per cell, co_rft_<task>_stage2_lean_pilot.json, ab093c6) 128 x 2 lifted best-of-8 from 92% /
     # 74% (seen / unseen) to 94% / 81% on pick-place, where IL had 94% / 72%, and held push (87% / 86% ->
     # 92% / 79%, IL 80% / 74%), at 0.81 instead of 2.79 GFLOP and 33-35 instead of 71-72 ms per update.
+    # At 30 demos (co_rft_<task>_d30_critic128.json) it led IL on push (46% / 51% against 33% / 36%) and
+    # trailed it on pick-place (84% / 64% against 90% / 66%), as 256 x 2 did there.
     critic_hidden: tuple[int, ...] = (128, 128)
     critic_lr: float = 3e-4  # critic Adam lr (QC, TD3+BC)
     actor_lr: float = 3e-4  # stage-2 actor Adam lr (TD3+BC; FQL)
