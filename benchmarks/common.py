@@ -74,6 +74,8 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
 
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     def fmt(v: Any) -> str:
+        if v is None:  # not measured in this row
+            return ""
         if isinstance(v, float):
             return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
         return str(v)

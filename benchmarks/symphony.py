@@ -18,8 +18,9 @@ timed after the first 200 training steps so a compile is not counted; no evaluat
 ``<name>_speed.json``; the load average is recorded beside the numbers, as a shared machine moves them all.
 
 Records the deterministic evaluation return at fixed env-step marks (exploration steps included in the
-count and stated), wall time per 1k env steps, and the paper's anchor (S3 reaches an average evaluation
-return of 5,000 on Humanoid at ~240k steps, 10 seeds, Humanoid-v4). SAC needs the ``bench`` extra
+count and stated), wall time per 1k env steps with and without the evaluations (Symphony's log two per
+mark, deterministic and with the noise on; SAC's one), and the paper's anchor (S3 reaches an average
+evaluation return of 5,000 on Humanoid at ~240k steps, 10 seeds, Humanoid-v4). SAC needs the ``bench`` extra
 (``pip install robocl[bench]``); without it the SAC rows are skipped with a note.
 """
 
@@ -97,7 +98,16 @@ def run_symphony(env_id: str, seed: int, args: argparse.Namespace, root: Path) -
             diagnostics.setdefault(name, {})[config.n_explore + event.step // config.updates_per_step] = (
                 event.value
             )
-    return {"curve": curve, "diagnostics": diagnostics, "wall_s": wall, "exploration_steps": config.n_explore}
+    # Symphony evaluates twice per mark (deterministic, then with the noise on) and SAC once: the speed
+    # comparison is the wall time less the evaluations (train_s).
+    eval_s = sum(event.value for event in scalars.Scalars("perf/eval_s"))
+    return {
+        "curve": curve,
+        "diagnostics": diagnostics,
+        "wall_s": wall,
+        "train_s": wall - eval_s,
+        "exploration_steps": config.n_explore,
+    }
 
 
 def evaluation(env_id: str, seed: int, args: argparse.Namespace) -> EnvEvaluation:
@@ -124,19 +134,24 @@ def run_sac(env_id: str, seed: int, args: argparse.Namespace, tmp: Path) -> dict
     # Symphony is evaluated every eval_every env steps after its exploration, and at the end: SAC too.
     marks = set(range(args.n_explore, args.steps + 1, args.eval_every or args.steps)) | {args.steps}
     evaluate = evaluation(env_id, seed, args)
+    eval_s = 0.0
 
     class Evaluate(BaseCallback):
         def _on_step(self) -> bool:
+            nonlocal eval_s
             n = self.num_timesteps
             if n in marks:
+                start = time.perf_counter()
                 out = tmp / f"sac_{env_id}_seed{seed}" / f"{n:08d}"
                 curve[n] = evaluate(_SB3Policy(self.model), lambda task: out / task)["mean_return"]
+                eval_s += time.perf_counter() - start
             return True
 
     model = SAC("MlpPolicy", flat_env(env_id), seed=seed, device=args.device, learning_starts=args.n_explore)
     start = time.perf_counter()
     model.learn(total_timesteps=args.steps, callback=Evaluate())
-    return {"curve": curve, "wall_s": time.perf_counter() - start, "exploration_steps": args.n_explore}
+    wall = time.perf_counter() - start
+    return {"curve": curve, "wall_s": wall, "train_s": wall - eval_s, "exploration_steps": args.n_explore}
 
 
 def flat_env(env_id: str) -> Any:
@@ -399,12 +414,23 @@ def _report(args: argparse.Namespace, results: dict[str, Any], sac_note: str | N
     for env_id, methods in results.items():
         for method, runs in methods.items():
             per_1k = float(np.mean([1000 * r["wall_s"] / args.steps for r in runs]))
+            # Runs from before train_s was recorded leave the training-only column empty.
+            train = [1000 * r["train_s"] / args.steps for r in runs if "train_s" in r]
+            train_per_1k = float(np.mean(train)) if len(train) == len(runs) else None
             for mark in marks:
                 values = [r["curve"][mark] for r in runs if mark in r["curve"]]
-                rows.append(
-                    [env_id, method, mark, float(np.mean(values)), float(np.std(values)), len(values), per_1k]
-                )
-    headers = ["env", "method", "env steps", "mean return", "std", "seeds", "wall s / 1k steps"]
+                mean, std = float(np.mean(values)), float(np.std(values))
+                rows.append([env_id, method, mark, mean, std, len(values), per_1k, train_per_1k])
+    headers = [
+        "env",
+        "method",
+        "env steps",
+        "mean return",
+        "std",
+        "seeds",
+        "wall s / 1k steps",
+        "without evaluations",
+    ]
     table = markdown_table(headers, rows)
     rows = []
     for env_id, methods in results.items():

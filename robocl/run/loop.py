@@ -242,16 +242,20 @@ def fit(
     tick, tick_step = time.perf_counter(), algo.step
     timed_from, timer = algo.step + 1, 0.0  # the duration estimate starts after this call's first update
 
-    def check(step: int) -> None:
-        metrics = {}
+    def check(step: int) -> float:
+        """Evaluates and validates at ``step``; returns the seconds it took, which perf/updates_per_s leaves
+        out (logged apart as perf/eval_s, so a benchmark can compare training time alone)."""
+        start, metrics = time.perf_counter(), {}
         if evaluate is not None and main:
             scores = evaluate(algo.policy(), lambda task: run.eval_dir(stage, step, task))
             metrics |= {f"eval/{k}": v for k, v in scores.items()}
         if validate is not None and main:
             metrics |= {f"val/{k}": v for k, v in validate(algo).items()}
-        if writer is not None:
-            for key, value in metrics.items():
+        seconds = time.perf_counter() - start
+        if writer is not None and metrics:
+            for key, value in (metrics | {"perf/eval_s": seconds}).items():
                 writer.add_scalar(key, value, step)
+        return seconds
 
     interrupt = DeferredInterrupt()
     try:
@@ -303,7 +307,7 @@ def fit(
                 tick, tick_step = now, algo.step
                 bar.set_postfix(dict(list(metrics.items())[:3]))
             if loop.eval_every and algo.step % loop.eval_every == 0 and algo.step < loop.n_updates:
-                check(algo.step)
+                tick += check(algo.step)
             if algo.step % loop.checkpoint_every == 0:
                 save_algorithm(algo, last, source_state=source.state_dict())
     except KeyboardInterrupt as exc:

@@ -63,3 +63,19 @@ def test_resume_with_every_seed_finished_reports_them_without_training(tmp_path,
         json.loads((tmp_path / "bench.json").read_text())["results"]["Walker2d-v5"]["sac"][0]["commit"]
         == "abc1234"
     )
+
+
+def test_the_table_compares_training_time_without_the_evaluations(tmp_path, monkeypatch):
+    """Symphony evaluates twice per mark and SAC once, so speed is compared on train_s; runs recorded before
+    train_s existed leave that column empty rather than guessing."""
+    from benchmarks import common
+
+    monkeypatch.setattr(symphony, "RESULTS", tmp_path)
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    logged = {name: {"100": 0.5, "600": 0.4} for name in symphony.DIAGNOSTICS}
+    new = {**symphony._int_keys({**_run(1.0), "diagnostics": logged}), "wall_s": 30.0, "train_s": 20.0}
+    old = {**symphony._int_keys(_run(3.0)), "wall_s": 25.0}
+    table = symphony._report(_args(), {"Walker2d-v5": {"symphony": [new], "sac": [old]}}, None)
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| Walker2d-v5 | ")]
+    assert rows[0][1:3] == ["symphony", "100"] and rows[0][-2:] == ["30", "20 |"]  # s / 1k of 1,000 steps
+    assert rows[2][1] == "sac" and rows[2][-2:] == ["25", " |"]

@@ -277,6 +277,28 @@ def test_the_run_prints_its_estimated_duration_after_timing_a_few_updates(demo_s
     assert "more updates" not in capsys.readouterr().err  # --quiet: nothing
 
 
+def test_evaluation_time_is_logged_apart_from_the_update_rate(demo_store, tmp_path):
+    """perf/eval_s records each evaluation's seconds; perf/updates_per_s counts training alone, so a slow
+    evaluation (here 0.3 s, against milliseconds for 5 updates) does not drag it down."""
+    import time
+
+    def slow_evaluation(policy, out):
+        time.sleep(0.3)
+        return {"score": 1.0}
+
+    algo, sampler = make(demo_store)
+    loop = LoopConfig(n_updates=20, batch_size=8, log_every=5, eval_every=5)
+    fit(algo, sampler, loop, tmp_path / "run", stage="bc", progress=False, evaluate=slow_evaluation)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = EventAccumulator(str(RunDir(tmp_path / "run").tb("bc")))
+    tb.Reload()
+    eval_s = {e.step: e.value for e in tb.Scalars("perf/eval_s")}
+    assert set(eval_s) == {5, 10, 15, 20} and min(eval_s.values()) >= 0.3
+    # With the evaluations counted, the windows after steps 5, 10 and 15 could not exceed 5 / 0.3 = 17/s.
+    assert min(e.value for e in tb.Scalars("perf/updates_per_s")[1:]) > 5 / 0.3
+
+
 def test_wandb_logs_the_same_scalars_as_tensorboard_offline(demo_store, tmp_path, monkeypatch):
     wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
