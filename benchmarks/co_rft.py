@@ -257,10 +257,11 @@ def _policies(
     return {name: policy for name, policy in out.items() if name in wanted}
 
 
-def _latency(policy: Any, store: TrajectoryStore, repeats: int = 50) -> float:
-    """Median ms for one chunk prediction on a single observation history (one thread)."""
+def _latency(policy: Any, store: TrajectoryStore, repeats: int = 50) -> float | None:
+    """Median ms for one chunk prediction on a single observation history (one thread); None for a policy
+    that acts one action at a time (IQL), so the JSON says null rather than NaN, which JSON lacks."""
     if not hasattr(policy, "predict_chunk"):
-        return float("nan")
+        return None
     n_obs = policy.net.config.n_obs
     rows = {k: store.steps(k)[:1] for k in policy.obs_keys}
     obs = {k: np.repeat(v[:, None], n_obs, axis=1) for k, v in rows.items()}
@@ -357,7 +358,7 @@ def main() -> None:
     flops: dict[str, list[float]] = collections.defaultdict(list)  # phase -> runs -> FLOPs per update
     cells: list[dict[str, Any]] = []
     records: list[dict[str, Any]] = []
-    latency: dict[str, float] = {}
+    latency: dict[str, float | None] = {}
     demo_stats: dict[int, dict[str, float]] = {}
     t_start = time.perf_counter()
     # At the start: the commit and tree the numbers come from (a commit made during a long run is not).
@@ -559,7 +560,7 @@ def _report(
     flops: dict[str, list[float]],
     cells: list[dict[str, Any]],
     records: list[dict[str, Any]],
-    latency: dict[str, float],
+    latency: dict[str, float | None],
     run: dict[str, Any],
     determinism: dict[str, Any] | None,
 ) -> str:

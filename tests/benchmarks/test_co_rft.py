@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import benchmarks.common
-from benchmarks.co_rft import _settings, _train, combine, main
+from benchmarks.co_rft import _latency, _settings, _train, combine, main
 
 
 def _part(seed: int, demos: list[int], successes: int, **changes: object) -> dict:
@@ -140,3 +140,11 @@ def test_counting_flops_leaves_the_updates_unchanged() -> None:
     assert all(torch.equal(a, b) for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True))
     assert len(counted_times[0]) == 3  # half of a short run is counted, not timed
     assert flops == [2 * 8 * 4 * 4 * 2]  # addmm forward + the weight's gradient mm (inputs need none)
+
+
+def test_a_policy_without_chunks_has_no_chunk_latency_and_the_json_stays_valid():
+    """IQL acts one action at a time: its latency is null in the JSON (NaN is not JSON), blank in tables."""
+    latency = {"iql": _latency(object(), store=None)}
+    assert latency == {"iql": None}
+    assert json.loads(json.dumps(latency, allow_nan=False)) == latency
+    assert benchmarks.common.markdown_table(["policy", "ms"], [["iql", None]]).endswith("| iql |  |")
