@@ -431,20 +431,26 @@ def main() -> None:
 
 def combine(paths: list[Path], name: str) -> str:
     """Merge result files of one benchmark run stopped and completed in parts (``--seeds``/``--demos``
-    subsets) into ``results/<name>.json``: the cells are pooled as if one process had run them, which is
-    sound because every cell is seeded on its own (the fingerprints check that). Refuses parts from
-    different commits, dirty trees or budgets, and a (seed, demos) cell present twice."""
+    subsets, and ``--only`` subsets: a method's rows pool the cells of the parts that ran it) into
+    ``results/<name>.json``: the cells are pooled as if one process had run them, which is sound because
+    every cell is seeded on its own (the fingerprints check that). Refuses parts from different commits,
+    dirty trees or budgets, a variant with different settings, and a (seed, demos) cell present twice."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
-    first, done = parts[0], set()
+    first, done, variants = parts[0], set(), {}
     for path, part in zip(paths, parts, strict=True):
         if part["dirty"]:
             raise SystemExit(f"--combine: {path} was measured on a tree with uncommitted changes")
         for key in ("commit", "env_id", "demo_settings"):
             if part[key] != first[key]:
                 raise SystemExit(f"--combine: {path} has {key} {part[key]!r}, {paths[0]} has {first[key]!r}")
-        budget = {k: v for k, v in part["budget"].items() if k != "demos"}
-        if budget != {k: v for k, v in first["budget"].items() if k != "demos"}:
+        # Parts may run different methods (--only), so different stage-2 variants; one in several parts
+        # must have the same settings in each.
+        budget = {k: v for k, v in part["budget"].items() if k not in ("demos", "variants")}
+        if budget != {k: v for k, v in first["budget"].items() if k not in ("demos", "variants")}:
             raise SystemExit(f"--combine: {path} has a different budget from {paths[0]}")
+        for variant, settings in part["budget"].get("variants", {}).items():
+            if variants.setdefault(variant, settings) != settings:
+                raise SystemExit(f"--combine: {path} runs variant {variant!r} with other settings")
         cells = {(r["seed"], r["demos"]) for r in part["records"]}
         if cells & done:
             raise SystemExit(f"--combine: {path} repeats the (seed, demos) cells {sorted(cells & done)}")
@@ -469,7 +475,7 @@ def combine(paths: list[Path], name: str) -> str:
         "env_id": first["env_id"],
         "demo_settings": first["demo_settings"],
         "demos_collected": {n: demo_stats[n] for n in sorted(demo_stats)},
-        "budget": {**first["budget"], "demos": sorted(demo_stats)},
+        "budget": {**first["budget"], "demos": sorted(demo_stats), "variants": variants},
         # Medians of the parts' medians: the parts ran at different times, under different machine load.
         **{
             key: {
@@ -479,7 +485,10 @@ def combine(paths: list[Path], name: str) -> str:
             for key, values in per_part.items()
         },
         "gflop_per_update": {k: v for part in parts for k, v in part.get("gflop_per_update", {}).items()},
-        "ms_per_chunk_inference": first["ms_per_chunk_inference"],
+        # Each policy's latency from the first part that measured it.
+        "ms_per_chunk_inference": {
+            k: v for part in reversed(parts) for k, v in part["ms_per_chunk_inference"].items()
+        },
         "determinism": next((p["determinism"] for p in parts if p["determinism"]), None),
         "parts": [
             {

@@ -57,6 +57,31 @@ def test_combine_pools_the_parts_cells(tmp_path: Path, monkeypatch: pytest.Monke
     assert [p["cells"] for p in merged["parts"]] == [[[0, 30], [0, 60]], [[1, 60]]]
 
 
+def test_combine_pools_parts_that_ran_different_methods(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part run with --only a subset (seeds 3-4 without the slow baselines): each method's rows pool the
+    parts that ran it, and the variants and latencies of both parts are kept."""
+    monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path / "results")
+    full = _part(0, [60], successes=4)
+    full["cells"].append({**full["cells"][0], "method": "iql", "successes": 1})
+    full["summary"].append({"method": "iql"})
+    full["budget"]["variants"] = {"co-rft": ["il", {}], "co-rft regression": ["il regression", {}]}
+    full["ms_per_chunk_inference"] = {"il": 1.0, "iql": None}
+    subset = _part(1, [60], successes=8, budget={"demos": [60], "il_updates": 3})
+    subset["budget"]["variants"] = {"co-rft": ["il", {}]}
+    subset["ms_per_chunk_inference"] = {"il": 1.5}
+    combine([_write(tmp_path, "a.json", full), _write(tmp_path, "b.json", subset)], "merged")
+    merged = json.loads((tmp_path / "results" / "merged.json").read_text())
+    episodes = {s["method"]: s["episodes"] for s in merged["summary"]}
+    assert episodes == {"il": 20, "co-rft": 20, "iql": 10}
+    assert set(merged["budget"]["variants"]) == {"co-rft", "co-rft regression"}
+    assert merged["ms_per_chunk_inference"] == {"il": 1.0, "iql": None}
+    subset["budget"]["variants"] = {"co-rft": ["il", {"n_candidates": 4}]}
+    with pytest.raises(SystemExit, match="runs variant 'co-rft' with other settings"):
+        combine([_write(tmp_path, "a.json", full), _write(tmp_path, "b.json", subset)], "merged")
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
