@@ -18,8 +18,8 @@ timed after the first 200 training steps so a compile is not counted; no evaluat
 ``<name>_speed.json``; the load average is recorded beside the numbers, as a shared machine moves them all.
 
 Records the deterministic evaluation return at fixed env-step marks (exploration steps included in the
-count and stated), wall time per 1k env steps with and without the evaluations (Symphony's log two per
-mark, deterministic and with the noise on; SAC's one), and the paper's anchor (S3 reaches an average
+count and stated), wall time per 1k env steps with and without the evaluations (Symphony evaluates twice
+per mark, deterministically and with the noise on; SAC once), and the paper's anchor (S3 reaches an average
 evaluation return of 5,000 on Humanoid at ~240k steps, 10 seeds, Humanoid-v4). SAC needs the ``bench`` extra
 (``pip install robocl[bench]``); without it the SAC rows are skipped with a note.
 """
