@@ -390,7 +390,9 @@ def main() -> None:
                     "validation": {},
                     "fingerprints": {},
                 }
-                policies = _policies(store, task, seed, args, language, record)
+                # bf16 autocast on a GPU, as the training loop runs there (robocl.run.loop)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.device.startswith("cuda")):
+                    policies = _policies(store, task, seed, args, language, record)
                 for method, policy in policies.items():
                     latency.setdefault(method, _latency(policy, store))
                     for positions in ("seen", "unseen"):

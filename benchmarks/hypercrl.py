@@ -423,6 +423,7 @@ def main() -> None:
     parser.add_argument("--log-every", type=int, default=100, help="lr: updates between validation errors")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--out", default="/tmp/robocl_hypercrl_bench", help="compare: run dirs")
+    parser.add_argument("--name", default="", help="result file name (default hypercrl_<part>[_<family>])")
     for key, value in SMALL_BUDGET.items():
         parser.add_argument("--" + key.replace("_", "-"), type=int, default=value)
     for key in ("hidden", "hnet_hidden"):  # e.g. 200,200: smaller than the family's reference on a CPU
@@ -442,7 +443,7 @@ def main() -> None:
             src = Path(args.out) / args.family / f"seed{seeds[0]}" / method / "curves.png"
             (RESULTS / f"hypercrl_{args.family}_curves_{method}.png").write_bytes(src.read_bytes())
         path = write_result(
-            f"hypercrl_{args.family}",
+            args.name or f"hypercrl_{args.family}",
             {**info, "budget": budget, **json.loads(json.dumps(result, default=float))},
         )
     else:
@@ -470,7 +471,10 @@ def main() -> None:
             name = "hypercrl_latency" + ("" if args.threads == 1 else f"_threads{args.threads}")
         # timings on a shared machine mean little without its load beside them
         load = {"start": load_start, "end": os.getloadavg()}
-        table, path = result["table"], write_result(name, {**info, "load_1_5_15min": load, **result})
+        table, path = (
+            result["table"],
+            write_result(args.name or name, {**info, "load_1_5_15min": load, **result}),
+        )
     print(table)
     print(f"wrote {path}")
 

@@ -4,6 +4,7 @@
     python -m benchmarks.symphony --envs Walker2d-v5 --name symphony_walker2d --steps 40000 \
         --hidden 128 --n-q 32 --batch-size 96 --n-explore 2560 --tile 8 --threads 1 --compile  # 2-core CPU
     python -m benchmarks.symphony --speed --baseline 5fbb8a4   # update and env-step speed vs that commit
+    python -m benchmarks.symphony --speed --device cuda        # updates/s on a GPU: eager, compiled, graphed
 
 The CPU budget shrinks the networks by S3's own rules (h = 512 -> 128, n_q = h / 4 = 32 nodes per critic,
 batch = number of nodes = 96) and the buffer to half the run: S3's 50x tiling sizes it for 3M-step runs,
@@ -271,7 +272,11 @@ print(json.dumps({"ms_per_step": 1000 * (marks[last] - marks[a["from"]]) / (last
 
 
 def speed(args: argparse.Namespace) -> None:
-    """Old (``--baseline``) against new: ms per update at both sizes, then wall time per env step."""
+    """Old (``--baseline``) against new: ms per update at both sizes, then wall time per env step. On a GPU
+    (``--device cuda``): this code's updates alone (:func:`cuda_speed`)."""
+    if args.device.startswith("cuda"):
+        cuda_speed(args)
+        return
     root = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp:
         old_tree = Path(tmp) / "baseline"
@@ -280,7 +285,7 @@ def speed(args: argparse.Namespace) -> None:
                                  check=True, capture_output=True).stdout  # fmt: skip
         subprocess.run(["tar", "-x", "-C", str(old_tree)], input=archive, check=True)
         load = [os.getloadavg()[0]]
-        updates = {name: _update_ms(old_tree, size, args) for name, size in SIZES.items()}
+        updates = {name: _update_ms(_baseline_and_new(old_tree), size, args) for name, size in SIZES.items()}
         load.append(os.getloadavg()[0])
         steps = _env_step_ms(root, old_tree, args)
         load.append(os.getloadavg()[0])
@@ -313,25 +318,59 @@ def speed(args: argparse.Namespace) -> None:
     print(f"wrote {RESULTS / args.name}_speed.json")
 
 
-def _update_ms(old_tree: Path, size: tuple[int, int, int], args: argparse.Namespace) -> dict[str, Any]:
-    """Median ms per update of the baseline's Symphony and this one (eager and compiled), taking turns in
-    this process on the same fixed replay."""
+def cuda_speed(args: argparse.Namespace) -> None:
+    """Updates per second on a GPU at both sizes: eager, compiled, and compiled with CUDA graphs
+    (``mode="reduce-overhead"``; the loss only: sampling, the optimiser and Polyak stay eager, as the loop
+    runs them). Each update still syncs once for its logged terms, as in training. Writes
+    ``<name>_cuda_speed.json``."""
+    from robocl.algos import symphony
+
+    def graphed(algo: Any) -> None:
+        algo.loss = torch.compile(symphony.symphony_loss, dynamic=False, mode="reduce-overhead")
+
+    variants = {"eager": {}, "compiled": {"compile": True}, "compiled, CUDA graphs": {"patch": graphed}}
+    headers = ["size", *(f"updates/s {v}" for v in variants), *(f"ms {v}" for v in variants)]
+    updates: dict[str, Any] = {}
+    for name in ("paper", "cpu budget"):  # the paper's size first; the JSON is rewritten after each size
+        updates[name] = _update_ms({k: (symphony, v) for k, v in variants.items()}, SIZES[name], args)
+        rows = [[name, *(u[f"updates_per_s {v}"] for v in variants), *(u[v] for v in variants)]
+                for name, u in updates.items()]  # fmt: skip
+        table = markdown_table(headers, rows)
+        payload = {**run_info(0), "args": vars(args), "gpu": torch.cuda.get_device_name(),
+                   "updates_ms": updates, "table": table}  # fmt: skip
+        write_result(f"{args.name}_cuda_speed", payload)
+        print(table, flush=True)
+    print(f"wrote {RESULTS / args.name}_cuda_speed.json")
+
+
+def _baseline_and_new(old_tree: Path) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """The baseline's Symphony module (eager) and this one's, eager and compiled."""
     from robocl.algos import symphony as new
 
     spec = importlib.util.spec_from_file_location("symphony_baseline", old_tree / "robocl/algos/symphony.py")
     assert spec is not None and spec.loader is not None
     old = sys.modules["symphony_baseline"] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(old)
+    return {"old": (old, {}), "new": (new, {}), "new compiled": (new, {"compile": True})}
+
+
+def _update_ms(
+    variants: dict[str, tuple[Any, dict[str, Any]]], size: tuple[int, int, int], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Median ms per update of each variant (label -> (module, Symphony keyword arguments, or ``patch``: a
+    function applied to the built learner)), taking turns in this process on the same fixed replay."""
     hidden, n_q, batch = size
-    n = max(5, 2_000_000 // (hidden * hidden * batch // 100))  # about 1 s of updates per turn
+    # About 1 s of updates per turn on a CPU core; on a GPU, where an update costs about the same at both
+    # sizes (kernel launches), 200, after more warm-up calls (CUDA graphs are recorded on the third).
+    on_cpu = args.device == "cpu"
+    n = max(5, 2_000_000 // (hidden * hidden * batch // 100)) if on_cpu else 200
     learners = {}
-    for label, module, extra in (
-        ("old", old, {}),
-        ("new", new, {}),
-        ("new compiled", new, {"compile": True}),
-    ):
+    for label, (module, options) in variants.items():
+        extra = {k: v for k, v in options.items() if k != "patch"}
         config = module.SymphonyConfig(hidden=hidden, n_q=n_q, batch_size=batch, n_explore=2560, tile=8)
         algo = module.Symphony(config, module.SymphonySpec(obs_dim=17, action_dim=6), args.device, **extra)
+        if "patch" in options:
+            options["patch"](algo)
         feed = algo.feed()
         gen = torch.Generator().manual_seed(0)
         m = config.n_explore
@@ -339,7 +378,7 @@ def _update_ms(old_tree: Path, size: tuple[int, int, int], args: argparse.Namesp
                 "reward": torch.randn(m, generator=gen), "next_obs": torch.randn(m, 17, generator=gen),
                 "terminated": torch.zeros(m, dtype=torch.bool)}  # fmt: skip
         feed.fill({k: v.numpy() for k, v in rows.items()}, np.arange(m))
-        for _ in range(3):  # warm-up: first-call allocations, caches and the compile
+        for _ in range(3 if on_cpu else 10):  # warm-up: first-call allocations, caches and the compile
             algo.update(feed.sample(batch))
         learners[label] = (algo, feed)
     times: dict[str, list[float]] = {label: [] for label in learners}

@@ -9,7 +9,6 @@ from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 
 #: Frames are scaled up by a whole factor to at least this height, so that the caption's text is legible
@@ -83,6 +82,8 @@ def write_mp4(path: str | Path, frames: Sequence[np.ndarray], fps: float) -> Pat
     h, w = frames[0].shape[:2]
     H, W = h + h % 2, w + w % 2
     rate = Fraction(fps).limit_denominator(1000)
+    import av  # here, not at the top: PyAV loads FFmpeg, which only writing a video needs
+
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
@@ -97,5 +98,7 @@ def write_mp4(path: str | Path, frames: Sequence[np.ndarray], fps: float) -> Pat
 
 
 def count_frames(path: str | Path) -> int:
+    import av
+
     with av.open(str(path)) as container:
         return sum(1 for _ in container.decode(video=0))
