@@ -326,7 +326,16 @@ def cuda_speed(args: argparse.Namespace) -> None:
     from robocl.algos import symphony
 
     def graphed(algo: Any) -> None:
-        algo.loss = torch.compile(symphony.symphony_loss, dynamic=False, mode="reduce-overhead")
+        compiled = torch.compile(symphony.symphony_loss, dynamic=False, mode="reduce-overhead")
+
+        def loss(*args: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+            # A graph's outputs are overwritten by its next replay: the EMA state, kept across updates, is
+            # cloned out of it (the loss and terms are used up within the update).
+            torch.compiler.cudagraph_mark_step_begin()
+            value, ema, terms = compiled(*args)
+            return value, ema.clone(), terms
+
+        algo.loss = loss
 
     variants = {"eager": {}, "compiled": {"compile": True}, "compiled, CUDA graphs": {"patch": graphed}}
     headers = ["size", *(f"updates/s {v}" for v in variants), *(f"ms {v}" for v in variants)]

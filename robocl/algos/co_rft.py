@@ -242,7 +242,15 @@ class CORFT:
         self.policy_net.train()  # evaluation may have switched it to eval (no augmentation)
         if self.stage == "rl" and not self.config.rl_train_backbone and self.policy_net.trunk is not None:
             self.policy_net.trunk.eval()  # a frozen trunk gives the critic the features the policy acts on
-        metrics = self._il_update(batch) if self.stage == "il" else self._rl_update(batch)
+        if self.stage == "il":
+            metrics = self._il_update(batch)
+        else:
+            # Stage 2 stays in float32 under a GPU's bf16 autocast (robocl.run.loop): Q is minus tens of
+            # steps, which bf16's 8-bit mantissa resolves only to 0.25 near -50, coarser than the TD errors
+            # stage 2 learns from (in bf16 it ended in a NaN loss on the first GPU run); its small critics
+            # gain nothing from bf16 anyway.
+            with torch.autocast(self.device.type, enabled=False):
+                metrics = self._rl_update(batch)
         self.step += 1
         return metrics
 

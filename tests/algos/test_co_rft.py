@@ -681,6 +681,23 @@ def test_a_frozen_policy_keeps_its_target_copy_equal(tmp_path):
     assert all(torch.equal(target[k], policy[k]) for k in policy)
 
 
+def test_stage_two_runs_in_float32_under_bf16_autocast(tmp_path):
+    """The loop autocasts to bf16 on a GPU; stage 2's TD maths must not follow (Q of tens of steps is
+    resolved to 0.25 in bf16): under autocast it gives the float32 run's numbers exactly. CPU autocast stands
+    in for the GPU's here."""
+    store = chain_store(tmp_path)
+    cfg = CORFTConfig(state_keys=("observation.state",), horizon=2, gripper=False, **TINY)
+    runs = []
+    for autocast in (False, True):
+        algo = CORFT.from_store(cfg, store)
+        algo.start_rl()
+        sampler = algo.rl_sampler(store)
+        torch.manual_seed(0)  # the CQL samples' stream
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            runs.append([algo.update(to_torch(sampler.sample(8), "cpu")) for _ in range(3)])
+    assert runs[0] == runs[1]
+
+
 class HandCritic(torch.nn.Module):
     """Q(o, A) = -||A - 0.3||^2: the chunk nearest 0.3 everywhere is the best."""
 
