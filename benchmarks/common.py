@@ -21,8 +21,8 @@ def run_info(seed: int) -> dict[str, Any]:
             cwd=Path(__file__).parent,
             stderr=subprocess.DEVNULL,
         ).strip()
-    except (OSError, subprocess.CalledProcessError):  # a copy without .git (a GPU machine's) may name it
-        commit = os.environ.get("ROBOCL_COMMIT", "unknown")
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
     import numpy
     import torch
     import zarr
