@@ -296,7 +296,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--task", choices=sorted(TASKS), default="pick-place")
     parser.add_argument("--images", action="store_true", help="the policy sees both 96x96 cameras")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (training; evaluation on the CPU)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where the policy trains and acts")
     parser.add_argument(
         "--episodes", type=int, default=10, help="evaluation episodes per seed and position set"
     )
