@@ -247,8 +247,7 @@ class CORFT:
         else:
             # Stage 2 stays in float32 under a GPU's bf16 autocast (robocl.run.loop): Q is minus tens of
             # steps, which bf16's 8-bit mantissa resolves only to 0.25 near -50, coarser than the TD errors
-            # stage 2 learns from (in bf16 it ended in a NaN loss on the first GPU run); its small critics
-            # gain nothing from bf16 anyway.
+            # stage 2 learns from; its small critics gain nothing from bf16 anyway.
             with torch.autocast(self.device.type, enabled=False):
                 metrics = self._rl_update(batch)
         self.step += 1
