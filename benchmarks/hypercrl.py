@@ -4,6 +4,7 @@
     python -m benchmarks.hypercrl compare --methods hypercrl,finetune [--n-random 2000 --n-mpc 4000 ...]
     python -m benchmarks.hypercrl lr --family push --lrs 1e-4,3e-4,1e-3 --steps 2000 --n-tasks 5
     python -m benchmarks.hypercrl warm --episodes 10 --n-random 2000 --steps 2000 --eval-max-steps 100
+    python -m benchmarks.hypercrl combine --parts a.json,b.json --name hypercrl_door   # seeds run apart
 
 Latency uses the push reference planner (H 20, K 500, E 40, 5 iterations + the final draw) on the reference
 model sizes, on an untrained model (latency does not depend on the weights); it times the planner as of
@@ -365,6 +366,34 @@ def compare(
     return {"family": family, "seeds": seeds, "runs": runs, "table": summary_table(runs, methods)}
 
 
+def combine(paths: list[Path]) -> dict[str, Any]:
+    """Parts of one comparison run as separate jobs (``compare --seeds S --name PART``), merged: every part
+    must have the same family, budget and methods, and no seed may appear twice."""
+    parts = [json.loads(path.read_text()) for path in paths]
+    first = parts[0]
+    for path, part in zip(paths, parts, strict=True):
+        if (part["family"], part["budget"], list(part["runs"])) != (
+            first["family"], first["budget"], list(first["runs"]),
+        ):  # fmt: skip
+            raise SystemExit(f"combine: {path} ran another family, budget or methods than {paths[0]}")
+    seeds = [seed for part in parts for seed in part["seeds"]]
+    if len(set(seeds)) < len(seeds):
+        raise SystemExit(f"combine: a seed appears in two parts ({seeds})")
+    runs = {method: [run for part in parts for run in part["runs"][method]] for method in first["runs"]}
+    methods = [m for m in runs if m != "single"]
+    return {
+        **{k: v for k, v in first.items() if k not in ("seeds", "runs", "table")},
+        "commit": ", ".join(sorted({part["commit"] for part in parts})),
+        "parts": [
+            {"file": path.name, "seeds": part["seeds"], "commit": part["commit"]}
+            for path, part in zip(paths, parts, strict=True)
+        ],
+        "seeds": seeds,
+        "runs": runs,
+        "table": summary_table(runs, methods),
+    }
+
+
 def summary_table(runs: dict[str, list[dict[str, Any]]], methods: list[str]) -> str:
     """Per method, mean +- std over seeds of the continual metrics; memory of the first seed's run."""
     table = []
@@ -410,7 +439,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("part", choices=("latency", "compare", "lr", "warm"))
+    parser.add_argument("part", choices=("latency", "compare", "lr", "warm", "combine"))
     parser.add_argument("--seed", type=int, default=777)  # the first of HyperCRL's run-script seeds
     parser.add_argument("--seeds", default="777,855,1045", help="compare: HyperCRL's run-script seeds")
     parser.add_argument("--family", default="push", choices=("push", "door", "cheetah"))
@@ -424,6 +453,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--out", default="/tmp/robocl_hypercrl_bench", help="compare: run dirs")
     parser.add_argument("--name", default="", help="result file name (default hypercrl_<part>[_<family>])")
+    parser.add_argument("--parts", default="", help="combine: compare results, comma-separated JSON paths")
     for key, value in SMALL_BUDGET.items():
         parser.add_argument("--" + key.replace("_", "-"), type=int, default=value)
     for key in ("hidden", "hnet_hidden"):  # e.g. 200,200: smaller than the family's reference on a CPU
@@ -431,6 +461,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     info, load_start = run_info(args.seed), os.getloadavg()
+    if args.part == "combine":
+        if not args.name or not args.parts:
+            parser.error("combine needs --parts and --name for the merged file")
+        result = combine([Path(p) for p in args.parts.split(",")])
+        print(result["table"])
+        print(f"wrote {write_result(args.name, result)}")
+        return
     if args.part == "compare":
         budget = {k: getattr(args, k) for k in SMALL_BUDGET}
         for key in ("hidden", "hnet_hidden"):
