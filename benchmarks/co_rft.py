@@ -60,7 +60,7 @@ from robocl.algos.bc import BC, BCConfig
 from robocl.algos.co_rft import CORFT, CORFTConfig
 from robocl.eval.metrics import wilson_interval
 from robocl.nets.vla import VLAConfig
-from robocl.run.loop import stage_seed, to_torch
+from robocl.run.loop import NonFiniteError, stage_seed, to_torch
 from robocl.store import TrajectoryStore
 
 # Scripted demos of a less practised teleoperator (noise, pauses, detours; datasets/pick_place_50_mixed.toml
@@ -143,16 +143,25 @@ def _train(
     the run, not timed); calls ``every(i)`` after update i when given."""
     run, counted = [], []
     first_counted = n_updates - (min(FLOP_WINDOW, n_updates // 2) if flops is not None else 0)
+    # A GPU runs the update's kernels after update() returns: wait for them, or the clock reads launches.
+    sync = torch.cuda.synchronize if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     for i in range(n_updates):
         batch = sample()
-        if i >= first_counted:
-            with FlopCounterMode(display=False) as counter:  # counts, never changes, the arithmetic
+        try:
+            if i >= first_counted:
+                with FlopCounterMode(display=False) as counter:  # counts, never changes, the arithmetic
+                    update(batch)
+                counted.append(counter.get_total_flops())
+            else:
+                t0 = time.perf_counter()
                 update(batch)
-            counted.append(counter.get_total_flops())
-        else:
-            t0 = time.perf_counter()
-            update(batch)
-            run.append(time.perf_counter() - t0)
+                if sync is not None:
+                    sync()
+                run.append(time.perf_counter() - t0)
+        except NonFiniteError as exc:
+            times.append(run)  # the updates before it were measured
+            counting = " (FLOP-counted)" if i >= first_counted else ""
+            raise NonFiniteError(f"update {i + 1} of {n_updates}{counting}: {exc}") from exc
         if every is not None:
             every(i + 1)
     times.append(run)
@@ -239,7 +248,12 @@ def _policies(
 
         sample = lambda s=sampler: to_torch(s.sample(args.batch_size), args.device)  # noqa: E731
         torch.manual_seed(stage_seed(seed, "rl"))
-        _train(variant.update, sample, args.rl_updates, times[name], validate, flops[name])
+        try:
+            _train(variant.update, sample, args.rl_updates, times[name], validate, flops[name])
+        except NonFiniteError as exc:  # a result of this cell, reported; the other methods still run
+            record["diverged"][name] = str(exc)
+            print(f"seed {seed}: {name} diverged: {exc}", flush=True)
+            continue
         out[name] = variant.policy()
         out[f"{name} whole chunk"] = variant.policy(n_action_steps=0)  # open loop, as for IL
         record["fingerprints"][name] = _fingerprint(variant.state_dict()["model"])
@@ -389,6 +403,7 @@ def main() -> None:
                     "flops": flops,
                     "validation": {},
                     "fingerprints": {},
+                    "diverged": {},
                 }
                 # bf16 autocast on a GPU, as the training loop runs there (robocl.run.loop)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.device.startswith("cuda")):
@@ -579,6 +594,8 @@ def _report(
     rows, summary = _summary(list(demo_stats), args.methods, cells)
     # The first stage-2 update of each run also encodes every history once (the frozen-trunk feature table,
     # best-of-N's candidates): it is reported apart.
+    times = {k: [run for run in v if run] for k, v in times.items()}  # a run diverged at its first update
+    times = {k: v for k, v in times.items() if v}
     ms = {k: 1000 * statistics.median([t for run in v for t in run[1:] or run]) for k, v in times.items()}
     first_ms = {k: 1000 * statistics.median(run[0] for run in v) for k, v in times.items()}
     # Matrix-product FLOPs (torch's FlopCounterMode), set by the shapes: equal across runs but for the
@@ -613,6 +630,9 @@ def _report(
         "cells": cells,
     }
     path = write_result(name, payload)
+    diverged = [
+        f"seed {r['seed']}, {r['demos']} demos, {k}: {v}" for r in records for k, v in r["diverged"].items()
+    ]
     g = {k: gflop.get(k, np.nan) for k in ms}
     phases = [[k, v, first_ms[k], g[k], g[k] / v * 1e3] for k, v in ms.items()]
     return "\n".join(
@@ -625,6 +645,7 @@ def _report(
             ),
             "",
             markdown_table(["policy", "ms / chunk (1 thread)"], [[k, v] for k, v in latency.items()]),
+            *(f"\ndiverged (no cells): {d}" for d in diverged),
             f"\nwrote {path}",
         ]
     )

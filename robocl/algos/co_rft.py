@@ -89,7 +89,7 @@ from robocl.nets.language import LanguageEncoder
 from robocl.nets.relative import RelativePositions, relative_position_pairs, scene_position_columns
 from robocl.nets.transformer import ChunkCritic
 from robocl.nets.vla import BestOfN, ChunkChooser, FlowChooser, OneStep, VLAPolicy, VLAPolicyNet
-from robocl.run.loop import guarded_step, to_torch
+from robocl.run.loop import NonFiniteError, guarded_step, to_torch
 from robocl.run.runtime import seeded
 from robocl.store import StoreView, TrajectoryStore, WindowSampler
 from robocl.store.chunked import ChunkedTDSampler, chunk_windows, mc_returns, step_rewards
@@ -303,7 +303,7 @@ class CORFT:
             "q_mean": q[0][mask].mean().item(),
             "target_mean": y[mask].mean().item(),
         }
-        loss = td
+        loss, q_s = td, None
         if cfg.conservative != "none":
             n = cfg.cql_n_samples
             with torch.no_grad():
@@ -320,6 +320,15 @@ class CORFT:
             )  # fmt: skip
             loss = loss + cons
             metrics.update(conservative=cons.item(), q_policy=q_s[0, :, n : 2 * n].mean().item())
+        if not torch.isfinite(loss):
+            inputs = {
+                "batch reward": batch["reward"], "batch mc_return": batch["mc_return"],
+                "features of o_t": feat, "bootstrap features": tfeat, "bootstrap chunk": next_chunk,
+                "target Q": next_q, "Q of the data chunk": q, "Q of the conservative samples": q_s,
+            }  # fmt: skip
+            raise NonFiniteError(
+                f"stage-2 critic loss is {loss.item()} at update {self.step + 1}; {_non_finite(inputs)}"
+            )
         params = [p for g in self.critic_opt.param_groups for p in g["params"]]
         metrics["critic_grad_norm"] = guarded_step(
             loss, self.critic_opt, params, max_grad_norm=cfg.rl_max_grad_norm
@@ -468,7 +477,6 @@ class CORFT:
         self._choice = torch.cat(choice)
 
     # ------------------------------------------------------------------ validation
-    @torch.no_grad()
     def validate(self, sampler: ChunkedTDSampler) -> dict[str, float]:
         """How the critic scores held-out demonstrations (windows whose chunk lies inside the episode):
         ``val_q_bias`` / ``val_q_abs_err`` / ``val_q_mc_corr``: Q^(h) of the logged chunk against its
@@ -485,6 +493,10 @@ class CORFT:
         push seeds 1 and 2) moved the pooled bias to 19-33 steps and the correlation to 0.14-0.62."""
         if self.stage != "rl":
             raise ValueError("validate() measures the stage-2 critic: call start_rl() first")
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):  # float32, as update()
+            return self._validate(sampler)
+
+    def _validate(self, sampler: ChunkedTDSampler) -> dict[str, float]:
         batch = to_torch(
             sampler.extend(sampler.sampler.get_batch(np.arange(len(sampler.sampler)))), self.device
         )
@@ -678,6 +690,12 @@ def _policy(
         ensemble_coef=config.ensemble_coef if ensemble_coef is None else ensemble_coef,
         seed=config.seed,
     )
+
+
+def _non_finite(tensors: Mapping[str, torch.Tensor | None]) -> str:
+    """Which of ``tensors`` (in data-flow order) hold a NaN or inf: the first is where to look."""
+    bad = [name for name, t in tensors.items() if t is not None and not torch.isfinite(t).all()]
+    return f"non-finite: {', '.join(bad)}" if bad else "every input finite (the loss arithmetic overflowed)"
 
 
 def _critic(config: CORFTConfig, spec: PolicySpec, feat_dim: int) -> nn.Module:

@@ -24,7 +24,7 @@ from robocl.algos.co_rft_config import CORFTConfig
 from robocl.checkpoint import load_checkpoint
 from robocl.nets.vla import BestOfN, VLAPolicyNet, candidate_scales
 from robocl.run.layout import RunDir
-from robocl.run.loop import LoopConfig, fit, to_torch
+from robocl.run.loop import LoopConfig, NonFiniteError, fit, to_torch
 from robocl.run.train import train_co_rft
 from robocl.store import Feature, StoreView, TrajectoryStore, WindowSampler
 from robocl.store.chunked import ChunkedTDSampler, mc_returns, step_rewards
@@ -698,6 +698,21 @@ def test_stage_two_runs_in_float32_under_bf16_autocast(tmp_path):
     assert runs[0] == runs[1]
 
 
+def test_a_non_finite_stage_two_loss_names_its_source(tmp_path):
+    """A NaN in stage 2 is traced to the first non-finite input of the critic loss, and no weight moves."""
+    store = chain_store(tmp_path)
+    cfg = CORFTConfig(state_keys=("observation.state",), horizon=2, gripper=False, **TINY)
+    algo = CORFT.from_store(cfg, store)
+    algo.start_rl()
+    batch = to_torch(algo.rl_sampler(store).sample(8), "cpu")
+    batch["reward"][3, 1] = float("nan")
+    before = copy.deepcopy(algo.critics.state_dict())
+    with pytest.raises(NonFiniteError, match=r"update 1; non-finite: batch reward$"):
+        algo.update(batch)
+    for name, value in algo.critics.state_dict().items():
+        torch.testing.assert_close(value, before[name])
+
+
 class HandCritic(torch.nn.Module):
     """Q(o, A) = -||A - 0.3||^2: the chunk nearest 0.3 everywhere is the best."""
 
@@ -782,6 +797,8 @@ def test_validation_scores_the_critic_on_held_out_episodes(tmp_path):
     assert (
         algo.validate(algo.val_sampler(held_out)) == metrics
     )  # fixed noise: the same critic scores the same
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a GPU's loop autocasts; Q stays float32 (update)
+        assert algo.validate(algo.val_sampler(held_out)) == metrics
     # A failed episode (V_MC = -1 / (1 - gamma) at every step) is scored apart: the calibration over the
     # successful ones is unchanged, and its own bias is reported.
     with_failure = StoreView(store, np.append(held_out.episode_indices, len(succeeded) - 1))

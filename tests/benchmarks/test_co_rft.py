@@ -14,6 +14,8 @@ import torch
 
 import benchmarks.common
 from benchmarks.co_rft import _latency, _settings, _train, combine, main
+from robocl.algos.co_rft import CORFT
+from robocl.run.loop import NonFiniteError
 
 
 def _part(seed: int, demos: list[int], successes: int, **changes: object) -> dict:
@@ -121,6 +123,24 @@ def test_a_tiny_run_is_deterministic_and_writes_its_table(
     assert set(gflop) == {"il", "co-rft", "co-rft distill"}
     assert 0 < gflop["il"] < gflop["co-rft"]
     assert "co-rft distill" in capsys.readouterr().out
+
+
+def test_a_diverged_variant_is_reported_and_the_others_evaluated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
+
+    def diverge(self: CORFT, batch: dict) -> dict:
+        raise NonFiniteError("stage-2 critic loss is nan")
+
+    monkeypatch.setattr(CORFT, "_rl_update", diverge)
+    argv = "--demos 2 --seeds 0 --il-updates 4 --rl-updates 2 --episodes 1 --only il,co-rft --set n_obs=1"
+    monkeypatch.setattr(sys, "argv", ["co_rft", *argv.split()])
+    main()
+    result = json.loads((tmp_path / "co_rft_pick_place.json").read_text())
+    assert result["records"][0]["diverged"] == {"co-rft": "update 1 of 2: stage-2 critic loss is nan"}
+    assert {s["method"] for s in result["summary"]} == {"il"}
+    assert "diverged (no cells): seed 0, 2 demos, co-rft: update 1 of 2" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
