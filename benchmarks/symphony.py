@@ -320,31 +320,19 @@ def speed(args: argparse.Namespace) -> None:
 
 def cuda_speed(args: argparse.Namespace) -> None:
     """Updates per second on a GPU at both sizes: eager, compiled, and compiled with CUDA graphs
-    (``mode="reduce-overhead"``; the loss only: sampling, the optimiser and Polyak stay eager, as the loop
-    runs them). Each update still syncs once for its logged terms, as in training. Writes
+    (``Symphony(cuda_graphs=True)``; the loss only: sampling, the optimiser and Polyak stay eager, as the
+    loop runs them). Each update still syncs once for its logged terms, as in training. Writes
     ``<name>_cuda_speed.json``."""
     from robocl.algos import symphony
 
-    def graphed(algo: Any) -> None:
-        compiled = torch.compile(symphony.symphony_loss, dynamic=False, mode="reduce-overhead")
-
-        def loss(*args: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-            # A graph's outputs are overwritten by its next replay: the EMA state, kept across updates, is
-            # cloned out of it (the loss and terms are used up within the update).
-            torch.compiler.cudagraph_mark_step_begin()
-            value, ema, terms = compiled(*args)
-            return value, ema.clone(), terms
-
-        algo.loss = loss
-
-    variants = {"eager": {}, "compiled": {"compile": True}, "compiled, CUDA graphs": {"patch": graphed}}
+    variants = {"eager": {}, "compiled": {"compile": True}, "compiled, CUDA graphs": {"cuda_graphs": True}}
     headers = ["size", *(f"updates/s {v}" for v in variants), *(f"ms {v}" for v in variants)]
     updates: dict[str, Any] = {}
     for name in ("paper", "cpu budget"):  # the paper's size first; the JSON is rewritten after each size
         try:
             updates[name] = _update_ms({k: (symphony, v) for k, v in variants.items()}, SIZES[name], args)
         except RuntimeError as exc:  # CUDA graphs may refuse the loss: the other two are still measured
-            rest = {k: (symphony, v) for k, v in variants.items() if "patch" not in v}
+            rest = {k: (symphony, v) for k, v in variants.items() if "cuda_graphs" not in v}
             updates[name] = {**_update_ms(rest, SIZES[name], args), "error": str(exc).splitlines()[0]}
         rows = [[name, *(u.get(f"updates_per_s {v}") for v in variants), *(u.get(v) for v in variants)]
                 for name, u in updates.items()]  # fmt: skip
@@ -370,8 +358,8 @@ def _baseline_and_new(old_tree: Path) -> dict[str, tuple[Any, dict[str, Any]]]:
 def _update_ms(
     variants: dict[str, tuple[Any, dict[str, Any]]], size: tuple[int, int, int], args: argparse.Namespace
 ) -> dict[str, Any]:
-    """Median ms per update of each variant (label -> (module, Symphony keyword arguments, or ``patch``: a
-    function applied to the built learner)), taking turns in this process on the same fixed replay."""
+    """Median ms per update of each variant (label -> (module, Symphony keyword arguments)), taking turns
+    in this process on the same fixed replay."""
     hidden, n_q, batch = size
     # About 1 s of updates per turn on a CPU core; on a GPU, where an update costs about the same at both
     # sizes (kernel launches), 200, after more warm-up calls (CUDA graphs are recorded on the third).
@@ -379,11 +367,8 @@ def _update_ms(
     n = max(5, 2_000_000 // (hidden * hidden * batch // 100)) if on_cpu else 200
     learners = {}
     for label, (module, options) in variants.items():
-        extra = {k: v for k, v in options.items() if k != "patch"}
         config = module.SymphonyConfig(hidden=hidden, n_q=n_q, batch_size=batch, n_explore=2560, tile=8)
-        algo = module.Symphony(config, module.SymphonySpec(obs_dim=17, action_dim=6), args.device, **extra)
-        if "patch" in options:
-            options["patch"](algo)
+        algo = module.Symphony(config, module.SymphonySpec(obs_dim=17, action_dim=6), args.device, **options)
         feed = algo.feed()
         gen = torch.Generator().manual_seed(0)
         m = config.n_explore

@@ -131,6 +131,7 @@ class OnlineLoopConfig:
     device: str = "cpu"  # training device: "cpu", "cuda" or "cuda:N"
     threads: int = 1  # torch intra-op threads (see robocl.run.runtime)
     compile: bool = False  # torch.compile the method's loss: slower start (about a minute), faster updates
+    cuda_graphs: bool = False  # compile with CUDA graphs (a CUDA device only): one launch per loss on a GPU
     wandb: bool = False  # also log every scalar to Weights & Biases (the wandb extra; WANDB_MODE=offline)
     wandb_project: str = "robocl"  # the wandb project runs go to
 
@@ -177,7 +178,8 @@ def train_symphony(
         max_episode_steps=int(probe.spec.max_episode_steps),  # type: ignore[union-attr]
     )
     probe.close()
-    algo = Symphony(config, spec, str(resolve_device(online.device)), compile=online.compile)
+    device = str(resolve_device(online.device))
+    algo = Symphony(config, spec, device, compile=online.compile, cuda_graphs=online.cuda_graphs)
     per_step = config.updates_per_step
     loop = LoopConfig(
         n_updates=(steps - config.n_explore) * per_step,

@@ -323,6 +323,29 @@ def test_compiled_loss_updates_as_the_eager_one():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_cuda_graphs_need_a_cuda_device():
+    with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device; this Symphony runs on cpu"):
+        Symphony(TINY, SymphonySpec(obs_dim=5, action_dim=2), cuda_graphs=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graphs_update_as_the_eager_loss():
+    """The graphed loss replays into the same output buffers every update: the EMA carried across updates
+    must not be overwritten by the next replay (five updates: past the warm-up and the recording)."""
+    spec = SymphonySpec(obs_dim=5, action_dim=2)
+    eager, graphed = Symphony(TINY, spec, "cuda"), Symphony(TINY, spec, "cuda", cuda_graphs=True)
+    gen = torch.Generator().manual_seed(2)
+    batch = {"obs": torch.randn(16, 5, generator=gen), "action": torch.rand(16, 2, generator=gen) * 2 - 1,
+             "reward": torch.randn(16, generator=gen), "next_obs": torch.randn(16, 5, generator=gen),
+             "discount": torch.full((16,), 0.99)}  # fmt: skip
+    batch = {k: v.cuda() for k, v in batch.items()}
+    for _ in range(5):
+        want, got = eager.update(batch), graphed.update(batch)
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-6)
+    for a, b in zip(eager.net.parameters(), graphed.net.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 # ------------------------------------------------------------------ online loop
 def test_exploration_sets_reward_scale_and_fills_the_buffer_by_tiling(tmp_path):
     env = make_env("Walker2d-v5")
