@@ -328,6 +328,7 @@ def test_cuda_graphs_need_a_cuda_device():
         Symphony(TINY, SymphonySpec(obs_dim=5, action_dim=2), cuda_graphs=True)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_cuda_graphs_update_as_the_eager_loss():
     """The graphed loss replays into the same output buffers every update: the EMA carried across updates
