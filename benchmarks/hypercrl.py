@@ -451,7 +451,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=800, help="lr: updates per task")
     parser.add_argument("--log-every", type=int, default=100, help="lr: updates between validation errors")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--out", default="/tmp/robocl_hypercrl_bench", help="compare: run dirs")
+    parser.add_argument(
+        "--out", default="/tmp/robocl_hypercrl_bench", help="compare: run dirs (under <name>/)"
+    )
     parser.add_argument("--name", default="", help="result file name (default hypercrl_<part>[_<family>])")
     parser.add_argument("--parts", default="", help="combine: compare results, comma-separated JSON paths")
     for key, value in SMALL_BUDGET.items():
@@ -474,15 +476,14 @@ def main() -> None:
             if getattr(args, key):
                 budget[key] = _widths(getattr(args, key))
         seeds = [int(x) for x in args.seeds.split(",")]
-        result = compare(args.family, seeds, args.methods.split(","), budget, Path(args.out))
+        name = args.name or f"hypercrl_{args.family}"
+        out = Path(args.out) / name  # runs of other budgets (names) may share --out
+        result = compare(args.family, seeds, args.methods.split(","), budget, out)
         table = result["table"]
         for method in result["runs"]:  # the first seed's per-task curves
-            src = Path(args.out) / args.family / f"seed{seeds[0]}" / method / "curves.png"
-            (RESULTS / f"hypercrl_{args.family}_curves_{method}.png").write_bytes(src.read_bytes())
-        path = write_result(
-            args.name or f"hypercrl_{args.family}",
-            {**info, "budget": budget, **json.loads(json.dumps(result, default=float))},
-        )
+            src = out / args.family / f"seed{seeds[0]}" / method / "curves.png"
+            (RESULTS / f"{name}_curves_{method}.png").write_bytes(src.read_bytes())
+        path = write_result(name, {**info, "budget": budget, **json.loads(json.dumps(result, default=float))})
     else:
         if args.part == "lr":
             lrs = [float(x) for x in args.lrs.split(",")]
