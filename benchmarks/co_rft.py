@@ -137,12 +137,13 @@ def _train(
     times: list[list[float]],
     every: Any = None,
     flops: list[float] | None = None,
+    window: int = FLOP_WINDOW,
 ) -> None:
     """``n_updates`` calls of ``update(batch)``; appends this run's seconds per update (sampling excluded)
-    to ``times`` and, with ``flops``, the mean FLOPs of its last updates (``FLOP_WINDOW``, at most half of
+    to ``times`` and, with ``flops``, the mean FLOPs of its last updates (``window``, at most half of
     the run, not timed); calls ``every(i)`` after update i when given."""
     run, counted = [], []
-    first_counted = n_updates - (min(FLOP_WINDOW, n_updates // 2) if flops is not None else 0)
+    first_counted = n_updates - (min(window, n_updates // 2) if flops is not None else 0)
     # A GPU runs the update's kernels after update() returns: wait for them, or the clock reads launches.
     sync = torch.cuda.synchronize if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     for i in range(n_updates):
@@ -189,7 +190,7 @@ def _corft(
     sampler = algo.il_sampler(store)
     torch.manual_seed(stage_seed(cfg.seed, "il"))  # dropout's stream, seeded as the loop seeds a stage
     sample = lambda: to_torch(sampler.sample(args.batch_size), args.device)  # noqa: E731
-    _train(algo.update, sample, args.il_updates, times, flops=flops)
+    _train(algo.update, sample, args.il_updates, times, flops=flops, window=args.flop_window)
     return algo, sampler
 
 
@@ -249,7 +250,9 @@ def _policies(
         sample = lambda s=sampler: to_torch(s.sample(args.batch_size), args.device)  # noqa: E731
         torch.manual_seed(stage_seed(seed, "rl"))
         try:
-            _train(variant.update, sample, args.rl_updates, times[name], validate, flops[name])
+            _train(
+                variant.update, sample, args.rl_updates, times[name], validate, flops[name], args.flop_window
+            )
         except NonFiniteError as exc:  # a result of this cell, reported; the other methods still run
             record["diverged"][name] = str(exc)
             print(f"seed {seed}: {name} diverged: {exc}", flush=True)
@@ -262,11 +265,21 @@ def _policies(
         bc_sampler = bc.sampler(store)
         sample = lambda: to_torch(bc_sampler.sample(args.batch_size), "cpu")  # noqa: E731
         torch.manual_seed(stage_seed(seed, "bc"))
-        _train(bc.update, sample, args.il_updates, times["mlp bc"], flops=flops["mlp bc"])
+        _train(
+            bc.update,
+            sample,
+            args.il_updates,
+            times["mlp bc"],
+            flops=flops["mlp bc"],
+            window=args.flop_window,
+        )
         out["mlp bc"] = bc.policy()
     if "iql" in wanted:
         iql = IQL(IQLConfig(n_updates=args.iql_updates, seed=seed), store)
-        _train(lambda _: iql.update(), lambda: None, args.iql_updates, times["iql"], flops=flops["iql"])
+        _train(
+            lambda _: iql.update(), lambda: None, args.iql_updates, times["iql"], flops=flops["iql"],
+            window=args.flop_window,
+        )  # fmt: skip
         out["iql"] = iql.policy()
     return {name: policy for name, policy in out.items() if name in wanted}
 
@@ -308,6 +321,9 @@ def main() -> None:
     parser.add_argument("--iql-updates", type=int, default=1000, help="IQL updates")
     parser.add_argument("--val-every", type=int, default=250, help="stage-2 updates between validations")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument(
+        "--flop-window", type=int, default=FLOP_WINDOW, help="last updates of each run FLOP-counted (0: none)"
+    )
     parser.add_argument("--task", choices=sorted(TASKS), default="pick-place")
     parser.add_argument("--images", action="store_true", help="the policy sees both 96x96 cameras")
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where the policy trains and acts")

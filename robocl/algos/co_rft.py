@@ -385,7 +385,8 @@ class CORFT:
             ids = self._boot_ids(batch, per_prefix)
             return self._candidates[ids, self._choice[ids]]
         if cfg.actor == "distill":
-            return self._one_step().chunk(tfeat, torch.randn(len(tfeat), cfg.horizon, self.spec.action_dim))
+            z = torch.randn(len(tfeat), cfg.horizon, self.spec.action_dim, device=self.device)
+            return self._one_step().chunk(tfeat, z)
         chunk = self.target_policy.regress(tfeat)[0]
         noise = (torch.randn_like(chunk) * cfg.target_noise).clamp(
             -cfg.target_noise_clip, cfg.target_noise_clip
