@@ -170,6 +170,22 @@ def _train(
         flops.append(statistics.mean(counted))
 
 
+@torch.no_grad()
+def _finite_check(algo: CORFT, copied: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+    """After imitation: the policy's tensors that hold a NaN or inf (the learner's and the copy evaluated),
+    and whether its chunks on a training batch are finite, in float32 as it acts (a GPU run once acted
+    with NaN chunks after 3,000 updates whose losses were all finite)."""
+    net = algo.policy_net
+    with torch.autocast(algo.device.type, enabled=False):
+        batch = to_torch(batch, algo.device)
+        was_training = net.training
+        chunks = net.eval().sample(net.features(batch["obs"], net.lang_of(batch)))
+        net.train(was_training)
+    bad = {name: [k for k, v in m.state_dict().items() if not torch.isfinite(v).all()] for name, m in
+           (("learner", net), ("evaluated copy", copied))}  # fmt: skip
+    return {"non_finite_tensors": bad, "chunks_finite": bool(torch.isfinite(chunks).all())}
+
+
 def _fingerprint(tensors: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
     for key in sorted(tensors):
@@ -226,6 +242,8 @@ def _policies(
         ils[il_name] = algo
         out[il_name] = copy.deepcopy(algo).policy()
         record["fingerprints"][il_name] = _fingerprint(algo.state_dict()["model"])
+        check = algo.il_sampler(store).sample(args.batch_size)  # a fresh sampler: the stream is untouched
+        record["finite"][il_name] = _finite_check(algo, out[il_name].net, check)
         if il_name == "il":
             for name, execution in EXECUTIONS.items():
                 if name in wanted:
@@ -419,6 +437,7 @@ def main() -> None:
                     "flops": flops,
                     "validation": {},
                     "fingerprints": {},
+                    "finite": {},
                     "diverged": {},
                 }
                 # bf16 autocast on a GPU, as the training loop runs there (robocl.run.loop)

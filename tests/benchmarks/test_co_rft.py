@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 
+import benchmarks.co_rft
 import benchmarks.common
 from benchmarks.co_rft import _latency, _settings, _train, combine, main
 from robocl.algos.co_rft import CORFT
@@ -118,6 +119,8 @@ def test_a_tiny_run_is_deterministic_and_writes_its_table(
         (m, p) for m in ("il", "il sigma 0.5", "co-rft", "co-rft distill") for p in ("seen", "unseen")
     }
     assert set(result["records"][0]["fingerprints"]) >= {"il", "co-rft", "co-rft distill"}
+    clean = {"non_finite_tensors": {"learner": [], "evaluated copy": []}, "chunks_finite": True}
+    assert result["records"][0]["finite"] == {"il": clean}
     # The last updates of each run are FLOP-counted instead of timed: a stage-2 update does more arithmetic.
     gflop = result["gflop_per_update"]
     assert set(gflop) == {"il", "co-rft", "co-rft distill"}
@@ -141,6 +144,29 @@ def test_a_diverged_variant_is_reported_and_the_others_evaluated(
     assert result["records"][0]["diverged"] == {"co-rft": "update 1 of 2: stage-2 critic loss is nan"}
     assert {s["method"] for s in result["summary"]} == {"il"}
     assert "diverged (no cells): seed 0, 2 demos, co-rft: update 1 of 2" in capsys.readouterr().out
+
+
+def test_a_non_finite_imitation_policy_is_named_in_the_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
+    trained = benchmarks.co_rft._corft
+
+    def poisoned(*args: Any, **kwargs: Any) -> Any:
+        algo, sampler = trained(*args, **kwargs)
+        with torch.no_grad():
+            algo.policy_net.head.net[0].weight[0, 0] = float("nan")
+        return algo, sampler
+
+    monkeypatch.setattr(benchmarks.co_rft, "_corft", poisoned)
+    argv = "--demos 2 --seeds 0 --il-updates 4 --episodes 1 --only il --set n_obs=1"
+    monkeypatch.setattr(sys, "argv", ["co_rft", *argv.split()])
+    main()
+    finite = json.loads((tmp_path / "co_rft_pick_place.json").read_text())["records"][0]["finite"]["il"]
+    assert finite == {
+        "non_finite_tensors": {"learner": ["head.net.0.weight"], "evaluated copy": ["head.net.0.weight"]},
+        "chunks_finite": False,
+    }
 
 
 @pytest.mark.parametrize(
