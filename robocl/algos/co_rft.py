@@ -89,7 +89,7 @@ from robocl.nets.language import LanguageEncoder
 from robocl.nets.relative import RelativePositions, relative_position_pairs, scene_position_columns
 from robocl.nets.transformer import ChunkCritic
 from robocl.nets.vla import BestOfN, ChunkChooser, FlowChooser, OneStep, VLAPolicy, VLAPolicyNet
-from robocl.run.loop import NonFiniteError, guarded_step, to_torch
+from robocl.run.loop import guarded_step, to_torch
 from robocl.run.runtime import seeded
 from robocl.store import StoreView, TrajectoryStore, WindowSampler
 from robocl.store.chunked import ChunkedTDSampler, chunk_windows, mc_returns, step_rewards
@@ -320,19 +320,16 @@ class CORFT:
             )  # fmt: skip
             loss = loss + cons
             metrics.update(conservative=cons.item(), q_policy=q_s[0, :, n : 2 * n].mean().item())
-        if not torch.isfinite(loss):
-            inputs = {
-                "batch reward": batch["reward"], "batch mc_return": batch["mc_return"],
-                "features of o_t": feat, "bootstrap features": tfeat, "bootstrap chunk": next_chunk,
-                "target Q": next_q, "Q of the data chunk": q, "Q of the conservative samples": q_s,
-            }  # fmt: skip
-            raise NonFiniteError(
-                f"stage-2 critic loss is {loss.item()} at update {self.step + 1}; {_non_finite(inputs)}"
-            )
+        inputs = {
+            "batch reward": batch["reward"], "batch mc_return": batch["mc_return"],
+            "features of o_t": feat, "bootstrap features": tfeat, "bootstrap chunk": next_chunk,
+            "target Q": next_q, "Q of the data chunk": q, "Q of the conservative samples": q_s,
+        }  # fmt: skip
         params = [p for g in self.critic_opt.param_groups for p in g["params"]]
         metrics["critic_grad_norm"] = guarded_step(
-            loss, self.critic_opt, params, max_grad_norm=cfg.rl_max_grad_norm
-        )
+            loss, self.critic_opt, params, max_grad_norm=cfg.rl_max_grad_norm,
+            diagnose=lambda: f"stage-2 critic, update {self.step + 1}: {_non_finite(inputs)}",
+        )  # fmt: skip
         soft_update(self.target_critics, self.critics, cfg.tau)
         if any(p.requires_grad for p in net.parameters()):  # a frozen policy's copy stays equal to it
             soft_update(self.target_policy, net, cfg.tau)

@@ -116,12 +116,14 @@ def guarded_step(
     params: Any,
     *,
     max_grad_norm: float | None = None,
+    diagnose: Callable[[], str] | None = None,
 ) -> float:
     """backward, check loss and gradients are finite, average gradients over data-parallel ranks, clip,
-    step. Raises NonFiniteError before stepping, so the weights stay those of the last good update.
+    step. Raises NonFiniteError before stepping, so the weights stay those of the last good update; its
+    message ends with ``diagnose()`` (where the non-finite value came from) when given.
     Returns the gradient norm."""
     if not torch.isfinite(loss):
-        raise NonFiniteError(f"loss is {loss.item()}")
+        raise NonFiniteError(f"loss is {loss.item()}" + (f"; {diagnose()}" if diagnose else ""))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for p in params if p.grad is not None]

@@ -707,7 +707,9 @@ def test_a_non_finite_stage_two_loss_names_its_source(tmp_path):
     batch = to_torch(algo.rl_sampler(store).sample(8), "cpu")
     batch["reward"][3, 1] = float("nan")
     before = copy.deepcopy(algo.critics.state_dict())
-    with pytest.raises(NonFiniteError, match=r"update 1; non-finite: batch reward$"):
+    with pytest.raises(
+        NonFiniteError, match=r"loss is nan; stage-2 critic, update 1: non-finite: batch reward$"
+    ):
         algo.update(batch)
     for name, value in algo.critics.state_dict().items():
         torch.testing.assert_close(value, before[name])
