@@ -358,9 +358,16 @@ class CORFT:
             mu = self.one_step(feat, z)
             q_pi = torch.stack([c.q_chunk(feat, mu.clamp(-1, 1)) for c in self.critics]).mean(0)
             actor_loss, distill = distill_actor_loss(q_pi, mu, flow_chunk, cfg.distill_alpha)
+            inputs = {
+                "features": feat,
+                "flow chunk": flow_chunk,
+                "actor chunk": mu,
+                "Q of the actor chunk": q_pi,
+            }
             guarded_step(
-                actor_loss, self.actor_opt, self.one_step.parameters(), max_grad_norm=cfg.rl_max_grad_norm
-            )
+                actor_loss, self.actor_opt, self.one_step.parameters(), max_grad_norm=cfg.rl_max_grad_norm,
+                diagnose=lambda: f"distilled actor, update {self.step + 1}: {_non_finite(inputs)}",
+            )  # fmt: skip
             return {"actor_loss": actor_loss.item(), "distill": distill, "q_actor": q_pi.mean().item()}
         return {}
 

@@ -713,6 +713,15 @@ def test_a_non_finite_stage_two_loss_names_its_source(tmp_path):
         algo.update(batch)
     for name, value in algo.critics.state_dict().items():
         torch.testing.assert_close(value, before[name])
+    # The distilled actor's loss names its inputs too: a NaN flow chunk is its distillation target.
+    cfg = CORFTConfig(state_keys=("observation.state",), horizon=2, gripper=False, actor="distill", **TINY)
+    algo = CORFT.from_store(cfg, store)
+    with torch.no_grad():
+        algo.policy_net.head.net[-1].bias.fill_(float("nan"))
+    algo.start_rl()
+    batch = to_torch(algo.rl_sampler(store).sample(8), "cpu")
+    with pytest.raises(NonFiniteError, match=r"distilled actor, update 1: non-finite: flow chunk$"):
+        algo._actor_update(batch, torch.randn(8, algo.policy_net.feat_dim))
 
 
 class HandCritic(torch.nn.Module):
