@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,6 +21,19 @@ pytest.importorskip("s3fs")
 
 @pytest.fixture(scope="module")
 def s3_options():
+    # moto checks If-None-Match and then writes, two steps that two racing puts can interleave on a loaded
+    # machine (a CI run beside a benchmark once saw both writers get the lock). S3 decides a conditional put
+    # atomically, so the mock's put is serialised here; robocl's own requests still race freely.
+    from moto.s3.responses import S3Response
+
+    put, one_at_a_time = S3Response.put_object, threading.Lock()
+
+    def atomic_put(self: S3Response) -> Any:
+        with one_at_a_time:
+            return put(self)
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(S3Response, "put_object", atomic_put)
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
     host, port = server.get_host_and_port()
@@ -39,6 +53,7 @@ def s3_options():
     ).create_bucket(Bucket="robocl-test")
     yield options
     server.stop()
+    patch.undo()
 
 
 def test_s3_round_trip_lock_and_sampling(s3_options):
