@@ -133,6 +133,7 @@ class CORFT:
         self._features: torch.Tensor | None = None
         self._candidates: torch.Tensor | None = None
         self._choice: torch.Tensor | None = None
+        self._choice_value: torch.Tensor | None = None  # min_c Q_targ of each history's choice at ranking
         self.one_step: OneStepActor | None = None  # the distilled actor of stage 2
         if stage == "rl":
             self.start_rl()
@@ -226,7 +227,7 @@ class CORFT:
             self.actor_opt = torch.optim.Adam(self.one_step.parameters(), lr=cfg.actor_lr, fused=True)
         self.stage, self.step = "rl", 0
         self.spec.extra["stage"] = "rl"
-        self._features = self._candidates = self._choice = None
+        self._features = self._candidates = self._choice = self._choice_value = None
 
     def _best_of_n(self) -> BestOfN:
         cfg = self.config
@@ -280,12 +281,11 @@ class CORFT:
         per_prefix = cfg.critic_loss == "prefix"
         data_chunk = self._target_chunk(batch)  # (B, h, A)
         if cfg.actor == "best_of_n":
-            rank = self._choice is None or self.step % cfg.bon_refresh == 0
+            rank = self._choice is None or self._choice_value is None or self.step % cfg.bon_refresh == 0
             self._best_of_n_targets(batch["history_source"], rank=rank)
         feat, tfeat, next_feat = self._rl_features(batch, per_prefix)
         with torch.no_grad():
-            next_chunk = self._bootstrap_chunk(batch, tfeat, per_prefix)
-            next_q = torch.stack([c.q_chunk(tfeat, next_chunk) for c in self.target_critics]).min(0).values
+            next_chunk, next_q = self._bootstrap(batch, tfeat, per_prefix)
             next_q = next_q.view(B, h) if per_prefix else next_q[:, None].expand(B, h)
             y, mask = chunked_targets(
                 batch["reward"], is_pad, batch["done"], next_q, cfg.gamma, per_prefix=per_prefix
@@ -305,16 +305,17 @@ class CORFT:
         }
         loss, q_s = td, None
         if cfg.conservative != "none":
-            n = cfg.cql_n_samples
+            n, m = cfg.cql_n_samples, max(1, round(B * cfg.cql_fraction))  # m contexts: the first rows
+            sub = {k: v[:m] if torch.is_tensor(v) else v for k, v in batch.items()}
             with torch.no_grad():
-                policy = self._policy_samples(batch, feat.detach(), next_feat, n)  # (B, 2n, h, A)
-                uniform = torch.rand(B, n, h, self.spec.action_dim, device=self.device) * 2 - 1
-                samples = torch.cat([uniform, policy], 1)  # (B, 3n, h, A)
-            q_s = torch.stack([c.q_chunk(feat, samples) for c in self.critics])  # (C, B, 3n)
+                policy = self._policy_samples(sub, feat[:m].detach(), next_feat[:m], n)  # (m, 2n, h, A)
+                uniform = torch.rand(m, n, h, self.spec.action_dim, device=self.device) * 2 - 1
+                samples = torch.cat([uniform, policy], 1)  # (m, 3n, h, A)
+            q_s = torch.stack([c.q_chunk(feat[:m], samples) for c in self.critics])  # (C, m, 3n)
             log_density = h * self.spec.action_dim * np.log(0.5) if cfg.cql_importance_sample else 0.0
             cons = conservative_loss(
-                q_data, q_s[..., :n], q_s[..., n : 2 * n], q_s[..., 2 * n :],
-                batch["mc_return"].float() if cfg.conservative == "calql" else None,
+                q_data[:, :m], q_s[..., :n], q_s[..., n : 2 * n], q_s[..., 2 * n :],
+                sub["mc_return"].float() if cfg.conservative == "calql" else None,
                 alpha=cfg.cql_alpha, temperature=cfg.cql_temperature,
                 log_uniform_density=log_density,
             )  # fmt: skip
@@ -379,23 +380,29 @@ class CORFT:
         h_eff = (~batch["action_is_pad"]).sum(1)
         return boot[torch.arange(len(boot), device=self.device), h_eff - 1]
 
-    def _bootstrap_chunk(
+    def _bootstrap(
         self, batch: Mapping[str, Any], tfeat: torch.Tensor, per_prefix: bool
-    ) -> torch.Tensor:
-        """A' at every bootstrap observation (rows of ``tfeat``): the policy's next chunk."""
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """A' at every bootstrap observation (rows of ``tfeat``), the policy's next chunk, and its value
+        min_c Q_targ(o', A'); with ``bon_ranked_target`` the value of the latest ranking and no chunk."""
         cfg = self.config
         if cfg.actor == "best_of_n":
             assert self._candidates is not None and self._choice is not None
             ids = self._boot_ids(batch, per_prefix)
-            return self._candidates[ids, self._choice[ids]]
-        if cfg.actor == "distill":
+            if cfg.bon_ranked_target:
+                assert self._choice_value is not None
+                return None, self._choice_value[ids]
+            chunk = self._candidates[ids, self._choice[ids]]
+        elif cfg.actor == "distill":
             z = torch.randn(len(tfeat), cfg.horizon, self.spec.action_dim, device=self.device)
-            return self._one_step().chunk(tfeat, z)
-        chunk = self.target_policy.regress(tfeat)[0]
-        noise = (torch.randn_like(chunk) * cfg.target_noise).clamp(
-            -cfg.target_noise_clip, cfg.target_noise_clip
-        )
-        return (chunk + noise).clamp(-1, 1)
+            chunk = self._one_step().chunk(tfeat, z)
+        else:
+            chunk = self.target_policy.regress(tfeat)[0]
+            noise = (torch.randn_like(chunk) * cfg.target_noise).clamp(
+                -cfg.target_noise_clip, cfg.target_noise_clip
+            )
+            chunk = (chunk + noise).clamp(-1, 1)
+        return chunk, torch.stack([c.q_chunk(tfeat, chunk) for c in self.target_critics]).min(0).values
 
     def _policy_samples(
         self, batch: Mapping[str, Any], feat: torch.Tensor, next_feat: torch.Tensor, n: int
@@ -464,7 +471,7 @@ class CORFT:
     def _best_of_n_targets(self, token: str, *, rank: bool) -> None:
         """Best-of-N's target policy: every history's N candidates, drawn once per stage from a generator
         seeded by the config (so a resumed run draws the same ones), and with ``rank`` their ranking under
-        the target critics (a resumed run restores the ranking it saved)."""
+        the target critics and the chosen chunk's value (a resumed run restores the ranking it saved)."""
         table, best_of_n = self._history_features(token), self._best_of_n()
         rows = 256  # histories per piece: 8k candidate chunks through the flow or a critic at a time
         if self._candidates is None:
@@ -474,12 +481,13 @@ class CORFT:
             )
         if not rank:
             return
-        choice = []
+        best = []
         for lo in range(0, len(table), rows):
             feat, cand = table[lo : lo + rows], self._candidates[lo : lo + rows]
             q = torch.stack([c.q_chunk(feat, cand) for c in self.target_critics]).min(0).values  # (rows, N)
-            choice.append(q.argmax(1))
-        self._choice = torch.cat(choice)
+            best.append(q.max(1))
+        self._choice_value = torch.cat([b.values for b in best])
+        self._choice = torch.cat([b.indices for b in best])
 
     # ------------------------------------------------------------------ validation
     def validate(self, sampler: ChunkedTDSampler) -> dict[str, float]:
@@ -560,7 +568,8 @@ class CORFT:
             data, seed=self.config.seed + 1, history_ids=not self.config.rl_train_backbone
         )
         if sampler.history_ids:
-            self._histories, self._features, self._candidates, self._choice = sampler, None, None, None
+            self._histories, self._features, self._candidates = sampler, None, None
+            self._choice = self._choice_value = None
         return sampler
 
     def val_sampler(self, data: TrajectoryStore | StoreView) -> ChunkedTDSampler:
@@ -606,6 +615,7 @@ class CORFT:
             "target_policy": self.target_policy.state_dict(),
             "target_critics": self.target_critics.state_dict(),
             "best_of_n_choice": self._choice,  # the candidates' ranking, which only a refresh recomputes
+            "best_of_n_value": self._choice_value,
             "step": self.step,
         }
         return {"model": model, "trainer": trainer}
@@ -623,6 +633,7 @@ class CORFT:
             self.target_policy.load_state_dict(trainer["target_policy"])
             self.target_critics.load_state_dict(trainer["target_critics"])
             self._choice = trainer["best_of_n_choice"]
+            self._choice_value = trainer.get("best_of_n_value")  # absent from checkpoints before it
         self.step = int(trainer["step"])
 
     @classmethod

@@ -135,6 +135,11 @@ class CORFTConfig:
     n_candidates: int = 8
     candidate_noise: tuple[float, ...] = (0.25, 0.5)
     bon_refresh: int = 50  # best-of-N: updates between re-ranking every history's candidates (target)
+    # Best-of-N: bootstrap from the value the latest ranking gave each history's chosen chunk, min_c Q_targ,
+    # held until the next ranking (DQN's hard target period, here bon_refresh updates, on top of the Polyak
+    # copies), instead of scoring the chosen chunks of the B x h bootstrap prefixes under the target critics
+    # at every update: the same target between refreshes, without that forward pass.
+    bon_ranked_target: bool = False
     distill_alpha: float = 10.0  # distill: weight of ||mu(o, z) - flow(o, z)||^2 (FQL: 10)
     val_fraction: float = 0.1  # episodes held out of stage 2 to validate the critic (0 = none)
     # Stage-2 clipping, against spikes only: TD3/Cal-QL do not clip, and clipping the critic at 1.0 left its
@@ -172,6 +177,10 @@ class CORFTConfig:
     # (20 demos, h=10) one draw's critic gradient has cosine 0.95 with a 3x40-sample mean, as at n=10
     # (0.95) and above n=1-2 (0.92-0.93), at 40% of n=10's update time (the term is ~90% of it).
     cql_n_samples: int = 3
+    # Share of a batch's contexts the conservative term is computed at (the first rows: a batch is a random
+    # draw, so they are a random subset). Its loss is a mean over contexts, and a subset estimates that mean
+    # without bias (unlike fewer samples per context, which bias the logsumexp down), at more variance.
+    cql_fraction: float = 1.0
     cql_temperature: float = 1.0  # logsumexp temperature
     cql_sample_noise: float = 0.2  # std of the Gaussian added to TD3+BC / distilled chunks for the CQL term
     cql_importance_sample: bool = False  # subtract the uniform log-density h*d*log(0.5) (see deviations)
@@ -239,6 +248,12 @@ class CORFTConfig:
         for name in ("n_critics", "policy_delay", "cql_n_samples", "n_candidates", "bon_refresh"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if not 0.0 < self.cql_fraction <= 1.0:
+            raise ValueError(f"cql_fraction={self.cql_fraction} must be in (0, 1]")
+        if self.bon_ranked_target and self.actor != "best_of_n":
+            raise ValueError(
+                f"bon_ranked_target=True bootstraps from best-of-N's ranking, not actor={self.actor!r}'s"
+            )
         if self.relative_resolution < 0:
             raise ValueError(f"relative_resolution={self.relative_resolution} must be >= 0 (0 = off)")
         if self.flow_noise < 0 or any(s <= 0 for s in self.candidate_noise):

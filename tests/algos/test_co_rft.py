@@ -618,11 +618,12 @@ def test_image_language_policy_trains(tmp_path):
     "variant",
     [
         {"bon_refresh": 5},  # a resume at step 3 ranks with the saved choice of step 0, refreshes at 5
+        {"bon_refresh": 5, "bon_ranked_target": True, "cql_fraction": 0.5},  # and bootstraps from its values
         {"actor": "distill"},
         {"head": "regression", "val_fraction": 0.0},
         {"critic": "transformer", "n_action_steps": 2, "flow_noise": 0.5},
     ],
-    ids=["best-of-n", "distill", "regression", "transformer-critic"],
+    ids=["best-of-n", "best-of-n-ranked-target", "distill", "regression", "transformer-critic"],
 )
 def test_resume_equals_uninterrupted(tmp_path, variant):
     store = chain_store(tmp_path)
@@ -746,6 +747,61 @@ def test_best_of_n_executes_the_argmax_under_the_critic(tmp_path):
     assert candidate_scales(6, (0.5, 1.0)).tolist() == [0.0, 0.5, 1.0, 0.5, 1.0, 0.5]
 
 
+def stage_two_metrics(store, cfg, n_updates: int) -> list[dict[str, float]]:
+    algo = CORFT.from_store(cfg, store)
+    algo.start_rl()
+    sampler = algo.rl_sampler(store)
+    torch.manual_seed(0)  # the CQL samples' stream
+    return [algo.update(to_torch(sampler.sample(16), "cpu")) for _ in range(n_updates)]
+
+
+def test_ranked_target_is_the_scored_target_held_until_the_next_ranking(tmp_path):
+    """bon_ranked_target bootstraps from min_c Q_targ of each history's choice as ranked: at a ranking step
+    that is the target the default scores afresh; between rankings it is held while the Polyak copies move."""
+    store = chain_store(tmp_path)
+    base = {"state_keys": ("observation.state",), "horizon": 2, "gripper": False, "bon_refresh": 3, **TINY}
+    scored = stage_two_metrics(store, CORFTConfig(**base), 2)
+    ranked = stage_two_metrics(store, CORFTConfig(**base, bon_ranked_target=True), 2)
+    assert ranked[0]["target_mean"] == pytest.approx(scored[0]["target_mean"], rel=1e-6)
+    assert ranked[0]["critic_td"] == pytest.approx(scored[0]["critic_td"], rel=1e-6)
+    assert ranked[1]["target_mean"] != pytest.approx(scored[1]["target_mean"], rel=1e-6)
+
+    algo = CORFT.from_store(CORFTConfig(**base, bon_ranked_target=True), store)
+    algo.start_rl()
+    sampler = algo.rl_sampler(store)
+    algo.update(to_torch(sampler.sample(16), "cpu"))
+    table = algo._history_features(sampler.token)
+    chosen = algo._candidates[torch.arange(len(table)), algo._choice]
+    with torch.no_grad():
+        value = torch.stack([c.q_chunk(table, chosen) for c in algo.target_critics]).min(0).values
+    # ranked at step 0, before the first soft update moved the target critics by tau
+    assert not torch.allclose(value, algo._choice_value)
+    algo._best_of_n_targets(sampler.token, rank=True)
+    with torch.no_grad():
+        chosen = algo._candidates[torch.arange(len(table)), algo._choice]
+        value = torch.stack([c.q_chunk(table, chosen) for c in algo.target_critics]).min(0).values
+    torch.testing.assert_close(algo._choice_value, value)
+
+
+def test_conservative_term_on_a_share_of_the_batch(tmp_path, monkeypatch):
+    """cql_fraction=0.25 computes the Cal-QL term at the batch's first quarter of contexts: the same
+    Q of the logged chunks there, and samples and Monte-Carlo floors for those rows only."""
+    import robocl.algos.co_rft as co_rft
+
+    store = chain_store(tmp_path)
+    seen = []
+    loss = co_rft.conservative_loss
+    monkeypatch.setattr(co_rft, "conservative_loss", lambda *a, **k: seen.append(a) or loss(*a, **k))
+    base = {"state_keys": ("observation.state",), "horizon": 2, "gripper": False, "cql_n_samples": 2, **TINY}
+    stage_two_metrics(store, CORFTConfig(**base), 1)
+    stage_two_metrics(store, CORFTConfig(**base, cql_fraction=0.25), 1)
+    (full_q, *_, full_mc), (q, uniform, policy, next_policy, mc) = seen
+    assert full_q.shape == (2, 16) and q.shape == (2, 4) and mc.shape == (4,)
+    assert uniform.shape == policy.shape == next_policy.shape == (2, 4, 2)
+    torch.testing.assert_close(q, full_q[:, :4])
+    torch.testing.assert_close(mc, full_mc[:4])
+
+
 def test_distill_actor_loss_by_hand():
     q = torch.tensor([-2.0, -4.0], requires_grad=True)
     actor = torch.tensor([[[0.5, 0.0]], [[0.0, 1.0]]], requires_grad=True)  # (2, 1, 2)
@@ -835,6 +891,10 @@ def test_new_config_errors_name_the_values():
     with pytest.raises(ValueError, match=r"n_action_steps=5 must be 0 or 1"):
         CORFTConfig(ensemble_coef=0.01, n_action_steps=5)
     assert CORFTConfig(head="regression").actor == "td3_bc" and CORFTConfig().actor == "best_of_n"
+    with pytest.raises(ValueError, match=r"cql_fraction=0 must be in \(0, 1\]"):
+        CORFTConfig(cql_fraction=0)
+    with pytest.raises(ValueError, match=r"bon_ranked_target=True .* not actor='distill'"):
+        CORFTConfig(actor="distill", bon_ranked_target=True)
 
 
 def test_relative_positions_come_from_store_names(tmp_path):
