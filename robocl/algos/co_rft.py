@@ -37,6 +37,10 @@ Deviations and why:
 - Best-of-N with a frozen trunk draws each history's N candidates once per stage and re-ranks them under
   the target critics every ``bon_refresh`` updates (the target's argmax is at most that stale), instead of
   ranking B x h x N fresh samples every update, which cost ~10x an imitation update on a CPU.
+  By default (``bon_ranked_target``) it also bootstraps from the value the ranking gave the chosen
+  chunk (held until the next ranking), and ``cql_fraction`` computes the conservative term at a share of
+  the batch's contexts (a quarter by default): cheaper estimators of the same targets that halve an
+  update's arithmetic with success unchanged in the benchmark (see the config).
 - The flow is not trained in stage 2 (FQL and QC keep fitting it): stage 1 fitted it on the same data, and a
   frozen flow keeps the candidate table valid.
 - The distilled actor's Q term is divided by mean|Q| (stop-gradient; FQL's optional ``normalize_q_loss``),

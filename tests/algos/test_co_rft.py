@@ -617,13 +617,13 @@ def test_image_language_policy_trains(tmp_path):
 @pytest.mark.parametrize(
     "variant",
     [
-        {"bon_refresh": 5},  # a resume at step 3 ranks with the saved choice of step 0, refreshes at 5
-        {"bon_refresh": 5, "bon_ranked_target": True, "cql_fraction": 0.5},  # and bootstraps from its values
+        {"bon_refresh": 5},  # a resume at step 3 ranks with the saved choice and values of step 0
+        {"bon_refresh": 5, "bon_ranked_target": False, "cql_fraction": 1.0},  # targets scored every update
         {"actor": "distill"},
         {"head": "regression", "val_fraction": 0.0},
         {"critic": "transformer", "n_action_steps": 2, "flow_noise": 0.5},
     ],
-    ids=["best-of-n", "best-of-n-ranked-target", "distill", "regression", "transformer-critic"],
+    ids=["best-of-n", "best-of-n-scored-target", "distill", "regression", "transformer-critic"],
 )
 def test_resume_equals_uninterrupted(tmp_path, variant):
     store = chain_store(tmp_path)
@@ -756,17 +756,18 @@ def stage_two_metrics(store, cfg, n_updates: int) -> list[dict[str, float]]:
 
 
 def test_ranked_target_is_the_scored_target_held_until_the_next_ranking(tmp_path):
-    """bon_ranked_target bootstraps from min_c Q_targ of each history's choice as ranked: at a ranking step
-    that is the target the default scores afresh; between rankings it is held while the Polyak copies move."""
+    """bon_ranked_target (the default) bootstraps from min_c Q_targ of each history's choice as ranked: at
+    a ranking step that is the target scored afresh; between rankings it is held while the Polyak copies
+    move."""
     store = chain_store(tmp_path)
     base = {"state_keys": ("observation.state",), "horizon": 2, "gripper": False, "bon_refresh": 3, **TINY}
-    scored = stage_two_metrics(store, CORFTConfig(**base), 2)
-    ranked = stage_two_metrics(store, CORFTConfig(**base, bon_ranked_target=True), 2)
+    scored = stage_two_metrics(store, CORFTConfig(**base, bon_ranked_target=False), 2)
+    ranked = stage_two_metrics(store, CORFTConfig(**base), 2)
     assert ranked[0]["target_mean"] == pytest.approx(scored[0]["target_mean"], rel=1e-6)
     assert ranked[0]["critic_td"] == pytest.approx(scored[0]["critic_td"], rel=1e-6)
     assert ranked[1]["target_mean"] != pytest.approx(scored[1]["target_mean"], rel=1e-6)
 
-    algo = CORFT.from_store(CORFTConfig(**base, bon_ranked_target=True), store)
+    algo = CORFT.from_store(CORFTConfig(**base), store)
     algo.start_rl()
     sampler = algo.rl_sampler(store)
     algo.update(to_torch(sampler.sample(16), "cpu"))
@@ -784,8 +785,8 @@ def test_ranked_target_is_the_scored_target_held_until_the_next_ranking(tmp_path
 
 
 def test_conservative_term_on_a_share_of_the_batch(tmp_path, monkeypatch):
-    """cql_fraction=0.25 computes the Cal-QL term at the batch's first quarter of contexts: the same
-    Q of the logged chunks there, and samples and Monte-Carlo floors for those rows only."""
+    """cql_fraction=0.25 (the default) computes the Cal-QL term at the batch's first quarter of contexts:
+    the same Q of the logged chunks there, and samples and Monte-Carlo floors for those rows only."""
     import robocl.algos.co_rft as co_rft
 
     store = chain_store(tmp_path)
@@ -793,8 +794,8 @@ def test_conservative_term_on_a_share_of_the_batch(tmp_path, monkeypatch):
     loss = co_rft.conservative_loss
     monkeypatch.setattr(co_rft, "conservative_loss", lambda *a, **k: seen.append(a) or loss(*a, **k))
     base = {"state_keys": ("observation.state",), "horizon": 2, "gripper": False, "cql_n_samples": 2, **TINY}
-    stage_two_metrics(store, CORFTConfig(**base), 1)
-    stage_two_metrics(store, CORFTConfig(**base, cql_fraction=0.25), 1)
+    stage_two_metrics(store, CORFTConfig(**base, cql_fraction=1.0), 1)
+    stage_two_metrics(store, CORFTConfig(**base), 1)  # the default: a quarter
     (full_q, *_, full_mc), (q, uniform, policy, next_policy, mc) = seen
     assert full_q.shape == (2, 16) and q.shape == (2, 4) and mc.shape == (4,)
     assert uniform.shape == policy.shape == next_policy.shape == (2, 4, 2)
@@ -893,8 +894,6 @@ def test_new_config_errors_name_the_values():
     assert CORFTConfig(head="regression").actor == "td3_bc" and CORFTConfig().actor == "best_of_n"
     with pytest.raises(ValueError, match=r"cql_fraction=0 must be in \(0, 1\]"):
         CORFTConfig(cql_fraction=0)
-    with pytest.raises(ValueError, match=r"bon_ranked_target=True .* not actor='distill'"):
-        CORFTConfig(actor="distill", bon_ranked_target=True)
 
 
 def test_relative_positions_come_from_store_names(tmp_path):
