@@ -143,7 +143,7 @@ class CORFTConfig:
     # pick-place 98% / 74% (seen / unseen) and push 93% / 83% against 98% / 75% and 94% / 84% for both off
     # (IL 98% / 70% and 80% / 74%), at 0.38 instead of 0.74 GFLOP and 16 instead of 28-31 ms per update.
     # Ignored by the other actors.
-    bon_ranked_target: bool = True
+    bon_ranked_target: bool = True  # best-of-N: bootstrap from the values of its latest ranking
     distill_alpha: float = 10.0  # distill: weight of ||mu(o, z) - flow(o, z)||^2 (FQL: 10)
     val_fraction: float = 0.1  # episodes held out of stage 2 to validate the critic (0 = none)
     # Stage-2 clipping, against spikes only: TD3/Cal-QL do not clip, and clipping the critic at 1.0 left its
@@ -185,7 +185,7 @@ class CORFTConfig:
     # draw, so they are a random subset). Its loss is a mean over contexts, and a subset estimates that mean
     # without bias (unlike fewer samples per context, which bias the logsumexp down), at more variance.
     # Alone, 0.25 scored 98% / 75% and 92% / 83% (same run as bon_ranked_target's) at 20 ms per update.
-    cql_fraction: float = 0.25
+    cql_fraction: float = 0.25  # share of a batch's contexts the conservative term is computed at
     cql_temperature: float = 1.0  # logsumexp temperature
     cql_sample_noise: float = 0.2  # std of the Gaussian added to TD3+BC / distilled chunks for the CQL term
     cql_importance_sample: bool = False  # subtract the uniform log-density h*d*log(0.5) (see deviations)
