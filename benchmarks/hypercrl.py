@@ -460,6 +460,11 @@ def main() -> None:
         parser.add_argument("--" + key.replace("_", "-"), type=int, default=value)
     for key in ("hidden", "hnet_hidden"):  # e.g. 200,200: smaller than the family's reference on a CPU
         parser.add_argument("--" + key.replace("_", "-"), help="widths, comma-separated (default: reference)")
+    parser.add_argument(
+        "--early-stop-fraction", type=float, default=0.0,
+        help="compare: share of each task's validation transitions that selects each session's weights",
+    )  # fmt: skip
+    parser.add_argument("--early-stop-every", type=int, default=50, help="compare: updates between scores")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     info, load_start = run_info(args.seed), os.getloadavg()
@@ -472,6 +477,10 @@ def main() -> None:
         return
     if args.part == "compare":
         budget = {k: getattr(args, k) for k in SMALL_BUDGET}
+        if args.early_stop_fraction:  # budgets without it keep the keys of the earlier results
+            budget.update(
+                early_stop_fraction=args.early_stop_fraction, early_stop_every=args.early_stop_every
+            )
         for key in ("hidden", "hnet_hidden"):
             if getattr(args, key):
                 budget[key] = _widths(getattr(args, key))

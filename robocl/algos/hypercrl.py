@@ -199,6 +199,10 @@ class HyperCRL:
         self.step = 0  # gradient updates in the current task (the training loop's clock)
         self.task = 0
         self.model_errors: list[list[float]] = []  # after task i: model_error(k) for every k <= i
+        # per task, the update of each retraining session whose weights early stopping kept (0: its start)
+        self.early_stops: list[list[int]] = []
+        self._best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # the session's best so far
+        self._session_step = 0
         self._generator = torch.Generator()
         self._model_version = 0  # bumped by every change of a task's model: the planner's cache key
         self._planning: dict[int, tuple[tuple[int, str], PlanningModel]] = {}
@@ -208,6 +212,7 @@ class HyperCRL:
         """Begin ``task``: its (empty) transitions and statistics, the learner's per-task state."""
         self.task, self.step = task, 0
         self.data = [*self.data[:task], TaskData(self.state_dim, self.action_dim)]
+        self.early_stops = [*self.early_stops[:task], []]
         self.stats = [*self.stats[:task], self.data[task].stats(self.codec)]
         self.learner.start_task(task, self.data)
         self._model_version += 1
@@ -219,15 +224,46 @@ class HyperCRL:
         self.stats[self.task] = self.data[self.task].stats(self.codec)
         self._model_version += 1
 
+    def start_session(self) -> None:
+        """A retraining session begins (after its env steps and the statistics refresh). With early
+        stopping the model as it stands is the session's first candidate."""
+        self._best, self._session_step = None, 0
+        if self.config.early_stop_fraction:
+            self._score_candidate()
+
+    def end_session(self) -> None:
+        """A retraining session ends: with early stopping, the current task's learner takes the weights
+        that scored best on the selection split during the session (nothing to select from: left as is)."""
+        if not self.config.early_stop_fraction:
+            return
+        self._score_candidate()
+        if self._best is not None:
+            _, kept, weights = self._best
+            self.learner.load_state_dict(weights)
+            self._model_version += 1
+            self.early_stops[self.task].append(kept)
+        self._best = None
+
+    def _score_candidate(self) -> None:
+        error = self.selection_error(self.task)
+        if not np.isnan(error) and (self._best is None or error < self._best[0]):
+            weights = {k: v.detach().clone() for k, v in self.learner.state_dict().items()}
+            self._best = (error, self._session_step, weights)
+
     def update(self, batch: Mapping[str, Any]) -> dict[str, float]:
         """One gradient step of the current task on its transitions ``batch["idx"]`` (an epoch's batch)."""
         idx = torch.as_tensor(batch["idx"], dtype=torch.long)
         self.step += 1
+        self._session_step += 1
         if len(idx) == 0:  # no train transitions yet: nothing to fit
             return {}
         batch_fn = self._batch_fn(self._generator)
         self._model_version += 1
-        return self.learner.train_step(_current_batch(batch_fn, self.task, idx), self.task)
+        metrics = self.learner.train_step(_current_batch(batch_fn, self.task, idx), self.task)
+        every = self.config.early_stop_every
+        if self.config.early_stop_fraction and self._session_step % every == 0:
+            self._score_candidate()
+        return metrics
 
     def end_task(self, task: int) -> None:
         """Store what protects this task later (EWC, SI, coreset) and its model errors."""
@@ -292,17 +328,31 @@ class HyperCRL:
             cost, self.action_dim, self.config.cem(), generator, shift(previous) if warm else None
         )
 
-    @torch.no_grad()
     def model_error(self, task: int) -> float:
-        """Mean squared error of the task's dynamics model on its validation split, in the raw units of
-        the predicted state change (the quantity the model is trained on; per-dim normalising would let
-        dims that barely move in one task dominate). Deterministic, so forgetting shows here without the
-        noise of MPC returns."""
+        """Mean squared error of the task's dynamics model on its validation split (less the selection
+        split of early stopping), in the raw units of the predicted state change (the quantity the model is
+        trained on; per-dim normalising would let dims that barely move in one task dominate).
+        Deterministic, so forgetting shows here without the noise of MPC returns."""
+        return self._error(task, ~self.data[task].train & ~self._selection(task))
+
+    def selection_error(self, task: int) -> float:
+        """The same error on the task's selection split: what early stopping minimises."""
+        return self._error(task, self._selection(task))
+
+    def _selection(self, task: int) -> torch.Tensor:
+        """(n,) bool: the validation transitions set aside for early stopping, each with probability
+        ``early_stop_fraction`` from the task's own stream, so a transition's split never changes as the
+        data grow or when a run resumes (none when early stopping is off)."""
         d = self.data[task]
-        val = ~d.train
-        if not bool(val.any()):
+        share = np.random.default_rng(stream_seed(self.config.seed, task, 6)).random(len(d))
+        return ~d.train & torch.from_numpy(share < self.config.early_stop_fraction)
+
+    @torch.no_grad()
+    def _error(self, task: int, rows: torch.Tensor) -> float:
+        if not bool(rows.any()):
             return float("nan")
-        state, action, nxt = d.state[val], d.action[val], d.next_state[val]
+        d = self.data[task]
+        state, action, nxt = d.state[rows], d.action[rows], d.next_state[rows]
         pred = self.predict_next(self.learner.weights(task), task, state, action)
         return float(((self.codec.target(state, pred) - self.codec.target(state, nxt)) ** 2).mean())
 
@@ -339,6 +389,7 @@ class HyperCRL:
             "log": self.log.to_dict(),
             "episodes": self.episodes,
             "model_errors": self.model_errors,
+            "early_stops": self.early_stops,
         }
         return {"model": model, "trainer": trainer}
 
@@ -350,6 +401,7 @@ class HyperCRL:
         self.log = ContinualLog.from_dict(trainer["log"])
         self.episodes = [list(map(int, e)) for e in trainer["episodes"]]
         self.model_errors = [list(map(float, row)) for row in trainer["model_errors"]]
+        self.early_stops = [list(map(int, row)) for row in trainer.get("early_stops", [])]
 
     def _load_model(self, tensors: Mapping[str, torch.Tensor]) -> None:
         n_tasks = len({k.split(".")[1] for k in tensors if k.startswith("stats.")})

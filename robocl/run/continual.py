@@ -4,9 +4,11 @@ For task t (stage ``task<t>``) the data source (:class:`PlannerSource`) follows 
 schedule: ``n_random`` steps with N(0, I) actions, then MPC with the current model, retraining for
 ``grad_steps`` updates before every ``retrain_every`` MPC steps. The loop pulls those updates; the source
 collects the env steps a session needs before its first batch, and every session draws shuffled epochs of
-the task's train split. Every ``eval_every`` env steps each task seen so far is evaluated by the shared
-evaluator (MPC episodes with that task's model, into ``eval/task<t>/<env step>/<env>/``); the after-task
-matrix and the continual metrics go to ``continual.json``. The run's transitions go to ``data/data.zarr``.
+the task's train split; with ``early_stop_fraction`` a session ends on the weights that scored best on the
+task's selection split (``HyperCRL.end_session``). Every ``eval_every`` env steps each task seen so far is
+evaluated by the shared evaluator (MPC episodes with that task's model, into
+``eval/task<t>/<env step>/<env>/``); the after-task matrix and the continual metrics go to
+``continual.json``. The run's transitions go to ``data/data.zarr``.
 
 A killed run resumes at the start of the task it was in: a task's checkpoint is complete once the task has
 ended (its ``tasks_done`` says so); a partial one is discarded, and the task runs again from its seeds.
@@ -114,12 +116,15 @@ class PlannerSource:
     def sample(self, batch_size: int) -> dict[str, Any]:
         """The next batch of the current session; a session starts after the env steps it needs."""
         if self.updates % self.grad_steps == 0:
+            if self.updates:
+                self.algo.end_session()
             if not self.random_done:
                 self._collect(self.n_random, mpc=False)
                 self.random_done = True
             else:
                 self._collect(min(self.retrain_every, self.n_mpc - self.mpc_done), mpc=True)
             self.algo.refresh_stats()
+            self.algo.start_session()
             self.order = []  # each session starts a new epoch
         if not self.order:
             train_idx = torch.nonzero(self.algo.data[self.task].train).flatten()
@@ -132,6 +137,8 @@ class PlannerSource:
 
     def finish(self) -> list[tuple[dict[str, Any], EpisodeMeta, dict[str, Any]]]:
         """The env steps after the last session (all of them when the task had no update); the episodes."""
+        if self.updates:
+            self.algo.end_session()
         if not self.random_done:
             self._collect(self.n_random, mpc=False)
         self._collect(self.n_mpc - self.mpc_done, mpc=True)
@@ -274,6 +281,7 @@ def _write_metrics(algo: HyperCRL, run_dir: Path) -> dict[str, Any]:
     errors = algo.model_errors
     metrics["model_error_matrix"] = errors
     metrics["model_error_forgetting"] = [errors[-1][k] - errors[k][k] for k in range(len(errors) - 1)]
+    metrics["early_stop_updates"] = algo.early_stops  # per task, the update each session kept
     payload = {"metrics": metrics, "log": algo.log.to_dict(), "config": asdict(algo.config)}
     (run_dir / "continual.json").write_text(json.dumps(payload, indent=2))
     plot_curves(algo.log, run_dir / "curves.png", ylabel="episode reward")

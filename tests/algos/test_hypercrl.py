@@ -185,6 +185,43 @@ def test_model_error_is_the_validation_mse_of_the_predicted_change() -> None:
     assert algo.model_error(0) == pytest.approx(expected, rel=1e-6)
 
 
+def test_early_stopping_ends_a_session_on_the_weights_that_scored_best_on_its_selection_split() -> None:
+    # lr 1.0 overshoots within a few Adam steps, so the best weights come before the session's last update
+    cfg = HyperCRLConfig(
+        family="push", n_tasks=1, hidden=(16,), hnet_hidden=(8,), lr=1.0, early_stop_fraction=0.5,
+        early_stop_every=2,
+    )  # fmt: skip
+    algo = HyperCRL(cfg)
+    algo.start_task(0)
+    rng = np.random.default_rng(0)
+    for i in range(80):
+        s = rng.normal(size=algo.state_dim)
+        algo.data[0].add(s, rng.normal(size=2), s + 0.1 * rng.normal(size=algo.state_dim), train=i % 2 == 0)
+    algo.refresh_stats()
+    d, selection = algo.data[0], algo._selection(0)
+    assert selection.any() and not (selection & d.train).any() and (~d.train & ~selection).any()
+    off = HyperCRL(HyperCRLConfig(family="push", n_tasks=1, hidden=(16,), hnet_hidden=(8,)))
+    off.data = algo.data
+    assert not off._selection(0).any()  # off by default: no validation transition is set aside
+
+    algo.start_session()
+    scores = {0: algo.selection_error(0)}
+    train = torch.nonzero(d.train).flatten()
+    for step in range(1, 11):
+        algo.update(
+            {"idx": train[torch.randperm(len(train), generator=torch.Generator().manual_seed(step))[:8]]}
+        )
+        if step % 2 == 0:
+            scores[step] = algo.selection_error(0)
+    best = min(scores, key=scores.__getitem__)
+    assert scores[best] < scores[10]  # the test means something only if the last update is not the best
+    algo.end_session()
+    assert algo.early_stops == [[best]]
+    assert algo.selection_error(0) == pytest.approx(scores[best], rel=1e-6)
+    # the reported error is the validation rows less the selection split
+    assert algo.model_error(0) == pytest.approx(algo._error(0, ~d.train & ~selection), rel=1e-6)
+
+
 def test_cheetah_codec_turns_the_pitch_into_cos_sin_and_predicts_velocity_as_a_value() -> None:
     codec = StateCodec("cheetah", 18)
     state = torch.arange(18.0)
@@ -239,9 +276,15 @@ class Killed(Exception):
     pass
 
 
-def test_tiny_continual_run_writes_the_after_task_matrix_and_resumes_after_a_kill(tmp_path, capsys) -> None:
+EARLY_STOP = ["--early-stop-fraction", "0.3", "--early-stop-every", "1"]
+
+
+@pytest.mark.parametrize("early_stop", [[], EARLY_STOP], ids=["reference", "early-stop"])
+def test_tiny_continual_run_writes_the_after_task_matrix_and_resumes_after_a_kill(
+    tmp_path, capsys, early_stop
+) -> None:
     whole = RunDir(tmp_path / "whole")
-    assert main(["train", "hypercrl", "--run-dir", str(whole.path), *TINY]) == 0
+    assert main(["train", "hypercrl", "--run-dir", str(whole.path), *TINY, *early_stop]) == 0
     assert "after_task_matrix" in capsys.readouterr().out
     result = json.loads((whole.path / "continual.json").read_text())
     R = np.array(result["metrics"]["after_task_matrix"], dtype=float)
@@ -250,6 +293,9 @@ def test_tiny_continual_run_writes_the_after_task_matrix_and_resumes_after_a_kil
     errors = result["metrics"]["model_error_matrix"]  # per-task validation error after each task
     assert [len(row) for row in errors] == [1, 2] and all(e >= 0 for row in errors for e in row)
     assert result["log"]["task_ends"] == [16, 32]  # 12 random + 4 MPC steps per task
+    kept = result["metrics"]["early_stop_updates"]  # per task, the update each 2-update session kept
+    assert len(kept) == 2 and all(0 <= k <= 2 for row in kept for k in row)
+    assert (sum(map(len, kept)) > 0) == bool(early_stop)
     assert (whole.path / "curves.png").stat().st_size > 0
     # One run directory: a stage per task, through the shared loop (TensorBoard) and the shared evaluator.
     assert whole.info()["stages"] == ["task0", "task1"] and whole.tb("task1").is_dir()
@@ -264,7 +310,7 @@ def test_tiny_continual_run_writes_the_after_task_matrix_and_resumes_after_a_kil
 
     from robocl.config import config_from_args
 
-    argv = ["train", "hypercrl", "--run-dir", str(tmp_path / "killed"), *TINY]
+    argv = ["train", "hypercrl", "--run-dir", str(tmp_path / "killed"), *TINY, *early_stop]
     config = config_from_args(HyperCRLConfig, build_parser(argv).parse_args(argv))
 
     def kill(step: int, task: int) -> None:
@@ -278,6 +324,7 @@ def test_tiny_continual_run_writes_the_after_task_matrix_and_resumes_after_a_kil
     metrics = train_hypercrl(config, tmp_path / "killed", resume=True, progress=False)  # from task 1's start
     np.testing.assert_array_equal(np.array(metrics["after_task_matrix"]), R)  # same as the uninterrupted run
     assert metrics["model_error_matrix"] == errors
+    assert metrics["early_stop_updates"] == kept
     with pytest.raises(ValueError, match="another config"):
         train_hypercrl(HyperCRLConfig(family="push", n_tasks=2, seed=1), tmp_path / "killed", resume=True)
 
