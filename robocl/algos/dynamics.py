@@ -108,8 +108,11 @@ class HyperCRLConfig:
     # session ends on its best weights (Keras EarlyStopping's restore_best_weights: the weights only, the
     # optimisers' moments go on). Carved from validation, not train, so every method trains on the same
     # transitions as without it, and the reported model error (the rest of the validation split) never
-    # selected the weights. Why: with 3,000 updates per door task, later tasks overfit their ~900 train
-    # transitions (hypercrl_lr_door_2k.json: at their best by 750-1,000 updates, 3-8% worse at 2,000).
+    # selected the weights. With 3,000 updates per door task (5 tasks, 3 seeds, 0.4 / 50,
+    # hypercrl_door_es_g1500.json, 4b64c78) HyperCRL's final model error went from 0.162 / 0.171 (seeds
+    # 855 / 1045, without) to 0.128 / 0.159, 1.13x multi-task replay's over 3 seeds (without: 1.31x): the
+    # hypernetwork overfits a door task's ~900 train transitions after a few hundred updates (median kept
+    # update 425 of 1,500), where the MLP baselines keep improving (median 1,475-1,500).
     early_stop_fraction: float = 0.0
     early_stop_every: int = 50  # updates between selection scores (with early_stop_fraction)
     n_random: int | None = None  # env steps per task with N(0, I) actions before planning starts
