@@ -239,6 +239,7 @@ class HyperCRL:
         self._score_candidate()
         if self._best is not None:
             _, kept, weights = self._best
+            # the weights only: the optimisers' moments and SI's path integral go on from the last update
             self.learner.load_state_dict(weights)
             self._model_version += 1
             self.early_stops[self.task].append(kept)
