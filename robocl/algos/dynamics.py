@@ -113,6 +113,8 @@ class HyperCRLConfig:
     # 855 / 1045, without) to 0.128 / 0.159, 1.13x multi-task replay's over 3 seeds (without: 1.31x): the
     # hypernetwork overfits a door task's ~900 train transitions after a few hundred updates (median kept
     # update 425 of 1,500), where the MLP baselines keep improving (median 1,475-1,500).
+    # On push (1,000 updates per task, hypercrl_push_es.json) it helped multi-task replay instead (0.0204 ->
+    # 0.0180) and not HyperCRL (0.0204 -> 0.0222): off by default.
     early_stop_fraction: float = 0.0
     early_stop_every: int = 50  # updates between selection scores (with early_stop_fraction)
     n_random: int | None = None  # env steps per task with N(0, I) actions before planning starts
