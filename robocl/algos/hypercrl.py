@@ -236,7 +236,8 @@ class HyperCRL:
         that scored best on the selection split during the session (nothing to select from: left as is)."""
         if not self.config.early_stop_fraction:
             return
-        self._score_candidate()
+        if self._session_step % self.config.early_stop_every:  # else these weights were just scored
+            self._score_candidate()
         if self._best is not None:
             _, kept, weights = self._best
             # the weights only: the optimisers' moments and SI's path integral go on from the last update
