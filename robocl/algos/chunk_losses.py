@@ -34,33 +34,61 @@ def chunk_bc_loss(
 
 
 def chunked_targets(
-    reward: torch.Tensor,
-    is_pad: torch.Tensor,
-    done: torch.Tensor,
-    next_q: torch.Tensor,
-    gamma: float,
-    *,
-    per_prefix: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """TD targets y^(j) (B, h) and the loss mask (B, h) of each prefix j = 1..h of a window.
+    reward: torch.Tensor, is_pad: torch.Tensor, done: torch.Tensor, next_q: torch.Tensor, gamma: float
+) -> torch.Tensor:
+    """TD targets y^(j) (B, h) of each prefix j = 1..h of a window.
 
     y^(j) = sum_{k<j} gamma^k r_{t+k} + gamma^j (1 - done_j) next_q[:, j-1], with next_q[:, j-1] the
-    bootstrap value at o_{t+j}; only prefixes within the episode (j <= h_eff) count, and only the one that
-    reaches a terminal end (j = h_eff, done) drops its bootstrap. ``per_prefix=False`` keeps j = h_eff only.
+    bootstrap value at o_{t+j}; only prefixes within the episode (j <= h_eff) are meant to be trained
+    (:func:`td_prefixes` picks among them), and only the one that reaches a terminal end (j = h_eff, done)
+    drops its bootstrap.
     """
     h = reward.shape[1]
     j = torch.arange(1, h + 1, device=reward.device)
     discounts = gamma ** (j - 1).to(reward.dtype)
     prefix_return = torch.cumsum(reward * discounts, dim=1)  # (B, h): R^(j) at index j-1
-    valid = ~is_pad
-    h_eff = valid.sum(1, keepdim=True)  # (B, 1)
+    h_eff = (~is_pad).sum(1, keepdim=True)  # (B, 1)
     terminal = done.bool().unsqueeze(1) & (j == h_eff)
-    y = prefix_return + (gamma**j).to(reward.dtype) * (~terminal).to(reward.dtype) * next_q
-    return y, (valid if per_prefix else j == h_eff)
+    return prefix_return + (gamma**j).to(reward.dtype) * (~terminal).to(reward.dtype) * next_q
+
+
+def td_prefixes(
+    is_pad: torch.Tensor, n_shorter: int | None, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prefix lengths of each window the TD loss trains, and their weights: (B, 1 + s) each.
+
+    Column 0 is the logged chunk's whole length h_eff (weight 1), the chunk the conservative term compares
+    against. The other s = min(n_shorter, h - 1) columns are shorter lengths j < h_eff drawn uniformly
+    without replacement, each weighted (h_eff - 1) / min(s, h_eff - 1), and columns a short window has no
+    prefix for get weight 0. So each window's weights sum to h_eff, and with them
+
+        sum_{b,s} w_bs (Q^(j_bs) - y^(j_bs))^2 / sum_{b,s} w_bs
+
+    is an unbiased estimate of the per-prefix loss over every j <= h_eff (a prefix is drawn with probability
+    min(s, h_eff - 1) / (h_eff - 1)), at 1 + s critic rows per window instead of h. ``n_shorter`` None takes
+    every shorter prefix in order (weights 1: that loss exactly), 0 the whole chunk alone.
+    """
+    B, h = is_pad.shape
+    h_eff = (~is_pad).sum(1, keepdim=True)  # (B, 1)
+    j = torch.arange(1, h + 1, device=is_pad.device)
+    shorter = j < h_eff  # (B, h)
+    s = h - 1 if n_shorter is None else min(n_shorter, h - 1)
+    if n_shorter is None:
+        key = j.to(torch.float32).expand(B, h)
+    else:
+        key = torch.rand(B, h, generator=generator, device=is_pad.device)
+    key = torch.where(shorter, key, torch.inf)  # the shorter prefixes first, drawn (or in order)
+    drawn = key.argsort(dim=1, stable=True)[:, :s] + 1  # (B, s) lengths
+    n_short = h_eff - 1
+    weight = n_short / n_short.clamp(max=s).clamp_min(1)
+    weight = torch.where(torch.arange(s, device=is_pad.device) < n_short, weight, 0.0)
+    length = torch.cat([h_eff, drawn], 1)
+    return length, torch.cat([torch.ones(B, 1, device=is_pad.device), weight], 1)
 
 
 def critic_td_loss(q: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Sum over critics (C, B, h) of the squared error averaged over the masked-in prefixes."""
+    """Sum over critics (C, B, S) of the squared error averaged over the prefixes, weighted by ``mask``
+    (booleans, or :func:`td_prefixes`' weights)."""
     m = mask.to(q.dtype)
     return (((q - y) ** 2) * m).sum((1, 2)).div(m.sum().clamp_min(1.0)).sum()
 
@@ -113,6 +141,6 @@ def distill_actor_loss(
 
 
 def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """target <- target + tau (online - target), every parameter in one foreach kernel."""
     with torch.no_grad():
-        for t, o in zip(target.parameters(), online.parameters(), strict=True):
-            t.lerp_(o, tau)
+        torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), tau)

@@ -83,6 +83,7 @@ from robocl.algos.chunk_losses import (
     distill_actor_loss,
     soft_update,
     td3_bc_actor_loss,
+    td_prefixes,
 )
 from robocl.algos.co_rft_config import CORFTConfig
 from robocl.checkpoint import Checkpoint, load_checkpoint
@@ -291,21 +292,16 @@ class CORFT:
         with torch.no_grad():
             next_chunk, next_q = self._bootstrap(batch, tfeat, per_prefix)
             next_q = next_q.view(B, h) if per_prefix else next_q[:, None].expand(B, h)
-            y, mask = chunked_targets(
-                batch["reward"], is_pad, batch["done"], next_q, cfg.gamma, per_prefix=per_prefix
-            )
-        h_eff, rows = (~is_pad).sum(1), torch.arange(B, device=self.device)
-        if per_prefix:
-            q = torch.stack([c(feat, data_chunk) for c in self.critics])  # (C, B, h)
-            q_data = q[:, rows, h_eff - 1]  # (C, B) Q of the logged chunk
-        else:  # the whole-chunk backup trains Q^(h_eff) alone: no other prefix is computed
-            q_data = torch.stack([c.q_prefix(feat, data_chunk, h_eff) for c in self.critics])
-            q, y, mask = q_data[..., None], y[rows, h_eff - 1, None], mask[rows, h_eff - 1, None]
-        td = critic_td_loss(q, y, mask)
+            y = chunked_targets(batch["reward"], is_pad, batch["done"], next_q, cfg.gamma)
+            length, weight = td_prefixes(is_pad, cfg.prefix_samples if per_prefix else 0)  # (B, S)
+            y = y.gather(1, length - 1)
+        q = torch.stack([c.q_prefix(feat, data_chunk, length) for c in self.critics])  # (C, B, S)
+        q_data = q[..., 0]  # (C, B) Q of the logged chunk, Q^(h_eff)
+        td = critic_td_loss(q, y, weight)
         metrics = {
             "critic_td": td.item(),
-            "q_mean": q[0][mask].mean().item(),
-            "target_mean": y[mask].mean().item(),
+            "q_mean": ((q[0] * weight).sum() / weight.sum()).item(),
+            "target_mean": ((y * weight).sum() / weight.sum()).item(),
         }
         loss, q_s = td, None
         if cfg.conservative != "none":

@@ -152,6 +152,10 @@ class CORFTConfig:
     gamma: float = 0.99  # per-step discount (QC, Cal-QL, TD3+BC)
     reward: Literal["step_penalty", "sparse", "store"] = "step_penalty"  # -1/step until success | +1 | stored
     critic_loss: Literal["prefix", "full"] = "prefix"  # TD target for every prefix j, or only the whole chunk
+    # "prefix": shorter prefixes trained per window besides the whole chunk, drawn without replacement and
+    # weighted so the loss estimates the every-prefix loss without bias (chunk_losses.td_prefixes; the
+    # estimator cql_fraction also uses: a random part of a mean); None = all h - 1 of them.
+    prefix_samples: int | None = None
     n_critics: int = 2  # twin critics; targets take the minimum
     # critic network: "mlp" = PrefixMLPCritic (causal by a cumulative first layer, LayerNorm; ~5x cheaper),
     # "transformer" = T-SAC's causal transformer over [context, a_1..a_h] (ChunkCritic)
@@ -253,6 +257,8 @@ class CORFTConfig:
         for name in ("n_critics", "policy_delay", "cql_n_samples", "n_candidates", "bon_refresh"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.prefix_samples is not None and self.prefix_samples < 1:
+            raise ValueError(f"prefix_samples={self.prefix_samples} must be >= 1 (None = every prefix)")
         if not 0.0 < self.cql_fraction <= 1.0:
             raise ValueError(f"cql_fraction={self.cql_fraction} must be in (0, 1]")
         if self.relative_resolution < 0:

@@ -46,12 +46,18 @@ class PrefixMLPCritic(nn.Module):
         context = self.context(feat)
         if chunk.dim() == 4:
             context = context.unsqueeze(1)
-        steps = torch.einsum("...ka,kaw->...w", chunk, self.action_weight)
+        h, a, width = self.action_weight.shape
+        steps = chunk.flatten(-2) @ self.action_weight.view(h * a, width)
         return self.mlp(context + steps + self.prefix_emb[-1]).squeeze(-1)
 
     def q_prefix(self, feat: torch.Tensor, chunk: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
-        """(B,) Q^(length_b) of each row's first ``length_b`` actions: ``forward(...)[b, length_b - 1]``
-        without the other prefixes (the whole-chunk backup trains this one alone)."""
-        kept = torch.arange(chunk.shape[1], device=chunk.device) < length[:, None]  # (B, h)
-        steps = torch.einsum("bka,kaw->bw", chunk * kept[..., None], self.action_weight)
-        return self.mlp(self.context(feat) + steps + self.prefix_emb[length - 1]).squeeze(-1)
+        """Q^(length) of each row's first ``length`` actions, ``forward(...)[b, length - 1]`` without the
+        other prefixes: one length per row (B,) -> (B,), or S per row (B, S) -> (B, S), each an ordinary MLP
+        on [feat, a_1..a_length] (CO-RFT's TD loss: :func:`robocl.algos.chunk_losses.td_prefixes`)."""
+        h, a, width = self.action_weight.shape
+        kept = torch.arange(h, device=chunk.device) < length.unsqueeze(-1)  # (B, [S,] h)
+        if length.dim() == 2:
+            chunk = chunk.unsqueeze(1)
+        steps = (chunk * kept.unsqueeze(-1)).flatten(-2) @ self.action_weight.view(h * a, width)
+        context = self.context(feat).view(len(feat), *(1,) * (length.dim() - 1), width)
+        return self.mlp(context + steps + self.prefix_emb[length - 1]).squeeze(-1)

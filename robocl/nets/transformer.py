@@ -169,5 +169,6 @@ class ChunkCritic(nn.Module):
         return self.head(out[:, 0]).squeeze(-1)
 
     def q_prefix(self, feat: torch.Tensor, chunk: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
-        """(B,) Q^(length_b): ``forward(...)[b, length_b - 1]`` (the encoder computes every prefix anyway)."""
-        return self(feat, chunk).gather(1, (length - 1)[:, None]).squeeze(1)
+        """Q^(length): ``forward(...)[b, length - 1]`` for one length per row (B,) -> (B,) or S per row
+        (B, S) -> (B, S) (the encoder computes every prefix anyway)."""
+        return self(feat, chunk).gather(1, (length - 1).view(len(length), -1)).view(length.shape)

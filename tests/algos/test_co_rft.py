@@ -18,6 +18,7 @@ from robocl.algos.chunk_losses import (
     critic_td_loss,
     distill_actor_loss,
     td3_bc_actor_loss,
+    td_prefixes,
 )
 from robocl.algos.co_rft import CORFT
 from robocl.algos.co_rft_config import CORFTConfig
@@ -94,13 +95,11 @@ def test_chunked_targets_equal_brute_force(tmp_path, h):
     batch = rl.extend(rl.sampler.get_batch(np.arange(len(rl.sampler))))
     boot_obs = rl.histories(batch["boot_id"].reshape(-1))[0]["observation.state"]  # (B*h, n_obs, 1)
     value = torch.as_tensor(boot_obs[:, -1, 0].reshape(-1, h))  # V(o_{t+j}) = o_{t+j}
-    y, mask = chunked_targets(
-        torch.as_tensor(batch["reward"]),
-        torch.as_tensor(batch["action_is_pad"]),
-        torch.as_tensor(batch["done"]),
-        value,
-        GAMMA,
+    is_pad = torch.as_tensor(batch["action_is_pad"])
+    y = chunked_targets(
+        torch.as_tensor(batch["reward"]), is_pad, torch.as_tensor(batch["done"]), value, GAMMA
     )
+    mask = ~is_pad
     for w, (ep, t) in enumerate(zip(batch["episode"], batch["t"], strict=True)):
         for j, want in enumerate(brute_force(store, int(ep), int(t), h)):
             assert bool(mask[w, j]) == (want is not None), (ep, t, j)
@@ -110,18 +109,11 @@ def test_chunked_targets_equal_brute_force(tmp_path, h):
     plain = WindowSampler(store, n_obs=2, horizon=h, gamma=GAMMA, seed=0).get_batch(
         np.arange(len(rl.sampler))
     )
-    y_full, m_full = chunked_targets(
-        torch.as_tensor(batch["reward"]),
-        torch.as_tensor(batch["action_is_pad"]),
-        torch.as_tensor(batch["done"]),
-        value,
-        GAMMA,
-        per_prefix=False,
-    )
-    assert (m_full.sum(1) == 1).all()
+    h_eff, _ = td_prefixes(is_pad, 0)  # (B, 1): the whole-chunk backup's one prefix
+    y_full = y.gather(1, h_eff - 1)[:, 0]
     boot = plain["next_obs"]["observation.state"][:, -1, 0]
     want = plain["reward_sum"] + plain["discount"] * (1 - plain["done"]) * boot
-    np.testing.assert_allclose(y_full[m_full].numpy(), want, atol=1e-4)
+    np.testing.assert_allclose(y_full.numpy(), want, atol=1e-4)
     if h == 1:  # ordinary one-step TD: y = r + gamma (1 - done) V(o_{t+1}), every window in the loss
         assert mask.all()
         nxt = batch["next_obs"]["observation.state"][:, -1, 0]
@@ -212,6 +204,35 @@ def test_whole_chunk_td_loss_on_the_one_trained_prefix():
     torch.testing.assert_close(alone, critic_td_loss(q, y, mask))
 
 
+def test_td_prefixes_by_hand_and_unbiased():
+    """Column 0 is h_eff (weight 1); the drawn shorter prefixes are distinct, below h_eff and weighted
+    (h_eff - 1) / s; all of them (None) gives the every-prefix loss exactly, and the drawn estimate averages
+    to it."""
+    is_pad = torch.tensor([[0, 0, 0, 0, 0], [0, 0, 0, 1, 1], [0, 1, 1, 1, 1], [0, 0, 1, 1, 1]]).bool()
+    length, weight = td_prefixes(is_pad, 2)
+    assert length[:, 0].tolist() == [5, 3, 1, 2] and weight[:, 0].tolist() == [1, 1, 1, 1]
+    assert weight[:, 1:].tolist() == [[2.0, 2.0], [1.0, 1.0], [0.0, 0.0], [1.0, 0.0]]  # (h_eff - 1) / s
+    assert sorted(length[1, 1:].tolist()) == [1, 2] and length[3, 1].item() == 1
+    assert len(set(length[0, 1:].tolist())) == 2 and (length[0, 1:] < 5).all()
+    torch.testing.assert_close(weight.sum(1), (~is_pad).sum(1).float())
+    every, ones = td_prefixes(is_pad, None)
+    assert every[0].tolist() == [5, 1, 2, 3, 4] and ones[1].tolist() == [1, 1, 1, 0, 0]
+    assert td_prefixes(is_pad, 0)[0].tolist() == [[5], [3], [1], [2]]
+
+    torch.manual_seed(0)
+    q, y = torch.randn(2, 4, 5), torch.randn(4, 5)  # Q^(j) and y^(j) at index j - 1
+    exact = critic_td_loss(q, y, ~is_pad)
+    torch.testing.assert_close(critic_td_loss(q.gather(2, every[None].expand(2, -1, -1) - 1),
+                                              y.gather(1, every - 1), ones), exact)  # fmt: skip
+    generator, draws = torch.Generator().manual_seed(0), []
+    for _ in range(4000):
+        length, weight = td_prefixes(is_pad, 2, generator)
+        draws.append(
+            critic_td_loss(q.gather(2, length[None].expand(2, -1, -1) - 1), y.gather(1, length - 1), weight)
+        )
+    assert torch.stack(draws).mean().item() == pytest.approx(exact.item(), rel=0.01)
+
+
 @pytest.mark.parametrize("kind", ["mlp", "transformer"])
 def test_critics_are_causal_over_the_chunk(kind):
     from robocl.nets.critic import PrefixMLPCritic
@@ -235,6 +256,8 @@ def test_critics_are_causal_over_the_chunk(kind):
     torch.testing.assert_close(critic.q_chunk(feat, many), rows, rtol=1e-5, atol=1e-5)
     length = torch.tensor([1, 4, 2, 3, 4])  # one prefix per row, as the whole-chunk backup trains
     torch.testing.assert_close(critic.q_prefix(feat, chunk, length), q[torch.arange(5), length - 1])
+    lengths = torch.tensor([[4, 1, 3], [2, 1, 2], [3, 2, 1], [1, 4, 4], [4, 3, 2]])  # several per row
+    torch.testing.assert_close(critic.q_prefix(feat, chunk, lengths), q.gather(1, lengths - 1))
     if kind == "mlp":  # Q^(j) is an ordinary MLP on [feat, a_1..a_j]: check prefix 2 against one by hand
         first = critic.context(feat) + (chunk[:, :2, :, None] * critic.action_weight[:2]).sum((1, 2))
         torch.testing.assert_close(q[:, 1], critic.mlp(first + critic.prefix_emb[1]).squeeze(-1))
@@ -618,12 +641,20 @@ def test_image_language_policy_trains(tmp_path):
     "variant",
     [
         {"bon_refresh": 5},  # a resume at step 3 ranks with the saved choice and values of step 0
+        {"prefix_samples": 1},  # the drawn prefixes come from the restored RNG
         {"bon_refresh": 5, "bon_ranked_target": False, "cql_fraction": 1.0},  # targets scored every update
         {"actor": "distill"},
         {"head": "regression", "val_fraction": 0.0},
         {"critic": "transformer", "n_action_steps": 2, "flow_noise": 0.5},
     ],
-    ids=["best-of-n", "best-of-n-scored-target", "distill", "regression", "transformer-critic"],
+    ids=[
+        "best-of-n",
+        "prefix-samples",
+        "best-of-n-scored-target",
+        "distill",
+        "regression",
+        "transformer-critic",
+    ],
 )
 def test_resume_equals_uninterrupted(tmp_path, variant):
     store = chain_store(tmp_path)
@@ -894,6 +925,8 @@ def test_new_config_errors_name_the_values():
     assert CORFTConfig(head="regression").actor == "td3_bc" and CORFTConfig().actor == "best_of_n"
     with pytest.raises(ValueError, match=r"cql_fraction=0 must be in \(0, 1\]"):
         CORFTConfig(cql_fraction=0)
+    with pytest.raises(ValueError, match=r"prefix_samples=0 must be >= 1"):
+        CORFTConfig(prefix_samples=0)
 
 
 def test_relative_positions_come_from_store_names(tmp_path):
