@@ -5,9 +5,10 @@ Shapes: B windows, h actions per chunk, A action dimensions, C critics, n sample
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 
 def chunk_bc_loss(
@@ -140,7 +141,7 @@ def distill_actor_loss(
     return alpha * distill - q_pi.mean() / q_pi.abs().mean().detach().clamp_min(1e-6), distill.item()
 
 
-def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
-    """target <- target + tau (online - target), every parameter in one foreach kernel."""
+def soft_update(target: Sequence[torch.Tensor], online: Sequence[torch.Tensor], tau: float) -> None:
+    """target <- target + tau (online - target) for paired parameters, all in one foreach kernel."""
     with torch.no_grad():
-        torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), tau)
+        torch._foreach_lerp_(list(target), list(online), tau)

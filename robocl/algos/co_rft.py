@@ -230,6 +230,11 @@ class CORFT:
             self.policy_net.head.requires_grad_(False)
         if self.one_step is not None:
             self.actor_opt = torch.optim.Adam(self.one_step.parameters(), lr=cfg.actor_lr, fused=True)
+        # Polyak pairs, listed once (walking the modules for them every update took as long as the update
+        # itself); a frozen policy's target copy stays equal to it.
+        self._polyak = [(list(self.target_critics.parameters()), list(self.critics.parameters()))]
+        if any(p.requires_grad for p in self.policy_net.parameters()):
+            self._polyak.append((list(self.target_policy.parameters()), list(self.policy_net.parameters())))
         self.stage, self.step = "rl", 0
         self.spec.extra["stage"] = "rl"
         self._features = self._candidates = self._choice = self._choice_value = None
@@ -280,7 +285,7 @@ class CORFT:
         return {"loss": loss.item(), **parts, "grad_norm": grad_norm}
 
     def _rl_update(self, batch: Mapping[str, Any]) -> dict[str, float]:
-        cfg, net = self.config, self.policy_net
+        cfg = self.config
         is_pad = batch["action_is_pad"]
         B, h = is_pad.shape
         per_prefix = cfg.critic_loss == "prefix"
@@ -331,9 +336,8 @@ class CORFT:
             loss, self.critic_opt, params, max_grad_norm=cfg.rl_max_grad_norm,
             diagnose=lambda: f"stage-2 critic, update {self.step + 1}: {_non_finite(inputs)}",
         )  # fmt: skip
-        soft_update(self.target_critics, self.critics, cfg.tau)
-        if any(p.requires_grad for p in net.parameters()):  # a frozen policy's copy stays equal to it
-            soft_update(self.target_policy, net, cfg.tau)
+        for target, online in self._polyak:
+            soft_update(target, online, cfg.tau)
         metrics.update(self._actor_update(batch, feat.detach()))
         return metrics
 

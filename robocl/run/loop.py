@@ -128,10 +128,12 @@ def guarded_step(
     loss.backward()
     params = [p for p in params if p.grad is not None]
     dist.average_gradients(params)
+    # foreach: one kernel per step over all tensors; torch picks it only on GPUs by default, and on a CPU
+    # the per-tensor loop's overhead was ~a third of the clip's time for CO-RFT's 24 critic tensors.
     if max_grad_norm is None:  # the norm alone: clipping at inf would rescale every gradient by 1
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
     else:
-        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=True)
     if not torch.isfinite(norm):
         raise NonFiniteError(f"gradient norm is {norm.item()} (loss {loss.item():.6g})")
     optimizer.step()
