@@ -230,8 +230,8 @@ class CORFT:
             self.policy_net.head.requires_grad_(False)
         if self.one_step is not None:
             self.actor_opt = torch.optim.Adam(self.one_step.parameters(), lr=cfg.actor_lr, fused=True)
-        # Polyak pairs, listed once (walking the modules for them every update took as long as the update
-        # itself); a frozen policy's target copy stays equal to it.
+        # Polyak pairs, listed once: walking the modules for them took ~0.3 ms of an ~8 ms update on one CPU
+        # thread. A frozen policy's target copy stays equal to it.
         self._polyak = [(list(self.target_critics.parameters()), list(self.critics.parameters()))]
         if any(p.requires_grad for p in self.policy_net.parameters()):
             self._polyak.append((list(self.target_policy.parameters()), list(self.policy_net.parameters())))

@@ -162,7 +162,7 @@ class CORFTConfig:
     # against 244 successes of 250, pick-place seen).
     prefix_samples: int | None = 3
     n_critics: int = 2  # twin critics; targets take the minimum
-    # critic network: "mlp" = PrefixMLPCritic (causal by a cumulative first layer, LayerNorm; ~5x cheaper),
+    # critic network: "mlp" = PrefixMLPCritic (causal by a masked first layer, LayerNorm; ~5x cheaper),
     # "transformer" = T-SAC's causal transformer over [context, a_1..a_h] (ChunkCritic)
     critic: Literal["mlp", "transformer"] = "mlp"
     # Widths of the MLP critic. TD3+BC and Cal-QL use 256 x 2-3; on the benchmark's 60 demos (5 seeds, 250

@@ -1,11 +1,11 @@
 """A causal multi-horizon critic over action chunks built from MLPs (the default of CO-RFT's stage 2).
 
-Q^(j)(o, a_1..a_j) for every prefix j = 1..h in one pass. The first layer of an ordinary Q(s, a) MLP on the
-concatenation [feat, a_1, ..., a_j] is ``W_f feat + sum_{k<=j} W_k a_k``: so the per-step terms ``W_k a_k``
-are computed once, a cumulative sum over k gives every prefix's first-layer pre-activation, and the rest of
-the MLP is shared by the prefixes (with a learned embedding of j, since a short prefix is not a long one with
-zero actions). Output j therefore depends on a_1..a_j only, as in the transformer critic
-(:class:`robocl.nets.transformer.ChunkCritic`), at about a fifth of its arithmetic. LayerNorm after each
+Q^(j)(o, a_1..a_j) for any prefix j = 1..h: an ordinary Q(s, a) MLP on the concatenation [feat, a_1, ...,
+a_j], whose first layer ``W_f feat + sum_{k<=j} W_k a_k`` is one matmul of the chunk with its steps after
+j zeroed, and whose other layers are shared by the prefixes (with a learned embedding of j, since a short
+prefix is not a long one with zero actions). Output j therefore depends on a_1..a_j only, as in the
+transformer critic (:class:`robocl.nets.transformer.ChunkCritic`), at about a fifth of its arithmetic, and
+the TD loss can train a few drawn prefixes of each chunk without computing the others. LayerNorm after each
 hidden layer, as offline-to-online critics use it against over-estimation (Ball et al., RLPD, 2023).
 """
 
@@ -36,9 +36,8 @@ class PrefixMLPCritic(nn.Module):
         self.mlp = nn.Sequential(*layers)
 
     def forward(self, feat: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
-        per_step = torch.einsum("bka,kaw->bkw", chunk, self.action_weight)  # (B, h, W): W_k a_k
-        first = self.context(feat).unsqueeze(1) + per_step.cumsum(1) + self.prefix_emb
-        return self.mlp(first).squeeze(-1)
+        every = torch.arange(1, chunk.shape[1] + 1, device=chunk.device).expand(len(chunk), -1)
+        return self.q_prefix(feat, chunk, every)
 
     def q_chunk(self, feat: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
         """Q^(h) of whole chunks, ``forward(feat, chunk)[:, -1]`` without the other prefixes: (B, h, A) ->

@@ -258,9 +258,10 @@ def test_critics_are_causal_over_the_chunk(kind):
     torch.testing.assert_close(critic.q_prefix(feat, chunk, length), q[torch.arange(5), length - 1])
     lengths = torch.tensor([[4, 1, 3], [2, 1, 2], [3, 2, 1], [1, 4, 4], [4, 3, 2]])  # several per row
     torch.testing.assert_close(critic.q_prefix(feat, chunk, lengths), q.gather(1, lengths - 1))
-    if kind == "mlp":  # Q^(j) is an ordinary MLP on [feat, a_1..a_j]: check prefix 2 against one by hand
-        first = critic.context(feat) + (chunk[:, :2, :, None] * critic.action_weight[:2]).sum((1, 2))
-        torch.testing.assert_close(q[:, 1], critic.mlp(first + critic.prefix_emb[1]).squeeze(-1))
+    if kind == "mlp":  # Q^(j) is an ordinary MLP on [feat, a_1..a_j]: every prefix against one by hand
+        for j in range(1, 5):
+            first = critic.context(feat) + (chunk[:, :j, :, None] * critic.action_weight[:j]).sum((1, 2))
+            torch.testing.assert_close(q[:, j - 1], critic.mlp(first + critic.prefix_emb[j - 1]).squeeze(-1))
 
 
 def test_rewards_and_mc_returns_from_success_flags(tmp_path):
