@@ -158,12 +158,13 @@ class CORFTConfig:
     critic_loss: Literal["prefix", "full"] = "prefix"  # TD target for every prefix j, or only the whole chunk
     # "prefix": shorter prefixes trained per window besides the whole chunk, drawn without replacement and
     # weighted so the loss estimates the every-prefix loss without bias (chunk_losses.td_prefixes; the
-    # estimator cql_fraction also uses: a random part of a mean); None = all h - 1 of them. On the
-    # benchmark's 60 demos (5 seeds, 250 episodes per cell, co_rft_<task>_prefix_samples_pilot.json,
-    # 03e014c, MuJoCo 4.0.1) 3 scored pick-place 98% / 74% (seen / unseen) and push 91% / 85% against 98% /
-    # 77% and 92% / 82% with all 9 (IL 98% / 70%, 80% / 74%), at 8.6-8.8 instead of 12.5-13.2 ms per update
-    # (median; IL 3.4-3.6); 1 scored 96% / 78% and 90% / 83% at 7.1-7.5 ms, below IL at one cell (241
-    # against 244 successes of 250, pick-place seen).
+    # estimator cql_fraction also uses: a random part of a mean); None = all h - 1 of them, as is any
+    # k >= h - 1 (so `--prefix-samples 9` on the command line). On the benchmark's 60 demos (5 seeds, 250
+    # episodes per cell, co_rft_<task>_prefix_samples_pilot.json, 03e014c, MuJoCo 4.0.1) 3 scored
+    # pick-place 98% / 74% (seen / unseen) and push 91% / 85% against 98% / 77% and 92% / 82% with all 9
+    # (IL 98% / 70%, 80% / 74%), at 8.6-8.8 instead of 12.5-13.2 ms per update (median; IL 3.4-3.6); 1
+    # scored 96% / 78% and 90% / 83% at 7.1-7.5 ms, below IL at one cell (241 against 244 successes of 250,
+    # pick-place seen).
     prefix_samples: int | None = 3
     n_critics: int = 2  # twin critics; targets take the minimum
     # critic network: "mlp" = PrefixMLPCritic (causal by a masked first layer, LayerNorm; ~5x cheaper),
