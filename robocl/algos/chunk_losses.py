@@ -35,22 +35,28 @@ def chunk_bc_loss(
 
 
 def chunked_targets(
-    reward: torch.Tensor, is_pad: torch.Tensor, done: torch.Tensor, next_q: torch.Tensor, gamma: float
+    reward: torch.Tensor,
+    is_pad: torch.Tensor,
+    done: torch.Tensor,
+    next_q: torch.Tensor,
+    gamma: float,
+    length: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """TD targets y^(j) (B, h) of each prefix j = 1..h of a window.
+    """TD targets y^(j) of prefix lengths j (B, S), or of every j = 1..h (B, h) without ``length``.
 
-    y^(j) = sum_{k<j} gamma^k r_{t+k} + gamma^j (1 - done_j) next_q[:, j-1], with next_q[:, j-1] the
-    bootstrap value at o_{t+j}; only prefixes within the episode (j <= h_eff) are meant to be trained
-    (:func:`td_prefixes` picks among them), and only the one that reaches a terminal end (j = h_eff, done)
-    drops its bootstrap.
+    y^(j) = sum_{k<j} gamma^k r_{t+k} + gamma^j (1 - done_j) next_q^(j), with next_q^(j) (same shape as
+    the result) the bootstrap value at o_{t+j}; only prefixes within the episode (j <= h_eff) are meant to
+    be trained (:func:`td_prefixes` draws them), and only the one that reaches a terminal end (j = h_eff,
+    done) drops its bootstrap.
     """
-    h = reward.shape[1]
-    j = torch.arange(1, h + 1, device=reward.device)
-    discounts = gamma ** (j - 1).to(reward.dtype)
-    prefix_return = torch.cumsum(reward * discounts, dim=1)  # (B, h): R^(j) at index j-1
+    B, h = reward.shape
+    if length is None:
+        length = torch.arange(1, h + 1, device=reward.device).expand(B, h)
+    discounts = gamma ** torch.arange(h, device=reward.device).to(reward.dtype)
+    prefix_return = torch.cumsum(reward * discounts, dim=1).gather(1, length - 1)  # R^(j)
     h_eff = (~is_pad).sum(1, keepdim=True)  # (B, 1)
-    terminal = done.bool().unsqueeze(1) & (j == h_eff)
-    return prefix_return + (gamma**j).to(reward.dtype) * (~terminal).to(reward.dtype) * next_q
+    terminal = done.bool().unsqueeze(1) & (length == h_eff)
+    return prefix_return + (gamma**length).to(reward.dtype) * (~terminal).to(reward.dtype) * next_q
 
 
 def td_prefixes(

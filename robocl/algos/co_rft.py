@@ -293,13 +293,13 @@ class CORFT:
         if cfg.actor == "best_of_n":
             rank = self._choice is None or self._choice_value is None or self.step % cfg.bon_refresh == 0
             self._best_of_n_targets(batch["history_source"], rank=rank)
-        feat, tfeat, next_feat = self._rl_features(batch, per_prefix)
-        with torch.no_grad():
-            next_chunk, next_q = self._bootstrap(batch, tfeat, per_prefix)
-            next_q = next_q.view(B, h) if per_prefix else next_q[:, None].expand(B, h)
-            y = chunked_targets(batch["reward"], is_pad, batch["done"], next_q, cfg.gamma)
-            length, weight = td_prefixes(is_pad, cfg.prefix_samples if per_prefix else 0)  # (B, S)
-            y = y.gather(1, length - 1)
+        length, weight = td_prefixes(is_pad, cfg.prefix_samples if per_prefix else 0)  # (B, S)
+        feat, tfeat, next_feat = self._rl_features(batch, length)
+        with torch.no_grad():  # bootstrap the trained prefixes only: o_{t+j} for each drawn length j
+            next_chunk, next_q = self._bootstrap(batch, tfeat, length)
+            y = chunked_targets(
+                batch["reward"], is_pad, batch["done"], next_q.view(B, -1), cfg.gamma, length
+            )  # (B, S)
         q = torch.stack([c.q_prefix(feat, data_chunk, length) for c in self.critics])  # (C, B, S)
         q_data = q[..., 0]  # (C, B) Q of the logged chunk, Q^(h_eff)
         td = critic_td_loss(q, y, weight)
@@ -376,23 +376,24 @@ class CORFT:
             return {"actor_loss": actor_loss.item(), "distill": distill, "q_actor": q_pi.mean().item()}
         return {}
 
-    def _boot_ids(self, batch: Mapping[str, Any], per_prefix: bool) -> torch.Tensor:
-        """History ids of the bootstrap observations: o_{t+j} for every prefix (B*h,), or o_{t+h_eff} (B,)."""
-        boot = batch["boot_id"]  # (B, h)
-        if per_prefix:
-            return boot.flatten()
-        h_eff = (~batch["action_is_pad"]).sum(1)
-        return boot[torch.arange(len(boot), device=self.device), h_eff - 1]
+    @staticmethod
+    def _boot_ids(batch: Mapping[str, Any], length: torch.Tensor | None = None) -> torch.Tensor:
+        """History ids of the bootstrap observations o_{t+j} of prefix lengths j (B, S) -> (B*S,); without
+        ``length``, of the whole chunk, o_{t+h_eff} (B,)."""
+        if length is None:
+            length = (~batch["action_is_pad"]).sum(1, keepdim=True)
+        return batch["boot_id"].gather(1, length - 1).flatten()
 
     def _bootstrap(
-        self, batch: Mapping[str, Any], tfeat: torch.Tensor, per_prefix: bool
+        self, batch: Mapping[str, Any], tfeat: torch.Tensor, length: torch.Tensor
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """A' at every bootstrap observation (rows of ``tfeat``), the policy's next chunk, and its value
-        min_c Q_targ(o', A'); with ``bon_ranked_target`` the value of the latest ranking and no chunk."""
+        """A' at the bootstrap observation of each prefix length (B, S) (rows of ``tfeat``), the policy's
+        next chunk, and its value min_c Q_targ(o', A') (B*S,); with ``bon_ranked_target`` the value of the
+        latest ranking and no chunk."""
         cfg = self.config
         if cfg.actor == "best_of_n":
             assert self._candidates is not None and self._choice is not None
-            ids = self._boot_ids(batch, per_prefix)
+            ids = self._boot_ids(batch, length)
             if cfg.bon_ranked_target:
                 assert self._choice_value is not None
                 return None, self._choice_value[ids]
@@ -417,7 +418,7 @@ class CORFT:
         cfg, B, a = self.config, len(feat), self.spec.action_dim
         if cfg.actor == "best_of_n":
             assert self._candidates is not None
-            ids = torch.stack([batch["history_id"], self._boot_ids(batch, per_prefix=False)], 1)  # (B, 2)
+            ids = torch.stack([batch["history_id"], self._boot_ids(batch)], 1)  # (B, 2)
             pick = torch.randint(cfg.n_candidates, (B, 2, n), device=self.device)
             return self._candidates[ids[..., None], pick].flatten(1, 2)
         if cfg.actor == "distill":
@@ -429,22 +430,25 @@ class CORFT:
         return (chunks + torch.randn_like(chunks) * cfg.cql_sample_noise).clamp(-1, 1)
 
     def _rl_features(
-        self, batch: Mapping[str, Any], per_prefix: bool
+        self, batch: Mapping[str, Any], length: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Trunk features of o_t (B, d), of the bootstrap histories (B*h, d) or (B, d) with ``per_prefix``
-        off, and of o_{t+h_eff} (B, d) for the CQL samples at the next state. Only the first carries
+        """Trunk features of o_t (B, d), of the bootstrap histories o_{t+j} of the prefix lengths j (B, S)
+        (B*S, d), and of o_{t+h_eff} (B, d) for the CQL samples at the next state. Only the first carries
         gradients, and only when stage 2 trains the trunk."""
         if "history_id" in batch:  # a frozen trunk: features looked up, computed once per history
             table = self._history_features(batch["history_source"])
-            next_feat = table[self._boot_ids(batch, per_prefix=False)]
-            return table[batch["history_id"]], table[self._boot_ids(batch, per_prefix)], next_feat
+            next_feat = table[self._boot_ids(batch)]
+            return table[batch["history_id"]], table[self._boot_ids(batch, length)], next_feat
         net, lang = self.policy_net, self.policy_net.lang_of(batch)
         with torch.no_grad():
-            if per_prefix:  # bootstrap every prefix j from o_{t+j}: the trunk once per distinct history
-                unique, h = batch["prefix_unique"], batch["boot_id"].shape[1]
+            if "prefix_obs" in batch:  # every prefix's o_{t+j}: the trunk once per distinct history needed
+                B, h = batch["boot_id"].shape
+                rows = (torch.arange(B, device=self.device)[:, None] * h + length - 1).flatten()  # of B*h
+                unique, inverse = torch.unique(batch["prefix_unique"][batch["prefix_inverse"][rows]],
+                                               return_inverse=True)  # fmt: skip
                 boot = {k: v.flatten(0, 1)[unique] for k, v in batch["prefix_obs"].items()}
                 boot_lang = None if lang is None else lang[unique // h]
-                tfeat = self.target_policy.features(boot, boot_lang)[batch["prefix_inverse"]]
+                tfeat = self.target_policy.features(boot, boot_lang)[inverse]
             else:
                 tfeat = self.target_policy.features(batch["next_obs"], lang)
             next_feat = net.features(batch["next_obs"], lang)

@@ -109,6 +109,12 @@ def test_chunked_targets_equal_brute_force(tmp_path, h):
     plain = WindowSampler(store, n_obs=2, horizon=h, gamma=GAMMA, seed=0).get_batch(
         np.arange(len(rl.sampler))
     )
+    drawn, _ = td_prefixes(is_pad, 2, torch.Generator().manual_seed(0))  # targets of drawn lengths only
+    at_drawn = chunked_targets(
+        torch.as_tensor(batch["reward"]), is_pad, torch.as_tensor(batch["done"]), value.gather(1, drawn - 1),
+        GAMMA, drawn,
+    )  # fmt: skip
+    torch.testing.assert_close(at_drawn, y.gather(1, drawn - 1))
     h_eff, _ = td_prefixes(is_pad, 0)  # (B, 1): the whole-chunk backup's one prefix
     y_full = y.gather(1, h_eff - 1)[:, 0]
     boot = plain["next_obs"]["observation.state"][:, -1, 0]
