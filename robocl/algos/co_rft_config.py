@@ -132,13 +132,20 @@ class CORFTConfig:
     # updates) that lifted push from 20/28% (seen/unseen) to 58/68% but cut pick-place from 90/62% to
     # 50/30%: the critic's errors grow away from the mode, and the argmax of 32 finds them. 8 proposals at
     # 0.25/0.5 gave 50/70% and 80/52%; 32 at 0.25/0.5 40/62% and 74/54%; 32 at 0.1/0.25 30/42% and 86/60%.
-    # At today's defaults (60 demos, 5 seeds, 250 episodes per cell, co_rft_<task>_candidates_pilot.json,
-    # 4b17f6e) 32 proposals were faster and summed more successes (pick-place 97% / 75%, 3.71 s; push 95% /
-    # 88%, 5.94 s) than 8 (98% / 74%, 3.79 s; 91% / 85%, 6.58 s), but fell one success below IL's 244 of
-    # 250 at pick-place's seen positions, and re-ranking 4x the proposals raised the mean update 16-36%.
-    n_candidates: int = 8
+    # At 4b17f6e's defaults (60 demos, 5 seeds, 250 episodes per cell, co_rft_<task>_candidates_pilot.json)
+    # 32 proposals were faster and summed more successes (pick-place 97% / 75%, 3.71 s; push 95% / 88%,
+    # 5.94 s) than 8 (98% / 74%, 3.79 s; 91% / 85%, 6.58 s), but fell one success below IL's 244 of 250 at
+    # pick-place's seen positions, and re-ranking 4x the proposals every 50 updates raised the mean update
+    # 16-36%. Re-ranking them every 200 (bon_refresh, below) costs what 8 every 50 did.
+    n_candidates: int = 32
     candidate_noise: tuple[float, ...] = (0.25, 0.5)
-    bon_refresh: int = 50  # best-of-N: updates between re-ranking every history's candidates (target)
+    # best-of-N: updates between re-ranking every history's candidates (the target). With 32 proposals, 200
+    # (co_rft_<task>_refresh_pilot.json, 419dd85, same benchmark) scored pick-place 98% / 76% (3.71 s) and
+    # push 93% / 86% (5.65 s) against 8 proposals every 50 at 98% / 74% (3.79 s) and 91% / 85% (6.58 s), IL
+    # 98% / 70% and 80% / 74%: at or above IL at all four cells, at the same mean update (9.7-10.0 ms). 8
+    # every 200 scored 98% / 76% and 93% / 82%. The slower refresh leaves push's critic validating a little
+    # worse (val_q_spread 0.31 against 0.44, mean |Q - MC| 6.8 against 5.8 steps).
+    bon_refresh: int = 200
     # Best-of-N: bootstrap from the value the latest ranking gave each history's chosen chunk, min_c Q_targ,
     # held until the next ranking (DQN's hard target period, here bon_refresh updates, on top of the Polyak
     # copies), instead of scoring the chosen chunks of the B x h bootstrap prefixes under the target critics

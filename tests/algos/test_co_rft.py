@@ -885,7 +885,9 @@ def test_stage_two_lifts_a_policy_over_its_imitation_on_an_easy_task(tmp_path, a
 def test_validation_scores_the_critic_on_held_out_episodes(tmp_path):
     store = chain_store(tmp_path)
     add_scalar_episode(store, [[0.0]] * 30, [[-1.0]] * 30, [False] * 30, 0.0)  # stays put: cut at 30 steps
-    cfg = CORFTConfig(state_keys=("observation.state",), horizon=2, n_obs=1, gripper=False, **TINY)
+    cfg = CORFTConfig(  # the target re-ranked every 50 of the 150 updates (the default 200 would never)
+        state_keys=("observation.state",), horizon=2, n_obs=1, gripper=False, bon_refresh=50, **TINY
+    )
     algo = CORFT.from_store(cfg, store)
     train, val = algo.split(store)
     assert len(val.episode_indices) == 6 and not set(val.episode_indices) & set(train.episode_indices)
