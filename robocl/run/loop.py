@@ -129,7 +129,8 @@ def guarded_step(
     params = [p for p in params if p.grad is not None]
     dist.average_gradients(params)
     # foreach: one kernel per step over all tensors; torch picks it only on GPUs by default, and on a CPU
-    # the per-tensor loop's overhead was ~a third of the clip's time for CO-RFT's 24 critic tensors.
+    # one foreach pass took ~30% less time than the per-tensor loop for CO-RFT's 24 critic tensors (0.25
+    # against 0.36 ms, a micro-benchmark on a loaded 2-core machine).
     if max_grad_norm is None:  # the norm alone: clipping at inf would rescale every gradient by 1
         norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
     else:
