@@ -239,9 +239,10 @@ class CORFT:
         self.spec.extra["stage"] = "rl"
         self._features = self._candidates = self._choice = self._choice_value = None
 
-    def _best_of_n(self) -> BestOfN:
+    def _best_of_n(self, score_steps: int | None = None) -> BestOfN:
+        """Best-of-N over the online critics, scoring Q^(h) or Q^(score_steps)."""
         cfg = self.config
-        return BestOfN(self.policy_net, self.critics, cfg.n_candidates, cfg.candidate_noise)
+        return BestOfN(self.policy_net, self.critics, cfg.n_candidates, cfg.candidate_noise, score_steps)
 
     def _one_step(self, noise_scale: float = 1.0) -> OneStep:
         assert self.one_step is not None, "only the distill actor has a one-step policy"
@@ -664,7 +665,10 @@ class CORFT:
         if spec.extra["stage"] == "rl" and config.actor == "best_of_n":
             critics = nn.ModuleList(_critic(config, spec, net.feat_dim) for _ in range(config.n_critics))
             critics.load_state_dict(_strip(ckpt.tensors, "critic."))
-            choose = BestOfN(net, critics.to(device).eval(), config.n_candidates, config.candidate_noise)
+            choose = BestOfN(
+                net, critics.to(device).eval(), config.n_candidates, config.candidate_noise,
+                _score_steps(config, config.n_action_steps or 0, config.ensemble_coef),
+            )  # fmt: skip
         elif spec.extra["stage"] == "rl" and config.actor == "distill":
             actor = OneStepActor(net.feat_dim, config.horizon, spec.action_dim, config.head_hidden)
             actor.load_state_dict(_strip(ckpt.tensors, "actor."))
@@ -684,13 +688,15 @@ class CORFT:
         distilled actor or the TD3+BC head), executed as the config says unless overridden here."""
         cfg = self.config
         noise = cfg.flow_noise if flow_noise is None else flow_noise
-        choose: ChunkChooser = FlowChooser(self.policy_net, noise)
-        if self.stage == "rl" and cfg.actor == "best_of_n":
-            choose = self._best_of_n()
-        elif self.stage == "rl" and cfg.actor == "distill":
-            choose = self._one_step(noise)
         if ensemble_coef and n_action_steps is None:  # temporal ensembling predicts every step
             n_action_steps = 1
+        choose: ChunkChooser = FlowChooser(self.policy_net, noise)
+        if self.stage == "rl" and cfg.actor == "best_of_n":
+            executed = cfg.n_action_steps if n_action_steps is None else n_action_steps
+            ensembling = cfg.ensemble_coef if ensemble_coef is None else ensemble_coef
+            choose = self._best_of_n(_score_steps(cfg, executed or 0, ensembling))
+        elif self.stage == "rl" and cfg.actor == "distill":
+            choose = self._one_step(noise)
         execution = {"n_action_steps": n_action_steps, "ensemble_coef": ensemble_coef}
         return _policy(self.policy_net, self.device, self._language, choose, cfg, **execution)
 
@@ -714,6 +720,13 @@ def _policy(
         ensemble_coef=config.ensemble_coef if ensemble_coef is None else ensemble_coef,
         seed=config.seed,
     )
+
+
+def _score_steps(config: CORFTConfig, n_action_steps: int, ensemble_coef: float) -> int | None:
+    """The prefix best-of-N scores when acting: with ``rank_executed``, the ``n_action_steps`` executed per
+    choice; None (Q^(h)) without it, for whole chunks (0) and under temporal ensembling (which executes an
+    average of several chunks' actions)."""
+    return n_action_steps or None if config.rank_executed and not ensemble_coef else None
 
 
 def _non_finite(tensors: Mapping[str, torch.Tensor | None]) -> str:

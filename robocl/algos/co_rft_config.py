@@ -146,6 +146,11 @@ class CORFTConfig:
     # every 200 scored 98% / 76% and 93% / 82%. The slower refresh leaves push's critic validating a little
     # worse (val_q_spread 0.31 against 0.44, mean |Q - MC| 6.8 against 5.8 steps).
     bon_refresh: int = 200
+    # Best-of-N when acting: score the proposals by Q^(k) of the k actions executed before the next choice
+    # (n_action_steps; Q^(k) = r_1..k + gamma^k V(o_{t+k}), the critic's value of executing k and choosing
+    # again, the policy-improvement step of receding-horizon execution) instead of Q^(h) of the whole chunk
+    # (QC, which executes whole chunks). The training target ranks by Q^(h) either way.
+    rank_executed: bool = False
     # Best-of-N: bootstrap from the value the latest ranking gave each history's chosen chunk, min_c Q_targ,
     # held until the next ranking (DQN's hard target period, here bon_refresh updates, on top of the Polyak
     # copies), instead of scoring the chosen chunks of the B x h bootstrap prefixes under the target critics

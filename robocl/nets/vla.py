@@ -247,10 +247,22 @@ def candidate_scales(n: int, noise: Sequence[float]) -> torch.Tensor:
 
 class BestOfN:
     """Best-of-N acting (QC): the flow proposes ``n`` chunks per row (:func:`candidate_scales`) and the one
-    with the highest Q^(h), averaged over the critics, is executed."""
+    with the highest Q^(h), averaged over the critics, is executed; with ``score_steps`` = k < h, the one
+    with the highest Q^(k) of its first k actions (for a policy that executes k and then chooses again)."""
 
-    def __init__(self, net: VLAPolicyNet, critics: nn.ModuleList, n: int, noise: Sequence[float]) -> None:
+    def __init__(
+        self,
+        net: VLAPolicyNet,
+        critics: nn.ModuleList,
+        n: int,
+        noise: Sequence[float],
+        score_steps: int | None = None,
+    ) -> None:
         self.net, self.critics, self.n, self.noise = net, critics, n, tuple(noise)
+        horizon = net.config.horizon
+        if score_steps is not None and not 1 <= score_steps <= horizon:
+            raise ValueError(f"score_steps={score_steps} must be in [1, horizon={horizon}]")
+        self.score_steps = None if score_steps == horizon else score_steps
 
     def propose(self, feat: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """(B, d) features -> (B, N, h, A) normalised candidate chunks."""
@@ -262,10 +274,18 @@ class BestOfN:
         )
         return chunks.view(len(feat), self.n, cfg.horizon, a)
 
+    def score(self, feat: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """(B, d) features, (B, N, h, A) candidates -> (B, N) Q^(h), or Q^(score_steps), critic mean."""
+        if self.score_steps is None:
+            return torch.stack([c.q_chunk(feat, candidates) for c in self.critics]).mean(0)
+        B, N = candidates.shape[:2]
+        rows, chunks = feat.repeat_interleave(N, 0), candidates.flatten(0, 1)
+        length = torch.full((B * N,), self.score_steps, device=feat.device)
+        return torch.stack([c.q_prefix(rows, chunks, length) for c in self.critics]).mean(0).view(B, N)
+
     def __call__(self, feat: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         candidates = self.propose(feat, generator)
-        q = torch.stack([c.q_chunk(feat, candidates) for c in self.critics]).mean(0)  # (B, N)
-        return candidates[torch.arange(len(feat)), q.argmax(1)]
+        return candidates[torch.arange(len(feat)), self.score(feat, candidates).argmax(1)]
 
 
 class OneStep:
