@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import gymnasium as gym
@@ -22,7 +23,7 @@ from robocl.algos.chunk_losses import (
 )
 from robocl.algos.co_rft import CORFT
 from robocl.algos.co_rft_config import CORFTConfig
-from robocl.checkpoint import load_checkpoint
+from robocl.checkpoint import load_checkpoint, save_checkpoint
 from robocl.nets.vla import BestOfN, VLAPolicyNet, candidate_scales
 from robocl.run.layout import RunDir
 from robocl.run.loop import LoopConfig, NonFiniteError, fit, to_torch
@@ -764,10 +765,15 @@ def test_a_non_finite_stage_two_loss_names_its_source(tmp_path):
 
 
 class HandCritic(torch.nn.Module):
-    """Q(o, A) = -||A - 0.3||^2: the chunk nearest 0.3 everywhere is the best."""
+    """Q(o, A) = -||A - 0.3||^2: the chunk nearest 0.3 everywhere is the best; Q^(j) of a prefix
+    = -||a_1..a_j + 0.3||^2, so the best prefix lies elsewhere."""
 
     def q_chunk(self, feat: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
         return -((chunk - 0.3) ** 2).sum((-2, -1))  # (B, h, A) -> (B,), (B, N, h, A) -> (B, N)
+
+    def q_prefix(self, feat: torch.Tensor, chunk: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        kept = torch.arange(chunk.shape[1]) < length[:, None]  # (B, h)
+        return -(((chunk + 0.3) ** 2).sum(-1) * kept).sum(-1)
 
 
 def test_best_of_n_executes_the_argmax_under_the_critic(tmp_path):
@@ -783,6 +789,37 @@ def test_best_of_n_executes_the_argmax_under_the_critic(tmp_path):
     best = (-((candidates - 0.3) ** 2).sum((2, 3))).argmax(1)
     torch.testing.assert_close(chosen, candidates[torch.arange(4), best])
     assert candidate_scales(6, (0.5, 1.0)).tolist() == [0.0, 0.5, 1.0, 0.5, 1.0, 0.5]
+    # Scoring the 2 actions executed per choice: the argmax of Q^(2) of each candidate's first two actions.
+    choose = BestOfN(net, torch.nn.ModuleList([HandCritic()]), 8, (0.5, 1.0), score_steps=2)
+    with torch.no_grad():
+        chosen = choose(feat, torch.Generator().manual_seed(3))
+    best = (-((candidates[:, :, :2] + 0.3) ** 2).sum((2, 3))).argmax(1)
+    torch.testing.assert_close(chosen, candidates[torch.arange(4), best])
+    assert BestOfN(net, torch.nn.ModuleList([HandCritic()]), 8, (0.5,), score_steps=3).score_steps is None
+    with pytest.raises(ValueError, match=r"score_steps=4 must be in \[1, horizon=3\]"):
+        BestOfN(net, torch.nn.ModuleList([HandCritic()]), 8, (0.5,), score_steps=4)
+
+
+def test_rank_executed_scores_the_executed_prefix(tmp_path):
+    """rank_executed: best-of-N acts on Q^(n_action_steps); whole chunks and temporal ensembling keep
+    Q^(h); a checkpoint's policy scores as the algorithm's does."""
+    store = hand_store(tmp_path)
+    keys = {"state_keys": ("observation.state",), "gripper": False}
+    cfg = CORFTConfig(horizon=4, n_action_steps=2, rank_executed=True, **keys, **TINY)
+    algo = CORFT.from_store(cfg, store)
+    algo.start_rl()
+    assert algo.policy().choose.score_steps == 2
+    assert algo.policy(n_action_steps=3).choose.score_steps == 3
+    assert algo.policy(n_action_steps=0).choose.score_steps is None
+    assert algo.policy(ensemble_coef=0.01).choose.score_steps is None
+    config, spec = dataclasses.asdict(cfg), dataclasses.asdict(algo.spec)
+    path = save_checkpoint(
+        tmp_path / "ckpt", method="co-rft", config=config, spec=spec, tensors=algo.state_dict()["model"],
+        step=0, seed=0,
+    )  # fmt: skip
+    assert CORFT.policy_from_checkpoint(load_checkpoint(path)).choose.score_steps == 2
+    cfg.rank_executed = False
+    assert algo.policy().choose.score_steps is None
 
 
 def stage_two_metrics(store, cfg, n_updates: int) -> list[dict[str, float]]:
