@@ -42,21 +42,37 @@ class PrefixMLPCritic(nn.Module):
     def q_chunk(self, feat: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
         """Q^(h) of whole chunks, ``forward(feat, chunk)[:, -1]`` without the other prefixes: (B, h, A) ->
         (B,), or N chunks per context (B, N, h, A) -> (B, N) with the context's layer computed once."""
-        context = self.context(feat)
-        if chunk.dim() == 4:
-            context = context.unsqueeze(1)
-        h, a, width = self.action_weight.shape
-        steps = chunk.flatten(-2) @ self.action_weight.view(h * a, width)
-        return self.mlp(context + steps + self.prefix_emb[-1]).squeeze(-1)
+        return self.mlp(self._first_layer(feat, chunk, None)).squeeze(-1)
 
     def q_prefix(self, feat: torch.Tensor, chunk: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
         """Q^(length) of each row's first ``length`` actions, ``forward(...)[b, length - 1]`` without the
         other prefixes: one length per row (B,) -> (B,), or S per row (B, S) -> (B, S), each an ordinary MLP
         on [feat, a_1..a_length] (CO-RFT's TD loss: :func:`robocl.algos.chunk_losses.td_prefixes`)."""
+        return self.mlp(self._first_layer(feat, chunk, length)).squeeze(-1)
+
+    def q_many(self, *queries: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]) -> list[torch.Tensor]:
+        """Several queries (feat, chunk, length): ``q_prefix``, or ``q_chunk`` where length is None, with
+        their rows through the shared layers in one pass (CO-RFT's TD and conservative terms): one kernel per
+        layer, forward and backward, instead of one per query, ~10% of a stage-2 critic update on a CPU."""
+        first = [self._first_layer(*query) for query in queries]
+        out = self.mlp(torch.cat([x.reshape(-1, x.shape[-1]) for x in first])).squeeze(-1)
+        sizes = [x[..., 0].numel() for x in first]
+        return [q.view(x.shape[:-1]) for q, x in zip(out.split(sizes), first, strict=True)]
+
+    def _first_layer(
+        self, feat: torch.Tensor, chunk: torch.Tensor, length: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The first hidden layer before its LayerNorm, W_f feat + sum_{k <= j} W_k a_k + e_j: (..., width)
+        for the rows of q_prefix (``length``) or q_chunk (None: j = h)."""
         h, a, width = self.action_weight.shape
+        context = self.context(feat)
+        if length is None:
+            if chunk.dim() == 4:
+                context = context.unsqueeze(1)
+            return context + chunk.flatten(-2) @ self.action_weight.view(h * a, width) + self.prefix_emb[-1]
         kept = torch.arange(h, device=chunk.device) < length.unsqueeze(-1)  # (B, [S,] h)
         if length.dim() == 2:
             chunk = chunk.unsqueeze(1)
         steps = (chunk * kept.unsqueeze(-1)).flatten(-2) @ self.action_weight.view(h * a, width)
-        context = self.context(feat).view(len(feat), *(1,) * (length.dim() - 1), width)
-        return self.mlp(context + steps + self.prefix_emb[length - 1]).squeeze(-1)
+        context = context.view(len(feat), *(1,) * (length.dim() - 1), width)
+        return context + steps + self.prefix_emb[length - 1]

@@ -172,3 +172,7 @@ class ChunkCritic(nn.Module):
         """Q^(length): ``forward(...)[b, length - 1]`` for one length per row (B,) -> (B,) or S per row
         (B, S) -> (B, S) (the encoder computes every prefix anyway)."""
         return self(feat, chunk).gather(1, (length - 1).view(len(length), -1)).view(length.shape)
+
+    def q_many(self, *queries: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]) -> list[torch.Tensor]:
+        """``q_prefix`` (or ``q_chunk`` where length is None) of each (feat, chunk, length) query in turn."""
+        return [self.q_chunk(f, c) if n is None else self.q_prefix(f, c, n) for f, c, n in queries]

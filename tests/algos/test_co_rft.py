@@ -265,6 +265,10 @@ def test_critics_are_causal_over_the_chunk(kind):
     torch.testing.assert_close(critic.q_prefix(feat, chunk, length), q[torch.arange(5), length - 1])
     lengths = torch.tensor([[4, 1, 3], [2, 1, 2], [3, 2, 1], [1, 4, 4], [4, 3, 2]])  # several per row
     torch.testing.assert_close(critic.q_prefix(feat, chunk, lengths), q.gather(1, lengths - 1))
+    # Both kinds of query at once (the TD and conservative terms through one pass of the shared layers).
+    prefixes, chunks = critic.q_many((feat, chunk, lengths), (feat[:2], many[:2], None))
+    torch.testing.assert_close(prefixes, q.gather(1, lengths - 1))
+    torch.testing.assert_close(chunks, rows[:2], rtol=1e-5, atol=1e-5)
     if kind == "mlp":  # Q^(j) is an ordinary MLP on [feat, a_1..a_j]: every prefix against one by hand
         for j in range(1, 5):
             first = critic.context(feat) + (chunk[:, :j, :, None] * critic.action_weight[:j]).sum((1, 2))
