@@ -15,10 +15,11 @@ For each demo count (scripted mixed-quality demos of ``--task``, collection seed
 - ``co-rft`` (best-of-N chunk selection, the default), ``co-rft distill`` (FQL's one-step actor) and
   ``co-rft regression`` (TD3+BC): stage 2 from the matching IL policy, ``--rl-updates`` updates on all but
   the held-out episodes;
-- ``il whole chunk`` / ``il ensemble``: the flow IL policy executing all 10 actions of a chunk open loop /
-  ACT's temporal ensembling, and ``<variant> whole chunk`` for every stage-2 policy, beside the default of 5
-  of 10; ``il sigma S`` (S = 0, 0.25, 0.5, 1): the flow IL policy sampled from x_0 ~ N(0, S^2 I) (how
-  chunks are drawn and executed, measured rather than assumed).
+- ``il whole chunk`` / ``il 3 per chunk`` / ``il ensemble``: the flow IL policy executing all 10 actions of
+  a chunk open loop / 3 of 10 / ACT's temporal ensembling, and ``<variant> whole chunk`` for every stage-2
+  policy, beside the defaults (IL 5 of 10, stage 2 ``rl_n_action_steps``); ``il sigma S`` (S = 0, 0.25,
+  0.5, 1): the flow IL policy sampled from x_0 ~ N(0, S^2 I) (how chunks are drawn and executed, measured
+  rather than assumed).
 
 Each is evaluated on seen and unseen object positions (success with a Wilson 95% interval over the episodes
 of all seeds pooled, cycle time of the successes). The JSON also holds ms per update of every phase, the
@@ -84,6 +85,7 @@ RL_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 # ensembling, and the noise scale sigma of x_0 ~ N(0, sigma^2 I) at inference (flow heads only).
 EXECUTIONS: dict[str, dict[str, Any]] = {
     "il whole chunk": {"n_action_steps": 0},
+    "il 3 per chunk": {"n_action_steps": 3},
     "il ensemble": {"ensemble_coef": 0.01},
     **{f"il sigma {sigma:g}": {"flow_noise": sigma} for sigma in (0.0, 0.25, 0.5, 1.0)},
 }
