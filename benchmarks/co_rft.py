@@ -17,9 +17,8 @@ For each demo count (scripted mixed-quality demos of ``--task``, collection seed
   the held-out episodes;
 - ``il whole chunk`` / ``il 3 per chunk`` / ``il ensemble``: the flow IL policy executing all 10 actions of
   a chunk open loop / 3 of 10 / ACT's temporal ensembling, and ``<variant> whole chunk`` for every stage-2
-  policy, beside the defaults (IL 5 of 10, stage 2 ``rl_n_action_steps``); ``il sigma S`` (S = 0, 0.25,
-  0.5, 1): the flow IL policy sampled from x_0 ~ N(0, S^2 I) (how chunks are drawn and executed, measured
-  rather than assumed).
+  policy, beside the default of 5 of 10; ``il sigma S`` (S = 0, 0.25, 0.5, 1): the flow IL policy sampled
+  from x_0 ~ N(0, S^2 I) (how chunks are drawn and executed, measured rather than assumed).
 
 Each is evaluated on seen and unseen object positions (success with a Wilson 95% interval over the episodes
 of all seeds pooled, cycle time of the successes). The JSON also holds ms per update of every phase, the

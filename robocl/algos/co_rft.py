@@ -677,7 +677,7 @@ class CORFT:
             critics.load_state_dict(_strip(ckpt.tensors, "critic."))
             choose = BestOfN(
                 net, critics.to(device).eval(), config.n_candidates, config.candidate_noise,
-                _score_steps(config, config.action_steps("rl"), config.ensemble_coef),
+                _score_steps(config, config.n_action_steps or 0, config.ensemble_coef),
             )  # fmt: skip
         elif spec.extra["stage"] == "rl" and config.actor == "distill":
             actor = OneStepActor(net.feat_dim, config.horizon, spec.action_dim, config.head_hidden)
@@ -685,7 +685,7 @@ class CORFT:
             choose = OneStep(
                 actor.to(device), config.horizon, spec.action_dim, config.gripper, config.flow_noise
             )
-        return _policy(net, torch.device(device), None, choose, config, spec.extra["stage"])
+        return _policy(net, torch.device(device), None, choose, config)
 
     def policy(
         self,
@@ -702,13 +702,13 @@ class CORFT:
             n_action_steps = 1
         choose: ChunkChooser = FlowChooser(self.policy_net, noise)
         if self.stage == "rl" and cfg.actor == "best_of_n":
-            executed = cfg.action_steps("rl") if n_action_steps is None else n_action_steps
+            executed = cfg.n_action_steps if n_action_steps is None else n_action_steps
             ensembling = cfg.ensemble_coef if ensemble_coef is None else ensemble_coef
             choose = self._best_of_n(_score_steps(cfg, executed or 0, ensembling))
         elif self.stage == "rl" and cfg.actor == "distill":
             choose = self._one_step(noise)
         execution = {"n_action_steps": n_action_steps, "ensemble_coef": ensemble_coef}
-        return _policy(self.policy_net, self.device, self._language, choose, cfg, self.stage, **execution)
+        return _policy(self.policy_net, self.device, self._language, choose, cfg, **execution)
 
 
 def _policy(
@@ -717,7 +717,6 @@ def _policy(
     language: LanguageEncoder | None,
     choose: ChunkChooser,
     config: CORFTConfig,
-    stage: str,
     *,
     n_action_steps: int | None = None,
     ensemble_coef: float | None = None,
@@ -727,7 +726,7 @@ def _policy(
         device,
         language,
         choose=choose,
-        n_action_steps=config.action_steps(stage) if n_action_steps is None else n_action_steps,
+        n_action_steps=config.n_action_steps if n_action_steps is None else n_action_steps,
         ensemble_coef=config.ensemble_coef if ensemble_coef is None else ensemble_coef,
         seed=config.seed,
     )

@@ -103,9 +103,6 @@ class CORFTConfig:
     # pick-and-place (89% / 55% -> 90% / 71%) and fell at seen push positions (85% / 63% -> 70% / 63%).
     # Executing 1 or 2 of 10 fell to 24% / 10% and 46% / 18% (IL pilots, pick-and-place, 3k updates).
     n_action_steps: int | None = None
-    # Actions the stage-2 policy executes per chunk; None = n_action_steps. Best-of-N chooses among its
-    # proposals at every prediction, so predicting more often gives the critic more choices.
-    rl_n_action_steps: int | None = None
     ensemble_coef: float = 0.0  # temporal ensembling weight m (ACT: 0.01), a chunk every step; 0 = off
     # Noise scale sigma of x_0 ~ N(0, sigma^2 I) when acting (the flow IL policy; the distilled actor's z);
     # 0 = deterministic, the flow's mode; the policy is seeded, so runs repeat either way. IL pilots on the
@@ -232,13 +229,6 @@ class CORFTConfig:
     target_noise_clip: float = 0.5  # TD3+BC: clip of that noise
     seed: int = 0  # network initialisation (both stages), the samplers' streams and the acting noise
 
-    def action_steps(self, stage: str) -> int:
-        """Actions executed per chunk by the policy of ``stage`` ("il" or "rl"; 0 = the whole chunk)."""
-        if stage == "rl" and self.rl_n_action_steps is not None:
-            return self.rl_n_action_steps
-        assert self.n_action_steps is not None  # resolved in __post_init__
-        return self.n_action_steps
-
     def __post_init__(self) -> None:
         self.image_keys = tuple(self.image_keys)
         if self.state_keys is not None:
@@ -253,15 +243,8 @@ class CORFTConfig:
             )
         if self.n_action_steps is None:  # half the chunk; temporal ensembling predicts every step
             self.n_action_steps = 1 if self.ensemble_coef else -(-self.horizon // 2)
-        for name in ("n_action_steps", "rl_n_action_steps"):
-            steps = getattr(self, name)
-            if steps is not None and not 0 <= steps <= self.horizon:
-                raise ValueError(f"{name}={steps} must be in [0, horizon={self.horizon}]")
-        if self.ensemble_coef and self.rl_n_action_steps not in (None, 0, 1):
-            raise ValueError(
-                f"rl_n_action_steps={self.rl_n_action_steps}: temporal ensembling (ensemble_coef="
-                f"{self.ensemble_coef}) predicts every step"
-            )
+        if not 0 <= self.n_action_steps <= self.horizon:
+            raise ValueError(f"n_action_steps={self.n_action_steps} must be in [0, horizon={self.horizon}]")
         if self.ensemble_coef < 0 or (self.ensemble_coef and self.n_action_steps > 1):
             raise ValueError(
                 f"ensemble_coef={self.ensemble_coef} must be >= 0, and temporal ensembling predicts every "

@@ -805,16 +805,14 @@ def test_best_of_n_executes_the_argmax_under_the_critic(tmp_path):
 
 
 def test_rank_executed_scores_the_executed_prefix(tmp_path):
-    """rank_executed: best-of-N acts on Q^(k) of the k actions the stage-2 policy executes
-    (rl_n_action_steps, else n_action_steps); whole chunks and temporal ensembling keep Q^(h); a
-    checkpoint's policy executes and scores as the algorithm's does."""
+    """rank_executed: best-of-N acts on Q^(n_action_steps); whole chunks and temporal ensembling keep
+    Q^(h); a checkpoint's policy scores as the algorithm's does."""
     store = hand_store(tmp_path)
     keys = {"state_keys": ("observation.state",), "gripper": False}
-    cfg = CORFTConfig(horizon=4, n_action_steps=3, rl_n_action_steps=2, rank_executed=True, **keys, **TINY)
+    cfg = CORFTConfig(horizon=4, n_action_steps=2, rank_executed=True, **keys, **TINY)
     algo = CORFT.from_store(cfg, store)
-    assert algo.policy().executor.n_action_steps == 3  # imitation executes n_action_steps
     algo.start_rl()
-    assert algo.policy().choose.score_steps == 2 and algo.policy().executor.n_action_steps == 2
+    assert algo.policy().choose.score_steps == 2
     assert algo.policy(n_action_steps=3).choose.score_steps == 3
     assert algo.policy(n_action_steps=0).choose.score_steps is None
     assert algo.policy(ensemble_coef=0.01).choose.score_steps is None
@@ -823,12 +821,9 @@ def test_rank_executed_scores_the_executed_prefix(tmp_path):
         tmp_path / "ckpt", method="co-rft", config=config, spec=spec, tensors=algo.state_dict()["model"],
         step=0, seed=0,
     )  # fmt: skip
-    restored = CORFT.policy_from_checkpoint(load_checkpoint(path))
-    assert restored.choose.score_steps == 2 and restored.executor.n_action_steps == 2
+    assert CORFT.policy_from_checkpoint(load_checkpoint(path)).choose.score_steps == 2
     cfg.rank_executed = False
     assert algo.policy().choose.score_steps is None
-    with pytest.raises(ValueError, match=r"rl_n_action_steps=5 must be in \[0, horizon=4\]"):
-        CORFTConfig(horizon=4, rl_n_action_steps=5, **keys, **TINY)
 
 
 def stage_two_metrics(store, cfg, n_updates: int) -> list[dict[str, float]]:
