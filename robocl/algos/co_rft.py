@@ -12,8 +12,10 @@ through the critic in one of three ways (``actor``; ``best_of_n`` by default for
 config):
 
 - ``best_of_n`` (Q-chunking's "QC"): the flow proposes N chunks (one from x_0 = 0, the others from noise of
-  several scales) and the one with the highest Q^(h) is executed, and used as A' in the TD target. The flow
-  itself stays as stage 1 left it, so the policy never leaves the demonstrations' support.
+  several scales) and the one with the highest Q^(h) is used as A' in the TD target; when acting, the one
+  with the highest Q^(k) of the k actions executed before the next choice (``rank_executed``; QC executes
+  whole chunks, k = h). The flow itself stays as stage 1 left it, so the policy never leaves the
+  demonstrations' support.
 - ``distill`` (FQL / "QC-FQL"): a one-step actor maps noise to a chunk, trained to match the flow's sample
   from the same noise (weight ``distill_alpha``) while maximising Q^(h).
 - ``td3_bc``: the regression head's TD3+BC update (for ``head="regression"``).
