@@ -738,7 +738,7 @@ def _score_steps(config: CORFTConfig, n_action_steps: int, ensemble_coef: float)
     """The prefix best-of-N scores when acting: with ``rank_executed``, the ``n_action_steps`` executed per
     choice; None (Q^(h)) without it, for whole chunks (0) and under temporal ensembling (which executes an
     average of several chunks' actions)."""
-    return n_action_steps or None if config.rank_executed and not ensemble_coef else None
+    return (n_action_steps or None) if config.rank_executed and not ensemble_coef else None
 
 
 def _non_finite(tensors: Mapping[str, torch.Tensor | None]) -> str:

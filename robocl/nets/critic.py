@@ -53,8 +53,9 @@ class PrefixMLPCritic(nn.Module):
     def q_many(self, *queries: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]) -> list[torch.Tensor]:
         """Several queries (feat, chunk, length): ``q_prefix``, or ``q_chunk`` where length is None, with
         their rows through the shared layers in one pass (CO-RFT's TD and conservative terms): one kernel per
-        layer, forward and backward, instead of one per query (a few per cent of a stage-2 update on a CPU:
-        8.1-8.2 against 8.3-10.3 ms, interleaved runs on an idle 2-core machine)."""
+        layer, forward and backward, instead of one per query (at most a few per cent of a stage-2 update on
+        a CPU: 8.35 against 8.41 ms median in the benchmark's speed run, 8.0-8.2 against 8.3-10.3 ms in
+        interleaved runs on an idle 2-core machine)."""
         first = [self._first_layer(*query) for query in queries]
         out = self.mlp(torch.cat([x.reshape(-1, x.shape[-1]) for x in first])).squeeze(-1)
         sizes = [x[..., 0].numel() for x in first]
