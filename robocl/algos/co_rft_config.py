@@ -136,8 +136,13 @@ class CORFTConfig:
     # 32 proposals were faster and summed more successes (pick-place 97% / 75%, 3.71 s; push 95% / 88%,
     # 5.94 s) than 8 (98% / 74%, 3.79 s; 91% / 85%, 6.58 s), but fell one success below IL's 244 of 250 at
     # pick-place's seen positions, and re-ranking 4x the proposals every 50 updates raised the mean update
-    # 16-36%. Re-ranking them every 200 (bon_refresh, below) costs what 8 every 50 did.
-    n_candidates: int = 32
+    # 16-36%. Re-ranking them every 200 (bon_refresh, below) costs what 8 every 50 did. With best-of-N
+    # scoring the executed actions (rank_executed), 64 proposals (co_rft_<task>_n64_pilot.json, fbd8ebd, same
+    # benchmark) scored pick-place 98% / 78% (3.37 s per success) and push 95% / 87% (5.12 s) against 32's
+    # 99% / 77% (3.52 s) and 93% / 88% (5.50 s) (co_rft_<task>_steps_pilot.json): at or above IL (98% / 70%,
+    # 4.05 s; 80% / 74%, 7.53 s) at all four cells and 17% faster than IL on pick-place, at 2x the ranking
+    # and inference cost (mean update +10%; 5.8-12.6 ms per chunk, floor 50).
+    n_candidates: int = 64
     candidate_noise: tuple[float, ...] = (0.25, 0.5)
     # best-of-N: updates between re-ranking every history's candidates (the target). With 32 proposals, 200
     # (co_rft_<task>_refresh_pilot.json, 419dd85, same benchmark) scored pick-place 98% / 76% (3.71 s) and
