@@ -702,14 +702,14 @@ class CORFT:
         noise = cfg.flow_noise if flow_noise is None else flow_noise
         if ensemble_coef and n_action_steps is None:  # temporal ensembling predicts every step
             n_action_steps = 1
+        steps = cfg.n_action_steps if n_action_steps is None else n_action_steps
+        coef = cfg.ensemble_coef if ensemble_coef is None else ensemble_coef
         choose: ChunkChooser = FlowChooser(self.policy_net, noise)
         if self.stage == "rl" and cfg.actor == "best_of_n":
-            executed = cfg.n_action_steps if n_action_steps is None else n_action_steps
-            ensembling = cfg.ensemble_coef if ensemble_coef is None else ensemble_coef
-            choose = self._best_of_n(_score_steps(cfg, executed or 0, ensembling))
+            choose = self._best_of_n(_score_steps(cfg, steps or 0, coef))
         elif self.stage == "rl" and cfg.actor == "distill":
             choose = self._one_step(noise)
-        execution = {"n_action_steps": n_action_steps, "ensemble_coef": ensemble_coef}
+        execution = {"n_action_steps": steps, "ensemble_coef": coef}
         return _policy(self.policy_net, self.device, self._language, choose, cfg, **execution)
 
 
