@@ -11,7 +11,8 @@ For each demo count (scripted mixed-quality demos of ``--task``, collection seed
 - ``iql``: IQL on single actions (``benchmarks/iql.py``, d3rlpy's defaults), the one-step offline-RL baseline;
 - ``il regression`` / ``il``: the VLA-style policy (CORFTConfig defaults) with a regression head / with the
   flow-matching head, ``--il-updates`` imitation steps;
-- ``il +extra``: the flow policy trained ``--rl-updates`` more imitation steps (CO-RFT's gradient steps);
+- ``il +extra``: the flow policy trained for ``--rl-updates`` more imitation steps (CO-RFT's gradient
+  steps), afresh, so its lr schedule spans the longer budget;
 - ``co-rft`` (best-of-N chunk selection, the default), ``co-rft distill`` (FQL's one-step actor) and
   ``co-rft regression`` (TD3+BC): stage 2 from the matching IL policy, ``--rl-updates`` updates on all but
   the held-out episodes;
@@ -203,6 +204,8 @@ def _corft(
     language: Any,
     flops: list | None = None,
 ):
+    if cfg.il_schedule_updates is None:  # the horizon of stage 1's lr schedule, as robocl train sets it
+        cfg = dataclasses.replace(cfg, il_schedule_updates=args.il_updates)
     algo = CORFT.from_store(cfg, store, language=language, device=args.device)
     sampler = algo.il_sampler(store)
     torch.manual_seed(stage_seed(cfg.seed, "il"))  # dropout's stream, seeded as the loop seeds a stage
@@ -249,10 +252,9 @@ def _policies(
             for name, execution in EXECUTIONS.items():
                 if name in wanted:
                     out[name] = copy.deepcopy(algo).policy(**execution)
-            if "il +extra" in wanted:
-                extra = copy.deepcopy(algo)
-                sample = lambda s=sampler: to_torch(s.sample(args.batch_size), args.device)  # noqa: E731
-                _train(extra.update, sample, args.rl_updates, [])  # the same stream, continued
+            if "il +extra" in wanted:  # trained afresh for the longer budget (its lr schedule's horizon)
+                longer = argparse.Namespace(**{**vars(args), "il_updates": args.il_updates + args.rl_updates})
+                extra, _ = _corft(store, cfg, longer, [], language)
                 out["il +extra"] = extra.policy()
     for name, (il_name, overrides) in variants.items():
         variant = copy.deepcopy(ils[il_name])

@@ -66,6 +66,7 @@ Deviations and why:
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -287,7 +288,11 @@ class CORFT:
         )  # fmt: skip
 
     def _il_update(self, batch: Mapping[str, Any]) -> dict[str, float]:
-        net = self.policy_net
+        net, cfg = self.policy_net, self.config
+        if cfg.il_lr_schedule == "cosine" and cfg.il_schedule_updates is not None:
+            lr = cfg.il_lr * cosine_warmup(self.step, cfg.il_schedule_updates, cfg.il_warmup)
+            for group in self.il_opt.param_groups:
+                group["lr"] = lr
         loss, parts = self._bc(net.features(batch["obs"], net.lang_of(batch)), batch)
         grad_norm = guarded_step(loss, self.il_opt, net.parameters(), max_grad_norm=self.config.max_grad_norm)
         return {"loss": loss.item(), **parts, "grad_norm": grad_norm}
@@ -732,6 +737,16 @@ def _policy(
         ensemble_coef=config.ensemble_coef if ensemble_coef is None else ensemble_coef,
         seed=config.seed,
     )
+
+
+def cosine_warmup(step: int, total: int, warmup: int) -> float:
+    """The lr factor of update ``step`` (0-based: the updates done before it) of ``total``: (step + 1) /
+    warmup during the warm-up (the first update already moves), then 0.5 (1 + cos(pi p)) with p = (step -
+    warmup) / (total - warmup), clipped to [0, 1] (0 from ``total`` on)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _score_steps(config: CORFTConfig, n_action_steps: int, ensemble_coef: float) -> int | None:

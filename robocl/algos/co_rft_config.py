@@ -115,6 +115,18 @@ class CORFTConfig:
     gripper_weight: float = 0.01  # regression: BCE weight against the arm Huber loss (RoboVLMs)
     huber_delta: float = 1.0  # regression: Huber threshold on normalised arm actions (torch's default)
     il_lr: float = 3e-4  # stage-1 AdamW lr, also the trunk's in stage 2 (RoboVLMs' 2e-5 is for a VLM)
+    # Stage-1 lr schedule: "cosine" warms up linearly over ``il_warmup`` updates, then decays to 0 at
+    # ``il_schedule_updates`` (robocl.algos.co_rft.cosine_warmup; diffusion_policy's and LeRobot's diffusion
+    # default, with their 500 warm-up steps); "constant" keeps il_lr. IL pilots on the benchmark's 60 demos
+    # (co_rft_<task>_il_cosine_pilot.json: 714d03f + this schedule, seeds 0-2, 30,000 updates, successes of
+    # 150 seen / unseen, 5 of 10 executed): pick-and-place 148 / 132 against 146 / 111 at a constant lr,
+    # push 113 / 108 against 109 / 107 (whole chunks 116 / 121 against 138 / 112). An earlier pilot on the
+    # then-defaults found nothing at 10k-30k updates (IL_UPDATES_PER_EPISODE).
+    il_lr_schedule: Literal["cosine", "constant"] = "cosine"
+    il_warmup: int = 500  # linear warm-up updates of the cosine schedule (diffusion_policy: 500)
+    # The stage-1 budget the cosine decays over: robocl train, make demo and the benchmark set it to the
+    # imitation loop's n_updates; None keeps the lr constant (a learner updated by hand, without a budget).
+    il_schedule_updates: int | None = None
     weight_decay: float = 0.0  # AdamW decoupled weight decay (RoboVLMs: 0)
     max_grad_norm: float = 1.0  # stage-1 gradient clipping (RoboVLMs: 1.0)
     # ---- stage 2: chunked offline RL
@@ -264,6 +276,7 @@ class CORFTConfig:
         if self.actor is None:
             self.actor = "best_of_n" if self.head == "flow" else "td3_bc"
         choices = {
+            "il_lr_schedule": ("cosine", "constant"),
             "head": ("flow", "regression"),
             "state_path": ("head", "trunk", "both"),
             "actor": ("best_of_n", "distill", "td3_bc"),
@@ -288,6 +301,9 @@ class CORFTConfig:
         for name in ("n_critics", "policy_delay", "cql_n_samples", "n_candidates", "bon_refresh"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.il_warmup < 0 or (self.il_schedule_updates is not None and self.il_schedule_updates < 1):
+            budget = self.il_schedule_updates
+            raise ValueError(f"il_warmup={self.il_warmup} must be >= 0 and il_schedule_updates={budget} >= 1")
         if self.prefix_samples is not None and self.prefix_samples < 1:
             raise ValueError(f"prefix_samples={self.prefix_samples} must be >= 1 (None = every prefix)")
         if not 0.0 < self.cql_fraction <= 1.0:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,8 @@ def train_co_rft(
     if il_loop is None and rl_loop is None:
         raise ValueError("nothing to train: give stage 1 or stage 2 some updates")
     run = RunDir(run_dir)
+    if il_loop is not None and config.il_schedule_updates is None:  # the horizon of stage 1's lr schedule
+        config = replace(config, il_schedule_updates=il_loop.n_updates)
     device = str(resolve_device((il_loop or rl_loop or LoopConfig()).device))
     rl_saved = resume and resolve_checkpoint(run.checkpoint("rl")) is not None
     common = {"evaluate": evaluate, "progress": progress}

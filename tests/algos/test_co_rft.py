@@ -21,7 +21,7 @@ from robocl.algos.chunk_losses import (
     td3_bc_actor_loss,
     td_prefixes,
 )
-from robocl.algos.co_rft import CORFT
+from robocl.algos.co_rft import CORFT, cosine_warmup
 from robocl.algos.co_rft_config import CORFTConfig
 from robocl.checkpoint import load_checkpoint, save_checkpoint
 from robocl.nets.vla import BestOfN, VLAPolicyNet, candidate_scales
@@ -691,6 +691,44 @@ def test_resume_equals_uninterrupted(tmp_path, variant):
         assert torch.equal(value, state_resumed["target_critics"][key]), key
 
 
+def test_cosine_warmup_by_hand():
+    """Warm-up 2 of 6 updates: 1/2, 1, then 0.5 (1 + cos(pi p)) for p = 0, 1/4, 1/2, 3/4; 0 from the end."""
+    factors = [cosine_warmup(step, 6, 2) for step in range(8)]
+    half = math.sqrt(0.5) / 2
+    assert factors == pytest.approx([0.5, 1.0, 1.0, 0.5 + half, 0.5, 0.5 - half, 0.0, 0.0])
+    assert cosine_warmup(0, 3, 0) == 1.0  # no warm-up: the decay starts at once
+
+
+def test_imitation_follows_its_lr_schedule_and_resumes_on_it(tmp_path):
+    """Each IL update steps at il_lr x cosine_warmup(step); without a budget the lr stays il_lr; robocl
+    train sets the budget from the IL loop, and a run interrupted mid-schedule resumes bit-exactly."""
+    store = chain_store(tmp_path)
+    base = {"state_keys": ("observation.state",), "horizon": 2, "gripper": False, **TINY}
+    sampler = None
+    for budget in (6, None):
+        algo = CORFT.from_store(CORFTConfig(il_warmup=2, il_schedule_updates=budget, **base), store)
+        sampler = sampler or algo.il_sampler(store)
+        for step in range(7):
+            algo.update(to_torch(sampler.sample(8), "cpu"))
+            factor = cosine_warmup(step, budget, 2) if budget else 1.0
+            assert algo.il_opt.param_groups[0]["lr"] == pytest.approx(algo.config.il_lr * factor)
+
+    loop = {"batch_size": 16, "log_every": 1, "checkpoint_every": 2}
+
+    def run(run_dir, cfg, n_updates, resume=False):
+        train_co_rft(cfg, store.location, run_dir, il_loop=LoopConfig(n_updates=n_updates, **loop),
+                     rl_loop=None, resume=resume, progress=False)  # fmt: skip
+        return load_checkpoint(RunDir(run_dir).checkpoint("il"))
+
+    assert run(tmp_path / "set", CORFTConfig(**base), 3).config["il_schedule_updates"] == 3
+    cfg = CORFTConfig(il_warmup=1, il_schedule_updates=6, **base)  # the budget of the interrupted run
+    full = run(tmp_path / "full", cfg, 6)
+    run(tmp_path / "split", cfg, 3)
+    resumed = run(tmp_path / "split", cfg, 6, resume=True)
+    for key, value in full.tensors.items():
+        assert torch.equal(value, resumed.tensors[key]), key
+
+
 def test_resume_through_shared_fit_matches_losses(tmp_path):
     store = chain_store(tmp_path)
     cfg = CORFTConfig(state_keys=("observation.state",), horizon=2, gripper=False, critic_loss="full", **TINY)
@@ -977,6 +1015,10 @@ def test_new_config_errors_name_the_values():
         CORFTConfig(cql_fraction=0)
     with pytest.raises(ValueError, match=r"prefix_samples=0 must be >= 1"):
         CORFTConfig(prefix_samples=0)
+    with pytest.raises(ValueError, match=r"il_lr_schedule='linear' must be one of"):
+        CORFTConfig(il_lr_schedule="linear")
+    with pytest.raises(ValueError, match=r"il_warmup=-1 must be >= 0 and il_schedule_updates=None >= 1"):
+        CORFTConfig(il_warmup=-1)
 
 
 def test_relative_positions_come_from_store_names(tmp_path):
