@@ -109,14 +109,16 @@ def test_a_tiny_run_is_deterministic_and_writes_its_table(
     the JSON of every cell."""
     monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
     argv = "--demos 2 --seeds 0 --il-updates 4 --rl-updates 2 --episodes 1 --check-determinism"
-    only = ["--only", "il,il sigma 0.5,co-rft,co-rft distill", "--set", "n_obs=1;flow_steps=3"]
+    only = ["--only", "il,il sigma 0.5,il +extra,co-rft,co-rft distill", "--set", "n_obs=1;flow_steps=3"]
     monkeypatch.setattr(sys, "argv", ["co_rft", *argv.split(), *only])
     main()
     result = json.loads((tmp_path / "co_rft_pick_place.json").read_text())
     assert result["determinism"]["identical"]
     assert result["budget"]["config_overrides"] == {"n_obs": 1, "flow_steps": 3}
     assert {(s["method"], s["positions"]) for s in result["summary"]} == {
-        (m, p) for m in ("il", "il sigma 0.5", "co-rft", "co-rft distill") for p in ("seen", "unseen")
+        (m, p)
+        for m in ("il", "il sigma 0.5", "il +extra", "co-rft", "co-rft distill")
+        for p in ("seen", "unseen")
     }
     assert set(result["records"][0]["fingerprints"]) >= {"il", "co-rft", "co-rft distill"}
     clean = {"non_finite_tensors": {"learner": [], "evaluated copy": []}, "chunks_finite": True}
