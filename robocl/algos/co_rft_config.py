@@ -120,8 +120,11 @@ class CORFTConfig:
     # default, with their 500 warm-up steps); "constant" keeps il_lr. IL pilots on the benchmark's 60 demos
     # (co_rft_<task>_il_cosine_pilot.json: 714d03f + this schedule, seeds 0-2, 30,000 updates, successes of
     # 150 seen / unseen, 5 of 10 executed): pick-and-place 148 / 132 against 146 / 111 at a constant lr,
-    # push 113 / 108 against 109 / 107 (whole chunks 116 / 121 against 138 / 112). An earlier pilot on the
-    # then-defaults found nothing at 10k-30k updates (IL_UPDATES_PER_EPISODE).
+    # push 113 / 108 against 109 / 107 (whole chunks 116 / 121 against 138 / 112). Over 5 seeds
+    # (co_rft_<task>_cosine.json, 250 episodes per cell) IL scored 248 / 214 and 190 / 177 against 244 / 174
+    # and 199 / 186 (829 against 803 summed), CO-RFT on it 243 / 217 and 221 / 209 against 244 / 195 and 238
+    # / 217 (890 against 894). An earlier pilot on the then-defaults found nothing at 10k-30k updates
+    # (IL_UPDATES_PER_EPISODE).
     il_lr_schedule: Literal["cosine", "constant"] = "cosine"
     il_warmup: int = 500  # linear warm-up updates of the cosine schedule (diffusion_policy: 500)
     # The stage-1 budget the cosine decays over: robocl train, make demo and the benchmark set it to the
