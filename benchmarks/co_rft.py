@@ -203,7 +203,8 @@ def _corft(
     times: list,
     language: Any,
     flops: list | None = None,
-):
+) -> CORFT:
+    """The flow or regression IL learner of ``cfg``, trained ``args.il_updates`` updates."""
     if cfg.il_schedule_updates is None:  # the horizon of stage 1's lr schedule, as robocl train sets it
         cfg = dataclasses.replace(cfg, il_schedule_updates=args.il_updates)
     algo = CORFT.from_store(cfg, store, language=language, device=args.device)
@@ -211,7 +212,7 @@ def _corft(
     torch.manual_seed(stage_seed(cfg.seed, "il"))  # dropout's stream, seeded as the loop seeds a stage
     sample = lambda: to_torch(sampler.sample(args.batch_size), args.device)  # noqa: E731
     _train(algo.update, sample, args.il_updates, times, flops=flops, window=args.flop_window)
-    return algo, sampler
+    return algo
 
 
 def _policies(
@@ -242,7 +243,7 @@ def _policies(
         if not evaluated & wanted and il_name not in started_from:
             continue
         cfg = CORFTConfig(head=head, **base)
-        algo, sampler = _corft(store, cfg, args, times[il_name], language, flops[il_name])
+        algo = _corft(store, cfg, args, times[il_name], language, flops[il_name])
         ils[il_name] = algo
         out[il_name] = copy.deepcopy(algo).policy()
         record["fingerprints"][il_name] = _fingerprint(algo.state_dict()["model"])
@@ -254,8 +255,7 @@ def _policies(
                     out[name] = copy.deepcopy(algo).policy(**execution)
             if "il +extra" in wanted:  # trained afresh for the longer budget (its lr schedule's horizon)
                 longer = argparse.Namespace(**{**vars(args), "il_updates": args.il_updates + args.rl_updates})
-                extra, _ = _corft(store, cfg, longer, [], language)
-                out["il +extra"] = extra.policy()
+                out["il +extra"] = _corft(store, cfg, longer, [], language).policy()
     for name, (il_name, overrides) in variants.items():
         variant = copy.deepcopy(ils[il_name])
         variant.config = dataclasses.replace(variant.config, **overrides)
@@ -327,9 +327,7 @@ def _check_determinism(store: TrajectoryStore, task: dict[str, Any], args: argpa
     """Train the first cell's flow IL policy twice in this process: equal fingerprints = deterministic."""
     cfg = CORFTConfig(**args.set, seed=args.seeds[0], gripper=task["gripper"])
     small = argparse.Namespace(**{**vars(args), "il_updates": min(args.il_updates, 200)})
-    prints = [
-        _fingerprint(_corft(store, cfg, small, [], language)[0].state_dict()["model"]) for _ in range(2)
-    ]
+    prints = [_fingerprint(_corft(store, cfg, small, [], language).state_dict()["model"]) for _ in range(2)]
     return {"il_updates": small.il_updates, "fingerprints": prints, "identical": prints[0] == prints[1]}
 
 

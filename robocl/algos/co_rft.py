@@ -294,7 +294,7 @@ class CORFT:
             for group in self.il_opt.param_groups:
                 group["lr"] = lr
         loss, parts = self._bc(net.features(batch["obs"], net.lang_of(batch)), batch)
-        grad_norm = guarded_step(loss, self.il_opt, net.parameters(), max_grad_norm=self.config.max_grad_norm)
+        grad_norm = guarded_step(loss, self.il_opt, net.parameters(), max_grad_norm=cfg.max_grad_norm)
         return {"loss": loss.item(), **parts, "grad_norm": grad_norm}
 
     def _rl_update(self, batch: Mapping[str, Any]) -> dict[str, float]:

@@ -155,10 +155,10 @@ def test_a_non_finite_imitation_policy_is_named_in_the_record(
     trained = benchmarks.co_rft._corft
 
     def poisoned(*args: Any, **kwargs: Any) -> Any:
-        algo, sampler = trained(*args, **kwargs)
+        algo = trained(*args, **kwargs)
         with torch.no_grad():
             algo.policy_net.head.net[0].weight[0, 0] = float("nan")
-        return algo, sampler
+        return algo
 
     monkeypatch.setattr(benchmarks.co_rft, "_corft", poisoned)
     argv = "--demos 2 --seeds 0 --il-updates 4 --episodes 1 --only il --set n_obs=1"
