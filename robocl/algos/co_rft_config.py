@@ -156,7 +156,10 @@ class CORFTConfig:
     # benchmark) scored pick-place 98% / 78% (3.37 s per success) and push 95% / 87% (5.12 s) against 32's
     # 99% / 77% (3.52 s) and 93% / 88% (5.50 s) (co_rft_<task>_steps_pilot.json): at or above IL (98% / 70%,
     # 4.05 s; 80% / 74%, 7.53 s) at all four cells and 17% faster than IL on pick-place, at 2x the ranking
-    # and inference cost (mean update +10%; 5.8-12.6 ms per chunk, floor 50).
+    # and inference cost (mean update +10%; 5.8-12.6 ms per chunk, floor 50). Behind the cosine-lr imitation
+    # (co_rft_<task>_cosine_safe_pilot.json, e7d28b9) 16 proposals scored 247 / 218 and 223 / 214 (3.47 s,
+    # 5.58 s) against 64's 243 / 217 and 221 / 209 (3.27 s, 4.98 s), and 64 at noise 0.1 / 0.25 249 / 226
+    # and 199 / 181 (3.58 s, 6.30 s): closer to the flow's mode is slower, IL scoring 248 / 214 and 190 / 177.
     n_candidates: int = 64
     candidate_noise: tuple[float, ...] = (0.25, 0.5)
     # best-of-N: updates between re-ranking every history's candidates (the target). With 32 proposals, 200
