@@ -125,11 +125,11 @@ class CORFTConfig:
     # and 199 / 186 (829 against 803 summed), CO-RFT on it 243 / 217 and 221 / 209 against 244 / 195 and 238
     # / 217 (890 against 894). An earlier pilot on the then-defaults found nothing at 10k-30k updates
     # (IL_UPDATES_PER_EPISODE).
-    il_lr_schedule: Literal["cosine", "constant"] = "cosine"
+    il_lr_schedule: Literal["cosine", "constant"] = "cosine"  # stage 1: warm-up, cosine to 0; or constant lr
     il_warmup: int = 500  # linear warm-up updates of the cosine schedule (diffusion_policy: 500)
     # The stage-1 budget the cosine decays over: robocl train, make demo and the benchmark set it to the
     # imitation loop's n_updates; None keeps the lr constant (a learner updated by hand, without a budget).
-    il_schedule_updates: int | None = None
+    il_schedule_updates: int | None = None  # the cosine's horizon; None: robocl train sets the IL budget
     weight_decay: float = 0.0  # AdamW decoupled weight decay (RoboVLMs: 0)
     max_grad_norm: float = 1.0  # stage-1 gradient clipping (RoboVLMs: 1.0)
     # ---- stage 2: chunked offline RL
