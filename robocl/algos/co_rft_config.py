@@ -129,7 +129,7 @@ class CORFTConfig:
     il_warmup: int = 500  # linear warm-up updates of the cosine schedule (diffusion_policy: 500)
     # The stage-1 budget the cosine decays over: robocl train, make demo and the benchmark set it to the
     # imitation loop's n_updates; None keeps the lr constant (a learner updated by hand, without a budget).
-    il_schedule_updates: int | None = None  # the cosine's horizon; None: robocl train sets the IL budget
+    il_schedule_updates: int | None = None  # cosine horizon (robocl train: the IL budget); None: constant lr
     weight_decay: float = 0.0  # AdamW decoupled weight decay (RoboVLMs: 0)
     max_grad_norm: float = 1.0  # stage-1 gradient clipping (RoboVLMs: 1.0)
     # ---- stage 2: chunked offline RL
