@@ -245,7 +245,8 @@ class CORFT:
     def _best_of_n(self, score_steps: int | None = None) -> BestOfN:
         """Best-of-N over the online critics, scoring Q^(h) or Q^(score_steps)."""
         cfg = self.config
-        return BestOfN(self.policy_net, self.critics, cfg.n_candidates, cfg.candidate_noise, score_steps)
+        noise, aggregate = cfg.candidate_noise, cfg.bon_acting_q
+        return BestOfN(self.policy_net, self.critics, cfg.n_candidates, noise, score_steps, aggregate)
 
     def _one_step(self, noise_scale: float = 1.0) -> OneStep:
         assert self.one_step is not None, "only the distill actor has a one-step policy"
@@ -684,7 +685,7 @@ class CORFT:
             critics.load_state_dict(_strip(ckpt.tensors, "critic."))
             choose = BestOfN(
                 net, critics.to(device).eval(), config.n_candidates, config.candidate_noise,
-                _score_steps(config, config.n_action_steps or 0, config.ensemble_coef),
+                _score_steps(config, config.n_action_steps or 0, config.ensemble_coef), config.bon_acting_q,
             )  # fmt: skip
         elif spec.extra["stage"] == "rl" and config.actor == "distill":
             actor = OneStepActor(net.feat_dim, config.horizon, spec.action_dim, config.head_hidden)

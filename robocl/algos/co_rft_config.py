@@ -178,6 +178,10 @@ class CORFTConfig:
     # (3.50 s) and push from 93% / 86% (5.65 s) to 95% / 86% (5.37 s); IL: 98% / 70% (4.05 s), 80% / 74%
     # (7.53 s). Proposals from wider noise (0.5 / 1.0) were faster still and lost 10-14 points.
     rank_executed: bool = True
+    # Best-of-N when acting: rank the proposals by the critics' mean (QC's q_agg) or by their minimum (the
+    # pessimistic value the TD target bootstraps from): the argmax of 64 finds the proposals one critic
+    # over-values, and the minimum ranks down those the twins disagree on.
+    bon_acting_q: Literal["mean", "min"] = "mean"
     # Best-of-N: bootstrap from the value the latest ranking gave each history's chosen chunk, min_c Q_targ,
     # held until the next ranking (DQN's hard target period, here bon_refresh updates, on top of the Polyak
     # copies), instead of scoring the chosen chunks of the B x h bootstrap prefixes under the target critics
@@ -290,6 +294,7 @@ class CORFTConfig:
             "critic_loss": ("prefix", "full"),
             "conservative": ("calql", "cql", "none"),
             "critic": ("mlp", "transformer"),
+            "bon_acting_q": ("mean", "min"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

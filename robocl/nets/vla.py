@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -247,8 +247,10 @@ def candidate_scales(n: int, noise: Sequence[float]) -> torch.Tensor:
 
 class BestOfN:
     """Best-of-N acting (QC): the flow proposes ``n`` chunks per row (:func:`candidate_scales`) and the one
-    with the highest Q^(h), averaged over the critics, is executed; with ``score_steps`` = k < h, the one
-    with the highest Q^(k) of its first k actions (for a policy that executes k and then chooses again)."""
+    with the highest Q^(h) is executed; with ``score_steps`` = k < h, the one with the highest Q^(k) of its
+    first k actions (for a policy that executes k and then chooses again). ``aggregate`` combines the
+    critics: "mean" (QC's q_agg) or "min" (pessimistic, as the TD target: it ranks down the proposals the
+    critics disagree on)."""
 
     def __init__(
         self,
@@ -257,8 +259,12 @@ class BestOfN:
         n: int,
         noise: Sequence[float],
         score_steps: int | None = None,
+        aggregate: Literal["mean", "min"] = "mean",
     ) -> None:
         self.net, self.critics, self.n, self.noise = net, critics, n, tuple(noise)
+        if aggregate not in ("mean", "min"):
+            raise ValueError(f"aggregate={aggregate!r} must be 'mean' or 'min'")
+        self.aggregate = aggregate
         horizon = net.config.horizon
         if score_steps is not None and not 1 <= score_steps <= horizon:
             raise ValueError(f"score_steps={score_steps} must be in [1, horizon={horizon}]")
@@ -275,13 +281,16 @@ class BestOfN:
         return chunks.view(len(feat), self.n, cfg.horizon, a)
 
     def score(self, feat: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        """(B, d) features, (B, N, h, A) candidates -> (B, N) Q^(h), or Q^(score_steps), critic mean."""
+        """(B, d) features, (B, N, h, A) candidates -> (B, N) Q^(h), or Q^(score_steps), over the critics
+        by ``aggregate``."""
         if self.score_steps is None:
-            return torch.stack([c.q_chunk(feat, candidates) for c in self.critics]).mean(0)
-        B, N = candidates.shape[:2]
-        rows, chunks = feat.repeat_interleave(N, 0), candidates.flatten(0, 1)
-        length = torch.full((B * N,), self.score_steps, device=feat.device)
-        return torch.stack([c.q_prefix(rows, chunks, length) for c in self.critics]).mean(0).view(B, N)
+            q = torch.stack([c.q_chunk(feat, candidates) for c in self.critics])
+        else:
+            B, N = candidates.shape[:2]
+            rows, chunks = feat.repeat_interleave(N, 0), candidates.flatten(0, 1)
+            length = torch.full((B * N,), self.score_steps, device=feat.device)
+            q = torch.stack([c.q_prefix(rows, chunks, length) for c in self.critics]).view(-1, B, N)
+        return q.mean(0) if self.aggregate == "mean" else q.min(0).values
 
     def __call__(self, feat: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         candidates = self.propose(feat, generator)

@@ -842,6 +842,37 @@ def test_best_of_n_executes_the_argmax_under_the_critic(tmp_path):
         BestOfN(net, torch.nn.ModuleList([HandCritic()]), 8, (0.5,), score_steps=4)
 
 
+class CentredCritic(torch.nn.Module):
+    """Q(o, A) = -||A - centre||^2."""
+
+    def __init__(self, centre: float) -> None:
+        super().__init__()
+        self.centre = centre
+
+    def q_chunk(self, feat: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
+        return -((chunk - self.centre) ** 2).sum((-2, -1))
+
+
+def test_best_of_n_ranks_by_the_critics_mean_or_their_minimum(tmp_path):
+    store = hand_store(tmp_path)
+    cfg = CORFTConfig(state_keys=("observation.state",), horizon=3, gripper=False, **TINY)
+    net = CORFT.from_store(cfg, store).policy_net.eval()
+    critics = torch.nn.ModuleList([CentredCritic(0.3), CentredCritic(-0.6)])
+    feat = torch.randn(16, net.feat_dim)
+    chosen = {}
+    for aggregate in ("mean", "min"):
+        choose = BestOfN(net, critics, 8, (0.5, 1.0), aggregate=aggregate)
+        with torch.no_grad():
+            candidates = choose.propose(feat, torch.Generator().manual_seed(3))
+            chosen[aggregate] = choose(feat, torch.Generator().manual_seed(3))
+        q = torch.stack([-((candidates - c) ** 2).sum((2, 3)) for c in (0.3, -0.6)])
+        best = (q.mean(0) if aggregate == "mean" else q.min(0).values).argmax(1)
+        torch.testing.assert_close(chosen[aggregate], candidates[torch.arange(16), best])
+    assert not torch.equal(chosen["mean"], chosen["min"])  # the two rules pick differently here
+    with pytest.raises(ValueError, match=r"aggregate='max' must be 'mean' or 'min'"):
+        BestOfN(net, critics, 8, (0.5,), aggregate="max")  # type: ignore[arg-type]
+
+
 def test_rank_executed_scores_the_executed_prefix(tmp_path):
     """rank_executed: best-of-N acts on Q^(n_action_steps); whole chunks and temporal ensembling keep
     Q^(h); a checkpoint's policy scores as the algorithm's does."""
