@@ -7,8 +7,8 @@
    positions of the object and the plate given relative to the tool only; ``--images`` adds both cameras
    and the instruction),
 4. stage 2: chunked offline RL from that policy (Cal-QL chunk critic on all but 10% of the demos; the
-   policy executes 5 actions of the best of 64 flow samples, scored by the critic's value of those 5,
-   before choosing again),
+   policy executes 5 actions of the best of 32 flow samples, scored by the twin critics' smaller value of
+   those 5, before choosing again),
    validated on the held-out demos,
 5. evaluate both stages at seen and at unseen object positions (success rate with Wilson intervals, cycle
    time of the successes), write a video of each stage's first episode, and print the table.
