@@ -114,6 +114,8 @@ class CORFTConfig:
     # f7efa6d) 0.5 scored pick-place 241 / 208 and push 224 / 206 successes (seen / unseen) against 0.25's
     # 248 / 214 and 190 / 177: 879 against 829 summed, the only setting here that meets both tasks' IL
     # floors (>= 95% / 80% and >= 85% / 65%). The sharper cosine fit creeps on push from near the mode.
+    # At 30 demos (co_rft_<task>_d30_min_n32.json, cc22b00) 0.5 scored 230 / 176 and 110 / 94 against
+    # 0.25's 235 / 186 and 58 / 84.
     flow_noise: float = 0.5
     # ---- stage 1: imitation
     gripper_weight: float = 0.01  # regression: BCE weight against the arm Huber loss (RoboVLMs)
