@@ -189,7 +189,7 @@ class CORFTConfig:
     # (7.53 s). Proposals from wider noise (0.5 / 1.0) were faster still and lost 10-14 points.
     rank_executed: bool = True
     # Best-of-N when acting: rank the proposals by the critics' mean (QC's q_agg) or by their minimum (the
-    # pessimistic value the TD target bootstraps from): the argmax of 64 finds the proposals one critic
+    # pessimistic value the TD target bootstraps from): an argmax over many finds the proposals one critic
     # over-values, and the minimum ranks down those the twins disagree on. On the benchmark's 60 demos
     # (co_rft_<task>_acting_min_pilot.json, f7efa6d, 5 seeds, 250 episodes per cell; the same critics)
     # the minimum scored pick-place 244 / 226 (seen / unseen; 3.29 s per success) and push 220 / 209

@@ -875,7 +875,7 @@ def test_best_of_n_ranks_by_the_critics_mean_or_their_minimum(tmp_path):
 
 def test_rank_executed_scores_the_executed_prefix(tmp_path):
     """rank_executed: best-of-N acts on Q^(n_action_steps); whole chunks and temporal ensembling keep
-    Q^(h); a checkpoint's policy scores as the algorithm's does."""
+    Q^(h); a checkpoint's policy scores (steps and critic aggregate) as the algorithm's does."""
     store = hand_store(tmp_path)
     keys = {"state_keys": ("observation.state",), "gripper": False}
     cfg = CORFTConfig(horizon=4, n_action_steps=2, rank_executed=True, **keys, **TINY)
@@ -890,7 +890,10 @@ def test_rank_executed_scores_the_executed_prefix(tmp_path):
         tmp_path / "ckpt", method="co-rft", config=config, spec=spec, tensors=algo.state_dict()["model"],
         step=0, seed=0,
     )  # fmt: skip
-    assert CORFT.policy_from_checkpoint(load_checkpoint(path)).choose.score_steps == 2
+    restored = CORFT.policy_from_checkpoint(load_checkpoint(path)).choose
+    assert restored.score_steps == 2
+    # Both build best-of-N with the config's critic aggregate (the default: the twins' minimum).
+    assert algo.policy().choose.aggregate == restored.aggregate == "min"
     cfg.rank_executed = False
     assert algo.policy().choose.score_steps is None
 
