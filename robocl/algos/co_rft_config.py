@@ -169,7 +169,8 @@ class CORFTConfig:
     # Ranked by the critics' minimum (bon_acting_q), 32 proposals (co_rft_pick_place_min_n32_sigma_pilot.json,
     # co_rft_push_min_n32_pilot.json, f7efa6d) scored 247 / 230 (3.36 s) and 221 / 217 (5.35 s) against
     # 64's 244 / 226 (3.29 s) and 220 / 209 (5.02 s): 915 successes summed against 899, at 4.5-5.0 ms per
-    # chunk instead of 6.0-6.9.
+    # chunk instead of 6.0-6.9; 16 (co_rft_<task>_min_n16_pilot.json, cc22b00) 246 / 221 (3.46 s) and 222 /
+    # 213 (5.87 s), 902 summed.
     n_candidates: int = 32
     candidate_noise: tuple[float, ...] = (0.25, 0.5)
     # best-of-N: updates between re-ranking every history's candidates (the target). With 32 proposals, 200
