@@ -852,8 +852,14 @@ class CentredCritic(torch.nn.Module):
     def q_chunk(self, feat: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
         return -((chunk - self.centre) ** 2).sum((-2, -1))
 
+    def q_prefix(self, feat: torch.Tensor, chunk: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        kept = torch.arange(chunk.shape[1]) < length[:, None]  # (B, h)
+        return -(((chunk - self.centre) ** 2).sum(-1) * kept).sum(-1)
 
-def test_best_of_n_ranks_by_the_critics_mean_or_their_minimum(tmp_path):
+
+@pytest.mark.parametrize("score_steps", [None, 2])
+def test_best_of_n_ranks_by_the_critics_mean_or_their_minimum(tmp_path, score_steps):
+    """Both aggregates, on the whole chunk's Q^(h) and on the executed prefix's Q^(2)."""
     store = hand_store(tmp_path)
     cfg = CORFTConfig(state_keys=("observation.state",), horizon=3, gripper=False, **TINY)
     net = CORFT.from_store(cfg, store).policy_net.eval()
@@ -861,11 +867,12 @@ def test_best_of_n_ranks_by_the_critics_mean_or_their_minimum(tmp_path):
     feat = torch.randn(16, net.feat_dim)
     chosen = {}
     for aggregate in ("mean", "min"):
-        choose = BestOfN(net, critics, 8, (0.5, 1.0), aggregate=aggregate)
+        choose = BestOfN(net, critics, 8, (0.5, 1.0), score_steps, aggregate)
         with torch.no_grad():
             candidates = choose.propose(feat, torch.Generator().manual_seed(3))
             chosen[aggregate] = choose(feat, torch.Generator().manual_seed(3))
-        q = torch.stack([-((candidates - c) ** 2).sum((2, 3)) for c in (0.3, -0.6)])
+        scored = candidates[:, :, :score_steps]  # the first score_steps actions (all of them for None)
+        q = torch.stack([-((scored - c) ** 2).sum((2, 3)) for c in (0.3, -0.6)])
         best = (q.mean(0) if aggregate == "mean" else q.min(0).values).argmax(1)
         torch.testing.assert_close(chosen[aggregate], candidates[torch.arange(16), best])
     assert not torch.equal(chosen["mean"], chosen["min"])  # the two rules pick differently here
