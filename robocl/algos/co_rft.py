@@ -324,6 +324,13 @@ class CORFT:
                 uniform = torch.rand(m, n, h, self.spec.action_dim, device=self.device) * 2 - 1
                 samples = torch.cat([uniform, policy], 1)  # (m, 3n, h, A)
             queries.append((feat[:m], samples, None))  # Q^(h) of the conservative samples
+            executed = _score_steps(cfg, cfg.n_action_steps or 0, cfg.ensemble_coef)
+            if cfg.cql_executed and executed is not None:  # Q^(k) of the logged and the sampled chunks
+                k = torch.full((m,), executed, device=self.device)
+                queries.append((feat[:m], data_chunk[:m], torch.minimum(k, length[:m, 0])))
+                n_s = samples.shape[1]
+                rows = feat[:m].repeat_interleave(n_s, 0)
+                queries.append((rows, samples.flatten(0, 1), k.repeat_interleave(n_s)))
         answers = [c.q_many(*queries) for c in self.critics]
         q = torch.stack([a[0] for a in answers])  # (C, B, S)
         q_data = q[..., 0]  # (C, B) Q of the logged chunk, Q^(h_eff)
@@ -345,6 +352,17 @@ class CORFT:
             )  # fmt: skip
             loss = loss + cons
             metrics.update(conservative=cons.item(), q_policy=q_s[0, :, n : 2 * n].mean().item())
+            if len(answers[0]) > 2:  # cql_executed: the same term on Q^(k)
+                q_k = torch.stack([a[2] for a in answers])  # (C, m)
+                q_sk = torch.stack([a[3] for a in answers]).view(len(answers), m, -1)  # (C, m, 3n)
+                cons_k = conservative_loss(
+                    q_k, q_sk[..., :n], q_sk[..., n : 2 * n], q_sk[..., 2 * n :],
+                    sub["mc_return"].float() if cfg.conservative == "calql" else None,
+                    alpha=cfg.cql_alpha, temperature=cfg.cql_temperature,
+                    log_uniform_density=log_density,
+                )  # fmt: skip
+                loss = loss + cons_k
+                metrics["conservative_executed"] = cons_k.item()
         inputs = {
             "batch reward": batch["reward"], "batch mc_return": batch["mc_return"],
             "features of o_t": feat, "bootstrap features": tfeat, "bootstrap chunk": next_chunk,

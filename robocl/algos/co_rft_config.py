@@ -258,6 +258,15 @@ class CORFTConfig:
     # Alone, 0.25 scored 98% / 75% and 92% / 83% (same run as bon_ranked_target's) at 20 ms per update.
     cql_fraction: float = 0.25  # share of a batch's contexts the conservative term is computed at
     cql_temperature: float = 1.0  # logsumexp temperature
+    # Best-of-N with rank_executed acts on Q^(k) of the k actions executed per choice, but the term above
+    # pushes down Q^(h) only: the values the policy acts on are held down only through the layers they share
+    # with Q^(h). True adds Cal-QL's term on Q^(k) too (the logged chunk's first k actions against the same
+    # samples' first k; the same V_MC floor, since both are values of o_t), so each value the policy uses
+    # has its own conservative term, as each critic of the twins has. Why: at seen push positions the
+    # default's failures (seed 2 of the benchmark, 9 of 50) were mostly overshoots, 6 blocks brought within
+    # 3.0-3.5 cm of the goal and then pushed 15-24 cm past it by fast chunks the demos never take there,
+    # where IL's 2 were slow pushes that timed out short of the goal.
+    cql_executed: bool = False
     cql_sample_noise: float = 0.2  # std of the Gaussian added to TD3+BC / distilled chunks for the CQL term
     cql_importance_sample: bool = False  # subtract the uniform log-density h*d*log(0.5) (see deviations)
     # TD3+BC: lambda = alpha_bc / mean|Q|. TD3+BC's 2.5 assumes an MSE over one d-dim action; this BC term

@@ -658,6 +658,7 @@ def test_image_language_policy_trains(tmp_path):
         {"actor": "distill"},
         {"head": "regression", "val_fraction": 0.0},
         {"critic": "transformer", "n_action_steps": 2, "flow_noise": 0.5},
+        {"n_action_steps": 2, "cql_executed": True},
     ],
     ids=[
         "best-of-n",
@@ -666,6 +667,7 @@ def test_image_language_policy_trains(tmp_path):
         "distill",
         "regression",
         "transformer-critic",
+        "conservative-executed",
     ],
 )
 def test_resume_equals_uninterrupted(tmp_path, variant):
@@ -959,6 +961,44 @@ def test_conservative_term_on_a_share_of_the_batch(tmp_path, monkeypatch):
     assert uniform.shape == policy.shape == next_policy.shape == (2, 4, 2)
     torch.testing.assert_close(q, full_q[:, :4])
     torch.testing.assert_close(mc, full_mc[:4])
+
+
+def test_conservative_term_on_the_executed_prefix(tmp_path, monkeypatch):
+    """cql_executed: a second Cal-QL term on Q^(k) of the k = n_action_steps actions best-of-N acts on: the
+    logged chunk's first min(k, h_eff) actions and the same conservative samples' first k, each critic's
+    q_prefix; none for whole chunks (the policy then acts on Q^(h), which the first term covers)."""
+    import robocl.algos.co_rft as co_rft
+    from robocl.nets.critic import PrefixMLPCritic
+
+    store = chain_store(tmp_path)
+    seen, queries = [], []
+    loss = co_rft.conservative_loss
+    monkeypatch.setattr(co_rft, "conservative_loss", lambda *a, **k: seen.append(a) or loss(*a, **k))
+    q_many = PrefixMLPCritic.q_many
+    monkeypatch.setattr(PrefixMLPCritic, "q_many", lambda c, *q: queries.append(q) or q_many(c, *q))
+    base = {"state_keys": ("observation.state",), "horizon": 4, "gripper": False, "cql_n_samples": 2, **TINY}
+    cfg = CORFTConfig(**base, n_action_steps=2, cql_executed=True, cql_fraction=1.0)
+    algo = CORFT.from_store(cfg, store)
+    algo.start_rl()
+    critics = copy.deepcopy(algo.critics)  # the weights the update's Qs come from
+    torch.manual_seed(0)
+    metrics = algo.update(to_torch(algo.rl_sampler(store).sample(16), "cpu"))
+    (feat, data_chunk, length), (_, samples, _), *_ = queries[0]
+    (_, *chunk_terms), (q_k, uniform_k, policy_k, next_policy_k, _) = seen
+    executed = torch.minimum(torch.tensor(2), length[:, 0])  # short windows: their whole logged chunk
+    assert (executed == 1).any() and (executed == 2).any()  # both cases occur in this batch
+    rows, flat = feat.repeat_interleave(6, 0), samples.flatten(0, 1)  # 3 kinds x 2 samples per context
+    with torch.no_grad():
+        want_data = torch.stack([c.q_prefix(feat, data_chunk, executed) for c in critics])
+        want = torch.stack([c.q_prefix(rows, flat, torch.full((96,), 2)) for c in critics]).view(2, 16, 6)
+    torch.testing.assert_close(q_k, want_data)
+    torch.testing.assert_close(torch.cat([uniform_k, policy_k, next_policy_k], -1), want)
+    assert uniform_k.shape == chunk_terms[0].shape == (2, 16, 2)
+    by_hand = loss(*seen[1], alpha=1.0, temperature=1.0).item()
+    assert metrics["conservative_executed"] == pytest.approx(by_hand)
+    seen.clear()
+    stage_two_metrics(store, dataclasses.replace(cfg, n_action_steps=0), 1)  # whole chunks: Q^(h) only
+    assert len(seen) == 1
 
 
 def test_distill_actor_loss_by_hand():
