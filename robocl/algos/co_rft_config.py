@@ -221,8 +221,11 @@ class CORFTConfig:
     # pick-place 98% / 74% (seen / unseen) and push 91% / 85% against 98% / 77% and 92% / 82% with all 9
     # (IL 98% / 70%, 80% / 74%), at 8.6-8.8 instead of 12.5-13.2 ms per update (median; IL 3.4-3.6); 1
     # scored 96% / 78% and 90% / 83% at 7.1-7.5 ms, below IL at one cell (241 against 244 successes of 250,
-    # pick-place seen).
-    prefix_samples: int | None = 3
+    # pick-place seen). Behind today's imitation and best-of-32 by the critics' minimum (5 seeds, 250 episodes
+    # per cell, co_rft_<task>_p2_c4_pilot.json, 47629cf) 2 scored pick-place 245 / 230 (3.34 s per success)
+    # and push 232 / 215 (5.27 s) against 3's 247 / 230 (3.36 s) and 221 / 217 (5.35 s), IL 241 / 208 and
+    # 224 / 206: at or above IL at all four cells, at 0.15-0.18 instead of 0.18-0.21 GFLOP per update.
+    prefix_samples: int | None = 2
     n_critics: int = 2  # twin critics; targets take the minimum
     # critic network: "mlp" = PrefixMLPCritic (causal by a masked first layer, LayerNorm; ~5x cheaper),
     # "transformer" = T-SAC's causal transformer over [context, a_1..a_h] (ChunkCritic)
