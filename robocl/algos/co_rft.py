@@ -316,6 +316,8 @@ class CORFT:
             )  # (B, S)
         queries = [(feat, data_chunk, length)]  # Q^(j) of the logged chunk's drawn prefixes
         conservative = cfg.conservative != "none"
+        executed = _score_steps(cfg, cfg.n_action_steps or 0, cfg.ensemble_coef)  # the Q^(k) acted on
+        on_executed = conservative and cfg.cql_executed and executed is not None
         if conservative:
             n, m = cfg.cql_n_samples, max(1, round(B * cfg.cql_fraction))  # m contexts: the first rows
             sub = {k: v[:m] if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -324,13 +326,11 @@ class CORFT:
                 uniform = torch.rand(m, n, h, self.spec.action_dim, device=self.device) * 2 - 1
                 samples = torch.cat([uniform, policy], 1)  # (m, 3n, h, A)
             queries.append((feat[:m], samples, None))  # Q^(h) of the conservative samples
-            executed = _score_steps(cfg, cfg.n_action_steps or 0, cfg.ensemble_coef)
-            if cfg.cql_executed and executed is not None:  # Q^(k) of the logged and the sampled chunks
+            if on_executed:  # Q^(k) of the logged chunk's first k actions and of the samples'
                 k = torch.full((m,), executed, device=self.device)
                 queries.append((feat[:m], data_chunk[:m], torch.minimum(k, length[:m, 0])))
-                n_s = samples.shape[1]
-                rows = feat[:m].repeat_interleave(n_s, 0)
-                queries.append((rows, samples.flatten(0, 1), k.repeat_interleave(n_s)))
+                rows = feat[:m].repeat_interleave(3 * n, 0)
+                queries.append((rows, samples.flatten(0, 1), k.repeat_interleave(3 * n)))
         answers = [c.q_many(*queries) for c in self.critics]
         q = torch.stack([a[0] for a in answers])  # (C, B, S)
         q_data = q[..., 0]  # (C, B) Q of the logged chunk, Q^(h_eff)
@@ -343,26 +343,21 @@ class CORFT:
         loss, q_s = td, None
         if conservative:
             q_s = torch.stack([a[1] for a in answers])  # (C, m, 3n)
+            terms = {"conservative": (q_data[:, :m], q_s)}  # name -> Q of the logged chunks, of the samples
+            if on_executed:
+                q_sk = torch.stack([a[3] for a in answers]).view(len(answers), m, 3 * n)
+                terms["conservative_executed"] = (torch.stack([a[2] for a in answers]), q_sk)
             log_density = h * self.spec.action_dim * np.log(0.5) if cfg.cql_importance_sample else 0.0
-            cons = conservative_loss(
-                q_data[:, :m], q_s[..., :n], q_s[..., n : 2 * n], q_s[..., 2 * n :],
-                sub["mc_return"].float() if cfg.conservative == "calql" else None,
-                alpha=cfg.cql_alpha, temperature=cfg.cql_temperature,
-                log_uniform_density=log_density,
-            )  # fmt: skip
-            loss = loss + cons
-            metrics.update(conservative=cons.item(), q_policy=q_s[0, :, n : 2 * n].mean().item())
-            if len(answers[0]) > 2:  # cql_executed: the same term on Q^(k)
-                q_k = torch.stack([a[2] for a in answers])  # (C, m)
-                q_sk = torch.stack([a[3] for a in answers]).view(len(answers), m, -1)  # (C, m, 3n)
-                cons_k = conservative_loss(
-                    q_k, q_sk[..., :n], q_sk[..., n : 2 * n], q_sk[..., 2 * n :],
+            for name, (q_logged, q_samples) in terms.items():
+                term = conservative_loss(
+                    q_logged, q_samples[..., :n], q_samples[..., n : 2 * n], q_samples[..., 2 * n :],
                     sub["mc_return"].float() if cfg.conservative == "calql" else None,
                     alpha=cfg.cql_alpha, temperature=cfg.cql_temperature,
                     log_uniform_density=log_density,
                 )  # fmt: skip
-                loss = loss + cons_k
-                metrics["conservative_executed"] = cons_k.item()
+                loss = loss + term
+                metrics[name] = term.item()
+            metrics["q_policy"] = q_s[0, :, n : 2 * n].mean().item()
         inputs = {
             "batch reward": batch["reward"], "batch mc_return": batch["mc_return"],
             "features of o_t": feat, "bootstrap features": tfeat, "bootstrap chunk": next_chunk,
