@@ -146,7 +146,9 @@ class CORFTConfig:
     # 0e31477, 5 seeds), but behind the 30,000-update flow (co_rft_<task>_il30k.json, 8fbe94e, 60 demos, 3
     # seeds) 1,000 updates left it at 13% / 2% (seen / unseen) on pick-and-place, where best-of-8 kept 79% /
     # 57% against IL's 85% / 59%; on push it led (93% / 87% against best-of-8's 87% / 65%). Summed: 195
-    # against 288 points.
+    # against 288 points. At today's defaults (co_rft_<task>_s59.json, 15d9a20, 5 seeds, 250 episodes per
+    # cell) it scored pick-place 226 / 206 and push 231 / 235 against best-of-32's 243 / 222 and 218 / 225
+    # (IL 241 / 204, 225 / 213): again the stronger on push only, at 3.3x best-of-N's update.
     actor: Literal["best_of_n", "distill", "td3_bc"] | None = None
     # Best-of-N proposals per decision: the first from x_0 = 0 (the flow's mode), the others from noise of the
     # ``candidate_noise`` scales in turn. QC draws 32 at full noise; on 60 mixed demos (seed-0 pilots, 1k
@@ -224,7 +226,9 @@ class CORFTConfig:
     # pick-place seen). Behind today's imitation and best-of-32 by the critics' minimum (5 seeds, 250 episodes
     # per cell, co_rft_<task>_p2_c4_pilot.json, 47629cf) 2 scored pick-place 245 / 230 (3.34 s per success)
     # and push 232 / 215 (5.27 s) against 3's 247 / 230 (3.36 s) and 221 / 217 (5.35 s), IL 241 / 208 and
-    # 224 / 206: at or above IL at all four cells, at 0.15-0.18 instead of 0.18-0.21 GFLOP per update.
+    # 224 / 206: at or above IL at all four cells, at 0.15-0.18 instead of 0.18-0.21 GFLOP per update. At
+    # five other seeds (co_rft_<task>_s59.json, 15d9a20) 2 scored 243 / 222 and 218 / 225, IL 241 / 204
+    # and 225 / 213: below IL at seen push positions there.
     prefix_samples: int | None = 2
     n_critics: int = 2  # twin critics; targets take the minimum
     # critic network: "mlp" = PrefixMLPCritic (causal by a masked first layer, LayerNorm; ~5x cheaper),
@@ -268,7 +272,9 @@ class CORFTConfig:
     # has its own conservative term, as each critic of the twins has. Why: at seen push positions the
     # default's failures (seed 2 of the benchmark, 9 of 50) were mostly overshoots, 6 blocks brought within
     # 3.0-3.5 cm of the goal and then pushed 15-24 cm past it by fast chunks the demos never take there,
-    # where IL's 2 were slow pushes that timed out short of the goal.
+    # where IL's 2 were slow pushes that timed out short of the goal. Measured (co_rft_<task>_s59.json,
+    # 15d9a20, seeds 5-9, 250 episodes per cell): pick-place 248 / 228 (seen / unseen), push 215 / 217,
+    # against the default's 243 / 222 and 218 / 225, at 1.4x its update; that seed still overshot 6 times.
     cql_executed: bool = False
     cql_sample_noise: float = 0.2  # std of the Gaussian added to TD3+BC / distilled chunks for the CQL term
     cql_importance_sample: bool = False  # subtract the uniform log-density h*d*log(0.5) (see deviations)
