@@ -228,7 +228,8 @@ class CORFTConfig:
     # and push 232 / 215 (5.27 s) against 3's 247 / 230 (3.36 s) and 221 / 217 (5.35 s), IL 241 / 208 and
     # 224 / 206: at or above IL at all four cells, at 0.15-0.18 instead of 0.18-0.21 GFLOP per update. At
     # five other seeds (co_rft_<task>_s59.json, 15d9a20) 2 scored 243 / 222 and 218 / 225, IL 241 / 204
-    # and 225 / 213: below IL at seen push positions there.
+    # and 225 / 213: below IL at seen push positions there. At 30 demos (co_rft_<task>_d30_p2.json,
+    # b7e8669) 227 / 191 and 166 / 136 against 3's 231 / 187 and 160 / 147 (IL 230 / 176, 110 / 94).
     prefix_samples: int | None = 2
     n_critics: int = 2  # twin critics; targets take the minimum
     # critic network: "mlp" = PrefixMLPCritic (causal by a masked first layer, LayerNorm; ~5x cheaper),
@@ -270,11 +271,12 @@ class CORFTConfig:
     # with Q^(h). True adds Cal-QL's term on Q^(k) too (the logged chunk's first k actions against the same
     # samples' first k; the same V_MC floor, since both are values of o_t), so each value the policy uses
     # has its own conservative term, as each critic of the twins has. Why: at seen push positions the
-    # default's failures (seed 2 of the benchmark, 9 of 50) were mostly overshoots, 6 blocks brought within
-    # 3.0-3.5 cm of the goal and then pushed 15-24 cm past it by fast chunks the demos never take there,
-    # where IL's 2 were slow pushes that timed out short of the goal. Measured (co_rft_<task>_s59.json,
-    # 15d9a20, seeds 5-9, 250 episodes per cell): pick-place 248 / 228 (seen / unseen), push 215 / 217,
-    # against the default's 243 / 222 and 218 / 225, at 1.4x its update; that seed still overshot 6 times.
+    # failures of 47629cf's default (seed 2 of the benchmark, 9 of 50) were mostly overshoots, 6 blocks
+    # brought within 3.0-3.5 cm of the goal (2.5-3.1 cm of sideways error left) and then pushed 15-24 cm
+    # past it by fast chunks the demos never take there, where IL's 2 were slow pushes that timed out short.
+    # Measured (co_rft_<task>_s59.json, 15d9a20, seeds 5-9, 250 episodes per cell): pick-place 248 / 228
+    # (seen / unseen), push 215 / 217, against the default's 243 / 222 and 218 / 225, at 1.4x its update;
+    # seed 2 above still overshot 6 times with it.
     cql_executed: bool = False
     cql_sample_noise: float = 0.2  # std of the Gaussian added to TD3+BC / distilled chunks for the CQL term
     cql_importance_sample: bool = False  # subtract the uniform log-density h*d*log(0.5) (see deviations)
