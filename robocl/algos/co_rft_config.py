@@ -230,6 +230,9 @@ class CORFTConfig:
     # five other seeds (co_rft_<task>_s59.json, 15d9a20) 2 scored 243 / 222 and 218 / 225, IL 241 / 204
     # and 225 / 213: below IL at seen push positions there. At 30 demos (co_rft_<task>_d30_p2.json,
     # b7e8669) 227 / 191 and 166 / 136 against 3's 231 / 187 and 160 / 147 (IL 230 / 176, 110 / 94).
+    # 1 (co_rft_<task>_p1_pilot.json, b7e8669, seeds 0-4) scored 248 / 218 and 227 / 207 at 2.04-2.07x an
+    # IL update (2 prefixes: 2.1-2.4x); with cql_fraction 0.125 as well 248 / 214 and 228 / 205 at
+    # 1.77-1.86x, the first setting under the 2x floor. Not yet confirmed at other seeds.
     prefix_samples: int | None = 2
     n_critics: int = 2  # twin critics; targets take the minimum
     # critic network: "mlp" = PrefixMLPCritic (causal by a masked first layer, LayerNorm; ~5x cheaper),
