@@ -232,7 +232,9 @@ class CORFTConfig:
     # b7e8669) 227 / 191 and 166 / 136 against 3's 231 / 187 and 160 / 147 (IL 230 / 176, 110 / 94).
     # 1 (co_rft_<task>_p1_pilot.json, b7e8669, seeds 0-4) scored 248 / 218 and 227 / 207 at 2.04-2.07x an
     # IL update (2 prefixes: 2.1-2.4x); with cql_fraction 0.125 as well 248 / 214 and 228 / 205 at
-    # 1.77-1.86x, the first setting under the 2x floor. Not yet confirmed at other seeds.
+    # 1.77-1.86x, the first setting under the 2x floor. At seeds 5-9 (co_rft_<task>_p1_s59.json, 3478b18)
+    # 245 / 220 and 222 / 218 (2.05-2.11x), and with cql_fraction 0.125 243 / 220 and 225 / 226
+    # (1.69-1.74x), IL 241 / 204 and 225 / 213: the lead for the next default.
     prefix_samples: int | None = 2
     n_critics: int = 2  # twin critics; targets take the minimum
     # critic network: "mlp" = PrefixMLPCritic (causal by a masked first layer, LayerNorm; ~5x cheaper),
