@@ -41,7 +41,7 @@ Deviations and why:
   ranking B x h x N fresh samples every update, which cost ~10x an imitation update on a CPU.
   By default (``bon_ranked_target``) it also bootstraps from the value the ranking gave the chosen
   chunk (held until the next ranking), and ``cql_fraction`` computes the conservative term at a share of
-  the batch's contexts (a quarter by default): cheaper estimators of the same targets that halve an
+  the batch's contexts (an eighth by default): cheaper estimators of the same targets that halve an
   update's arithmetic with success unchanged in the benchmark (see the config).
 - The flow is not trained in stage 2 (FQL and QC keep fitting it): stage 1 fitted it on the same data, and a
   frozen flow keeps the candidate table valid.

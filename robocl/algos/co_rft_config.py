@@ -234,8 +234,10 @@ class CORFTConfig:
     # IL update (2 prefixes: 2.1-2.4x); with cql_fraction 0.125 as well 248 / 214 and 228 / 205 at
     # 1.77-1.86x, the first setting under the 2x floor. At seeds 5-9 (co_rft_<task>_p1_s59.json, 3478b18)
     # 245 / 220 and 222 / 218 (2.05-2.11x), and with cql_fraction 0.125 243 / 220 and 225 / 226
-    # (1.69-1.74x), IL 241 / 204 and 225 / 213: the lead for the next default.
-    prefix_samples: int | None = 2
+    # (1.69-1.74x), IL 241 / 204 and 225 / 213. Pooled over the 10 seeds, 1 with cql_fraction 0.125 (the
+    # default) scored 491 / 434 and 453 / 431 of 500 against IL's 482 / 412 and 449 / 419 (2: 488 / 452
+    # and 450 / 440), -18% cycle time on pick-place, at 1.69-1.86x an IL update: every 60-demo floor met.
+    prefix_samples: int | None = 1
     n_critics: int = 2  # twin critics; targets take the minimum
     # critic network: "mlp" = PrefixMLPCritic (causal by a masked first layer, LayerNorm; ~5x cheaper),
     # "transformer" = T-SAC's causal transformer over [context, a_1..a_h] (ChunkCritic)
@@ -268,8 +270,9 @@ class CORFTConfig:
     # Share of a batch's contexts the conservative term is computed at (the first rows: a batch is a random
     # draw, so they are a random subset). Its loss is a mean over contexts, and a subset estimates that mean
     # without bias (unlike fewer samples per context, which bias the logsumexp down), at more variance.
-    # Alone, 0.25 scored 98% / 75% and 92% / 83% (same run as bon_ranked_target's) at 20 ms per update.
-    cql_fraction: float = 0.25  # share of a batch's contexts the conservative term is computed at
+    # Alone, 0.25 scored 98% / 75% and 92% / 83% (same run as bon_ranked_target's) at 20 ms per update;
+    # 0.125 with 1 drawn prefix is the default (measured under prefix_samples above).
+    cql_fraction: float = 0.125  # share of a batch's contexts the conservative term is computed at
     cql_temperature: float = 1.0  # logsumexp temperature
     # Best-of-N with rank_executed acts on Q^(k) of the k actions executed per choice, but the term above
     # pushes down Q^(h) only: the values the policy acts on are held down only through the layers they share

@@ -416,6 +416,7 @@ def test_critic_ranks_faster_chunks_higher_on_a_chain(tmp_path):
         critic_lr=3e-3,
         cql_alpha=0.5,
         cql_n_samples=2,
+        cql_fraction=1.0,  # all 32 rows (the default's 1/8 is 16 of the benchmark's 128, here only 4)
         **{**TINY, "d_model": 32},
     )
     algo = CORFT.from_store(cfg, store)
@@ -653,7 +654,7 @@ def test_image_language_policy_trains(tmp_path):
     "variant",
     [
         {"bon_refresh": 5},  # a resume at step 3 ranks with the saved choice and values of step 0
-        {"prefix_samples": 1},  # the drawn prefixes come from the restored RNG
+        {"prefix_samples": 2},  # the drawn prefixes come from the restored RNG
         {"bon_refresh": 5, "bon_ranked_target": False, "cql_fraction": 1.0},  # targets scored every update
         {"actor": "distill"},
         {"head": "regression", "val_fraction": 0.0},
@@ -945,7 +946,7 @@ def test_ranked_target_is_the_scored_target_held_until_the_next_ranking(tmp_path
 
 
 def test_conservative_term_on_a_share_of_the_batch(tmp_path, monkeypatch):
-    """cql_fraction=0.25 (the default) computes the Cal-QL term at the batch's first quarter of contexts:
+    """cql_fraction=0.25 computes the Cal-QL term at the batch's first quarter of contexts:
     the same Q of the logged chunks there, and samples and Monte-Carlo floors for those rows only."""
     import robocl.algos.co_rft as co_rft
 
@@ -955,7 +956,7 @@ def test_conservative_term_on_a_share_of_the_batch(tmp_path, monkeypatch):
     monkeypatch.setattr(co_rft, "conservative_loss", lambda *a, **k: seen.append(a) or loss(*a, **k))
     base = {"state_keys": ("observation.state",), "horizon": 2, "gripper": False, "cql_n_samples": 2, **TINY}
     stage_two_metrics(store, CORFTConfig(**base, cql_fraction=1.0), 1)
-    stage_two_metrics(store, CORFTConfig(**base), 1)  # the default: a quarter
+    stage_two_metrics(store, CORFTConfig(**base, cql_fraction=0.25), 1)
     (full_q, *_, full_mc), (q, uniform, policy, next_policy, mc) = seen
     assert full_q.shape == (2, 16) and q.shape == (2, 4) and mc.shape == (4,)
     assert uniform.shape == policy.shape == next_policy.shape == (2, 4, 2)
