@@ -482,6 +482,19 @@ def main() -> None:
     print(tables)
 
 
+# What a merged file takes from its first part (each part's machine is listed under "parts" as well).
+RUN_KEYS = (
+    "commit",
+    "date",
+    "machine",
+    "cpu",
+    "cpu_vector_isa",
+    "torch_cpu_capability",
+    "kernel_settings",
+    "versions",
+)
+
+
 def combine(paths: list[Path], name: str) -> str:
     """Merge result files of one benchmark run stopped and completed in parts (``--seeds``/``--demos``
     subsets, and ``--only`` subsets: a method's rows pool the cells of the parts that ran it) into
@@ -521,7 +534,7 @@ def combine(paths: list[Path], name: str) -> str:
         for key in ("ms_per_update_median", "ms_per_update_mean", "ms_first_update_median")
     }
     payload = {
-        **{k: first.get(k) for k in ("commit", "date", "machine", "cpu", "torch_cpu_capability", "versions")},
+        **{k: first.get(k) for k in RUN_KEYS},
         "seed": first["seed"],
         "dirty": False,
         "seeds": sorted({c["seed"] for c in cells}),
@@ -549,7 +562,9 @@ def combine(paths: list[Path], name: str) -> str:
                 "file": Path(path).name,
                 "date": part["date"],
                 "cpu": part.get("cpu"),
+                "cpu_vector_isa": part.get("cpu_vector_isa"),
                 "torch_cpu_capability": part.get("torch_cpu_capability"),
+                "kernel_settings": part.get("kernel_settings"),
                 "cells": sorted([r["seed"], r["demos"]] for r in part["records"]),
                 "wall_s": part["wall_s"],
             }

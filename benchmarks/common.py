@@ -35,7 +35,12 @@ def run_info(seed: int) -> dict[str, Any]:
         # The CPU and the kernels torch picked for it: the same code and seeds can train to different
         # weights on another CPU (a seed-0 cell of the CO-RFT benchmark did), so a rerun compares these too.
         "cpu": _cpu_model(),
+        "cpu_vector_isa": _cpu_vector_isa(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        # Settings that pin kernels below what the CPU offers. ATEN_CPU_CAPABILITY alone moves only torch's
+        # own kernels, not MKL's matmuls: on an AVX512 machine it still trained other CO-RFT weights than an
+        # AVX2 machine did at the same commit and seed, so a JSON says which of these were set.
+        "kernel_settings": {k: os.environ[k] for k in KERNEL_SETTINGS if k in os.environ},
         "versions": {
             "numpy": numpy.__version__,
             "zarr": zarr.__version__,
@@ -44,6 +49,24 @@ def run_info(seed: int) -> dict[str, Any]:
         },
         "seed": seed,
     }
+
+
+KERNEL_SETTINGS = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
+
+
+def _cpu_vector_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The widest x86 vector instruction set the CPU reports ("avx512", "avx2", "avx"), None if unknown."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return None
+    flags = next(
+        (set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")), set()
+    )
+    return next(
+        (isa for isa, flag in (("avx512", "avx512f"), ("avx2", "avx2"), ("avx", "avx")) if flag in flags),
+        None,
+    )
 
 
 def _cpu_model() -> str:
