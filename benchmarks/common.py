@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Environment variables that pin the CPU kernels torch, MKL and oneDNN use (recorded when set).
+KERNEL_SETTINGS = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
 
 
 def run_info(seed: int) -> dict[str, Any]:
@@ -49,9 +51,6 @@ def run_info(seed: int) -> dict[str, Any]:
         },
         "seed": seed,
     }
-
-
-KERNEL_SETTINGS = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
 
 
 def _cpu_vector_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
