@@ -53,15 +53,18 @@ def run_info(seed: int) -> dict[str, Any]:
     }
 
 
-def _cpu_vector_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
-    """The widest x86 vector instruction set the CPU reports ("avx512", "avx2", "avx"), None if unknown."""
+def _cpuinfo(field: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The first value of ``field`` in /proc/cpuinfo (Linux), None where there is none."""
     try:
-        text = cpuinfo.read_text()
+        lines = cpuinfo.read_text().splitlines()
     except OSError:
         return None
-    flags = next(
-        (set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")), set()
-    )
+    return next((line.partition(":")[2].strip() for line in lines if line.startswith(field)), None)
+
+
+def _cpu_vector_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The widest x86 vector instruction set the CPU reports ("avx512", "avx2", "avx"), None if unknown."""
+    flags = set((_cpuinfo("flags", cpuinfo) or "").split())
     return next(
         (isa for isa, flag in (("avx512", "avx512f"), ("avx2", "avx2"), ("avx", "avx")) if flag in flags),
         None,
@@ -69,13 +72,7 @@ def _cpu_vector_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
 
 
 def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return _cpuinfo("model name") or platform.processor() or "unknown"
 
 
 def _version(package: str) -> str | None:
