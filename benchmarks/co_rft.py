@@ -55,7 +55,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # --images renders on a headless CPU
 
-from benchmarks.common import markdown_table, run_info, write_result
+from benchmarks.common import RUN_INFO_KEYS, markdown_table, run_info, write_result
 from benchmarks.iql import IQL, IQLConfig
 from robocl.algos.bc import BC, BCConfig
 from robocl.algos.co_rft import CORFT, CORFTConfig
@@ -482,19 +482,6 @@ def main() -> None:
     print(tables)
 
 
-# What a merged file takes from its first part (each part's machine is listed under "parts" as well).
-RUN_KEYS = (
-    "commit",
-    "date",
-    "machine",
-    "cpu",
-    "cpu_vector_isa",
-    "torch_cpu_capability",
-    "kernel_settings",
-    "versions",
-)
-
-
 def combine(paths: list[Path], name: str) -> str:
     """Merge result files of one benchmark run stopped and completed in parts (``--seeds``/``--demos``
     subsets, and ``--only`` subsets: a method's rows pool the cells of the parts that ran it) into
@@ -534,8 +521,7 @@ def combine(paths: list[Path], name: str) -> str:
         for key in ("ms_per_update_median", "ms_per_update_mean", "ms_first_update_median")
     }
     payload = {
-        **{k: first.get(k) for k in RUN_KEYS},
-        "seed": first["seed"],
+        **{k: first.get(k) for k in RUN_INFO_KEYS},
         "dirty": False,
         "seeds": sorted({c["seed"] for c in cells}),
         "wall_s": sum(part["wall_s"] for part in parts),

@@ -15,6 +15,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 KERNEL_SETTINGS = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
 
 
+# The keys run_info writes, in its order (a merge of a run's parts copies them from the first part).
+RUN_INFO_KEYS = (
+    "commit", "date", "machine", "cpu", "cpu_vector_isa", "torch_cpu_capability", "kernel_settings",
+    "versions", "seed",
+)  # fmt: skip
+
+
 def run_info(seed: int) -> dict[str, Any]:
     try:
         commit = subprocess.check_output(

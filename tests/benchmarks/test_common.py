@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.common import KERNEL_SETTINGS, _cpu_vector_isa, run_info
+from benchmarks.common import KERNEL_SETTINGS, RUN_INFO_KEYS, _cpu_vector_isa, run_info
 
 CPUINFO = "processor\t: {n}\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 {extra}\n\n"
 
@@ -32,3 +32,9 @@ def test_run_info_records_the_kernel_settings_that_are_set(monkeypatch: pytest.M
     monkeypatch.setenv("MKL_CBWR", "AVX2")
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
     assert run_info(0)["kernel_settings"] == {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
+
+
+def test_run_info_keys_name_what_run_info_writes() -> None:
+    """The CO-RFT benchmark's merge copies RUN_INFO_KEYS from a run's first part: a key run_info gains
+    must be listed there too, or merged files lose it."""
+    assert tuple(run_info(0)) == RUN_INFO_KEYS
