@@ -329,8 +329,7 @@ class CORFT:
             if on_executed:  # Q^(k) of the logged chunk's first k actions and of the samples'
                 k = torch.full((m,), executed, device=self.device)
                 queries.append((feat[:m], data_chunk[:m], torch.minimum(k, length[:m, 0])))
-                rows = feat[:m].repeat_interleave(3 * n, 0)
-                queries.append((rows, samples.flatten(0, 1), k.repeat_interleave(3 * n)))
+                queries.append((feat[:m], samples, k[:, None].expand(m, 3 * n)))
         answers = [c.q_many(*queries) for c in self.critics]
         q = torch.stack([a[0] for a in answers])  # (C, B, S)
         q_data = q[..., 0]  # (C, B) Q of the logged chunk, Q^(h_eff)
@@ -345,7 +344,7 @@ class CORFT:
             q_s = torch.stack([a[1] for a in answers])  # (C, m, 3n)
             terms = {"conservative": (q_data[:, :m], q_s)}  # name -> Q of the logged chunks, of the samples
             if on_executed:
-                q_sk = torch.stack([a[3] for a in answers]).view(len(answers), m, 3 * n)
+                q_sk = torch.stack([a[3] for a in answers])  # (C, m, 3n)
                 terms["conservative_executed"] = (torch.stack([a[2] for a in answers]), q_sk)
             log_density = h * self.spec.action_dim * np.log(0.5) if cfg.cql_importance_sample else 0.0
             for name, (q_logged, q_samples) in terms.items():

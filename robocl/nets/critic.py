@@ -47,7 +47,9 @@ class PrefixMLPCritic(nn.Module):
     def q_prefix(self, feat: torch.Tensor, chunk: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
         """Q^(length) of each row's first ``length`` actions, ``forward(...)[b, length - 1]`` without the
         other prefixes: one length per row (B,) -> (B,), or S per row (B, S) -> (B, S), each an ordinary MLP
-        on [feat, a_1..a_length] (CO-RFT's TD loss: :func:`robocl.algos.chunk_losses.td_prefixes`)."""
+        on [feat, a_1..a_length] (CO-RFT's TD loss: :func:`robocl.algos.chunk_losses.td_prefixes`); or N
+        chunks per context (B, N, h, A) with a length each (B, N) -> (B, N), the context's layer computed
+        once (best-of-N ranking on the executed actions)."""
         return self.mlp(self._first_layer(feat, chunk, length)).squeeze(-1)
 
     def q_many(self, *queries: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]) -> list[torch.Tensor]:
@@ -72,8 +74,8 @@ class PrefixMLPCritic(nn.Module):
             if chunk.dim() == 4:
                 context = context.unsqueeze(1)
             return context + chunk.flatten(-2) @ self.action_weight.view(h * a, width) + self.prefix_emb[-1]
-        kept = torch.arange(h, device=chunk.device) < length.unsqueeze(-1)  # (B, [S,] h)
-        if length.dim() == 2:
+        kept = torch.arange(h, device=chunk.device) < length.unsqueeze(-1)  # (B, [S or N,] h)
+        if length.dim() == 2 and chunk.dim() == 3:  # S prefixes of each row's one chunk
             chunk = chunk.unsqueeze(1)
         steps = (chunk * kept.unsqueeze(-1)).flatten(-2) @ self.action_weight.view(h * a, width)
         context = context.view(len(feat), *(1,) * (length.dim() - 1), width)

@@ -163,16 +163,23 @@ class ChunkCritic(nn.Module):
         """Q^(h) of whole (unpadded) chunks, ``forward(feat, chunk)[:, -1]`` at about 60% of the cost: (B, h,
         A) -> (B,), or N chunks per context (B, N, h, A) -> (B, N)."""
         if chunk.dim() == 4:
-            n = chunk.shape[1]
-            return self.q_chunk(feat.repeat_interleave(n, 0), chunk.flatten(0, 1)).view(-1, n)
+            return self.q_chunk(*_candidates_as_rows(feat, chunk)).view(chunk.shape[:2])
         out = encoder_forward(self.encoder, self._tokens(feat, chunk), self.causal_mask, last_only=True)
         return self.head(out[:, 0]).squeeze(-1)
 
     def q_prefix(self, feat: torch.Tensor, chunk: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
         """Q^(length): ``forward(...)[b, length - 1]`` for one length per row (B,) -> (B,) or S per row
-        (B, S) -> (B, S) (the encoder computes every prefix anyway)."""
+        (B, S) -> (B, S) (the encoder computes every prefix anyway); or N chunks per context (B, N, h, A)
+        with a length each (B, N) -> (B, N)."""
+        if chunk.dim() == 4:
+            return self.q_prefix(*_candidates_as_rows(feat, chunk), length.flatten()).view(length.shape)
         return self(feat, chunk).gather(1, (length - 1).view(len(length), -1)).view(length.shape)
 
     def q_many(self, *queries: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]) -> list[torch.Tensor]:
         """``q_prefix`` (or ``q_chunk`` where length is None) of each (feat, chunk, length) query in turn."""
         return [self.q_chunk(f, c) if n is None else self.q_prefix(f, c, n) for f, c, n in queries]
+
+
+def _candidates_as_rows(feat: torch.Tensor, chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, d) contexts and (B, N, h, A) chunks -> (B*N, d), (B*N, h, A): each candidate a row of its own."""
+    return feat.repeat_interleave(chunk.shape[1], 0), chunk.flatten(0, 1)

@@ -286,10 +286,8 @@ class BestOfN:
         if self.score_steps is None:
             q = torch.stack([c.q_chunk(feat, candidates) for c in self.critics])
         else:
-            B, N = candidates.shape[:2]
-            rows, chunks = feat.repeat_interleave(N, 0), candidates.flatten(0, 1)
-            length = torch.full((B * N,), self.score_steps, device=feat.device)
-            q = torch.stack([c.q_prefix(rows, chunks, length) for c in self.critics]).view(-1, B, N)
+            length = torch.full(candidates.shape[:2], self.score_steps, device=feat.device)
+            q = torch.stack([c.q_prefix(feat, candidates, length) for c in self.critics])
         return q.mean(0) if self.aggregate == "mean" else q.min(0).values
 
     def __call__(self, feat: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

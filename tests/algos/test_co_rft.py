@@ -265,6 +265,10 @@ def test_critics_are_causal_over_the_chunk(kind):
     torch.testing.assert_close(critic.q_prefix(feat, chunk, length), q[torch.arange(5), length - 1])
     lengths = torch.tensor([[4, 1, 3], [2, 1, 2], [3, 2, 1], [1, 4, 4], [4, 3, 2]])  # several per row
     torch.testing.assert_close(critic.q_prefix(feat, chunk, lengths), q.gather(1, lengths - 1))
+    # N chunks per context with a length each (best-of-N ranking on the executed actions).
+    q_many_rows = critic(feat.repeat_interleave(3, 0), many.flatten(0, 1)).view(5, 3, 4)
+    want = q_many_rows.gather(2, (lengths - 1).unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(critic.q_prefix(feat, many, lengths), want, rtol=1e-5, atol=1e-5)
     # Both kinds of query at once (the TD and conservative terms through one pass of the shared layers).
     prefixes, chunks = critic.q_many((feat, chunk, lengths), (feat[:2], many[:2], None))
     torch.testing.assert_close(prefixes, q.gather(1, lengths - 1))
@@ -817,7 +821,7 @@ class HandCritic(torch.nn.Module):
         return -((chunk - 0.3) ** 2).sum((-2, -1))  # (B, h, A) -> (B,), (B, N, h, A) -> (B, N)
 
     def q_prefix(self, feat: torch.Tensor, chunk: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
-        kept = torch.arange(chunk.shape[1]) < length[:, None]  # (B, h)
+        kept = torch.arange(chunk.shape[-2]) < length[..., None]  # (B, [N,] h)
         return -(((chunk + 0.3) ** 2).sum(-1) * kept).sum(-1)
 
 
@@ -856,7 +860,7 @@ class CentredCritic(torch.nn.Module):
         return -((chunk - self.centre) ** 2).sum((-2, -1))
 
     def q_prefix(self, feat: torch.Tensor, chunk: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
-        kept = torch.arange(chunk.shape[1]) < length[:, None]  # (B, h)
+        kept = torch.arange(chunk.shape[-2]) < length[..., None]  # (B, [N,] h)
         return -(((chunk - self.centre) ** 2).sum(-1) * kept).sum(-1)
 
 
