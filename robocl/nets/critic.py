@@ -74,9 +74,25 @@ class PrefixMLPCritic(nn.Module):
             if chunk.dim() == 4:
                 context = context.unsqueeze(1)
             return context + chunk.flatten(-2) @ self.action_weight.view(h * a, width) + self.prefix_emb[-1]
+        check_prefix_query(chunk, length)
         kept = torch.arange(h, device=chunk.device) < length.unsqueeze(-1)  # (B, [S or N,] h)
         if length.dim() == 2 and chunk.dim() == 3:  # S prefixes of each row's one chunk
             chunk = chunk.unsqueeze(1)
         steps = (chunk * kept.unsqueeze(-1)).flatten(-2) @ self.action_weight.view(h * a, width)
         context = context.view(len(feat), *(1,) * (length.dim() - 1), width)
         return context + steps + self.prefix_emb[length - 1]
+
+
+def check_prefix_query(chunk: torch.Tensor, length: torch.Tensor) -> None:
+    """Raise unless ``length`` fits ``chunk`` in one of q_prefix's forms: (B,) or (B, S) lengths for (B, h,
+    A) chunks, (B, N) for (B, N, h, A). Broadcasting would otherwise pair (B, N, h, A) chunks with (B,)
+    lengths whenever N == B or B == 1, and score the wrong prefixes without a word."""
+    if chunk.dim() == 3:
+        fits = length.dim() in (1, 2) and length.shape[0] == chunk.shape[0]
+    else:
+        fits = chunk.dim() == 4 and length.shape == chunk.shape[:2]
+    if not fits:
+        raise ValueError(
+            f"q_prefix: lengths of shape {tuple(length.shape)} do not fit chunks {tuple(chunk.shape)}:"
+            " want (B,) or (B, S) lengths for (B, h, A) chunks, (B, N) for (B, N, h, A)"
+        )

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robocl.nets.critic import check_prefix_query
 from robocl.nets.vision import ConvEncoder
 
 
@@ -171,6 +172,7 @@ class ChunkCritic(nn.Module):
         """Q^(length): ``forward(...)[b, length - 1]`` for one length per row (B,) -> (B,) or S per row
         (B, S) -> (B, S) (the encoder computes every prefix anyway); or N chunks per context (B, N, h, A)
         with a length each (B, N) -> (B, N)."""
+        check_prefix_query(chunk, length)
         if chunk.dim() == 4:
             return self.q_prefix(*_candidates_as_rows(feat, chunk), length.flatten()).view(length.shape)
         return self(feat, chunk).gather(1, (length - 1).view(len(length), -1)).view(length.shape)

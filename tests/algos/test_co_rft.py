@@ -269,6 +269,11 @@ def test_critics_are_causal_over_the_chunk(kind):
     q_many_rows = critic(feat.repeat_interleave(3, 0), many.flatten(0, 1)).view(5, 3, 4)
     want = q_many_rows.gather(2, (lengths - 1).unsqueeze(-1)).squeeze(-1)
     torch.testing.assert_close(critic.q_prefix(feat, many, lengths), want, rtol=1e-5, atol=1e-5)
+    # Lengths that only broadcast (one per context for N == B chunks each, or too few rows) are refused.
+    with pytest.raises(ValueError, match=r"lengths of shape \(3,\) do not fit chunks \(3, 3, 4, 3"):
+        critic.q_prefix(feat[:3], many[:3], length[:3])
+    with pytest.raises(ValueError, match=r"lengths of shape \(4,\) do not fit"):
+        critic.q_prefix(feat, chunk, length[:4])
     # Both kinds of query at once (the TD and conservative terms through one pass of the shared layers).
     prefixes, chunks = critic.q_many((feat, chunk, lengths), (feat[:2], many[:2], None))
     torch.testing.assert_close(prefixes, q.gather(1, lengths - 1))
