@@ -28,6 +28,8 @@ returns on held-out demonstrations, every ``--val-every`` updates) and, per cell
 trained policy's weights and of its evaluation episodes: a rerun of a cell at the JSON's commit (``dirty``
 says whether the tree had uncommitted changes) gives the same fingerprints, so a different number later is
 code drift, not nondeterminism (``--check-determinism`` retrains the first cell's IL policy and says so).
+Imitation trains under bf16 autocast on a GPU and in float32 on a CPU, as robocl's training loop does;
+``--amp bf16`` / ``--amp off`` force either (``budget.bf16_autocast`` in the JSON says which ran).
 The JSON is rewritten after every cell, so a long run stopped early can be finished with the missing
 ``--seeds``/``--demos`` under another ``--name`` and the parts merged with ``--combine``.
 Result: benchmarks/results/co_rft_<task>[_images].json (``--name`` overrides).
@@ -347,6 +349,12 @@ def main() -> None:
     parser.add_argument("--images", action="store_true", help="the policy sees both 96x96 cameras")
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where the policy trains and acts")
     parser.add_argument(
+        "--amp",
+        choices=("auto", "bf16", "off"),
+        default="auto",
+        help="training precision: bf16 autocast (auto: on a GPU only, as robocl's training loop), or float32",
+    )
+    parser.add_argument(
         "--episodes", type=int, default=10, help="evaluation episodes per seed and position set"
     )
     parser.add_argument(
@@ -394,6 +402,9 @@ def main() -> None:
     args.seeds = [int(x) for x in args.seeds.split(",")]
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: torch sees no CUDA device")
+    # auto: bf16 autocast on a GPU, as robocl's training loop runs there (robocl.run.loop); bf16 on a CPU
+    # tells a GPU-only failure from one of bf16 itself. Stage 2 stays float32 either way (CORFT.update).
+    args.bf16 = args.amp == "bf16" or (args.amp == "auto" and args.device.startswith("cuda"))
     torch.set_num_threads(1)
     from robocl.collect import collect
     from robocl.eval.evaluate import evaluate
@@ -441,8 +452,7 @@ def main() -> None:
                     "finite": {},
                     "diverged": {},
                 }
-                # bf16 autocast on a GPU, as the training loop runs there (robocl.run.loop)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.device.startswith("cuda")):
+                with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16):
                     policies = _policies(store, task, seed, args, language, record)
                 for method, policy in policies.items():
                     latency.setdefault(method, _latency(policy, store))
@@ -654,6 +664,7 @@ def _report(
             "demos": list(demo_stats),
             "images": args.images,
             "device": args.device,
+            "bf16_autocast": args.bf16,
             "il_updates": args.il_updates,
             "rl_updates": args.rl_updates,
             "iql_updates": args.iql_updates,

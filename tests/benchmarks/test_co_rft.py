@@ -173,6 +173,29 @@ def test_a_non_finite_imitation_policy_is_named_in_the_record(
     }
 
 
+@pytest.mark.parametrize(("amp", "bf16"), [("auto", False), ("bf16", True), ("off", False)])
+def test_amp_sets_the_precision_imitation_trains_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, amp: str, bf16: bool
+) -> None:
+    """On a CPU, auto trains in float32 (bf16 autocast is the GPU's default); bf16 trains under it there
+    too, so a GPU-only failure can be told from one of bf16 itself. The JSON says which ran."""
+    monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
+    seen, il_update = [], CORFT._il_update
+
+    def recording(self: CORFT, batch: dict) -> dict:
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return il_update(self, batch)
+
+    monkeypatch.setattr(CORFT, "_il_update", recording)
+    argv = f"--demos 2 --seeds 0 --il-updates 2 --episodes 1 --only il --set n_obs=1 --amp {amp}"
+    monkeypatch.setattr(sys, "argv", ["co_rft", *argv.split()])
+    main()
+    assert [enabled for enabled, _ in seen] == [bf16, bf16]  # both imitation updates
+    if bf16:
+        assert {dtype for _, dtype in seen} == {torch.bfloat16}
+    assert json.loads((tmp_path / "co_rft_pick_place.json").read_text())["budget"]["bf16_autocast"] is bf16
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [("n_obz=1", "'n_obz' is not a CORFTConfig field"), ("seed=3", "'seed' is set by the benchmark")],
