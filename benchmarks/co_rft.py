@@ -1,8 +1,10 @@
 """CO-RFT against imitation and outside baselines on a few noisy, mixed-quality demonstrations.
 
     python -m benchmarks.co_rft                                  # small budget, a few minutes on a CPU
-    python -m benchmarks.co_rft --task push --demos 30,60 --seeds 0,1,2,3,4 --episodes 50   # the full run
-    python -m benchmarks.co_rft --images --device cuda --demos 60 --seeds 0 --only il,co-rft   # GPU, cameras
+    python -m benchmarks.co_rft --task push --demos 30,60 --seeds 0,1,2,3,4 --episodes 50 \
+        --il-updates 30000 --rl-updates 2000                               # the full run (the README's)
+    python -m benchmarks.co_rft --images --device cuda --demos 60 --seeds 0 --only il,co-rft \
+        --il-updates 15000 --rl-updates 500 --episodes 20                  # cameras, on a GPU (minutes)
     python -m benchmarks.co_rft --combine part1.json part2.json --name co_rft_push   # a run done in parts
 
 For each demo count (scripted mixed-quality demos of ``--task``, collection seed 0) and each seed, in one run:
