@@ -219,6 +219,27 @@ def _corft(
     return algo
 
 
+def _cell_config(
+    store: TrajectoryStore, task: dict[str, Any], seed: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The CORFTConfig fields every CO-RFT policy of one (store, seed) cell shares, ``--set`` included."""
+    cameras = tuple(k for k, f in store.features.items() if f.is_image)
+    base: dict[str, Any] = {**args.set, "image_keys": cameras, "seed": seed, "gripper": task["gripper"]}
+    if args.images:  # the cameras replace the privileged object state (proprioception stays)
+        base["state_keys"] = ("observation.state",)
+    else:
+        # With the privileged object state the instruction is redundant (the target plate's position is in
+        # it), and on 60 pick-and-place demos it let the policy tell demos apart: 4 seeds of flow IL without
+        # it reached 92% / 66% (seen / unseen) against 72-84% / 48-72% with it (pilots, 3k updates).
+        base["language_model"] = None
+    return base
+
+
+def _precision(args: argparse.Namespace) -> torch.autocast:
+    """The autocast imitation trains under: bf16 where ``--amp`` asks for it, else a no-op."""
+    return torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16)
+
+
 def _policies(
     store: TrajectoryStore,
     task: dict[str, Any],
@@ -230,15 +251,7 @@ def _policies(
     """The trained policies of one (store, seed) cell, keyed by method name (``args.methods``); fills
     ``record`` with ms and FLOPs per update, validation curves and weight fingerprints."""
     out, wanted, times, flops = {}, set(args.methods), record["times"], record["flops"]
-    cameras = tuple(k for k, f in store.features.items() if f.is_image)
-    base: dict[str, Any] = {**args.set, "image_keys": cameras, "seed": seed, "gripper": task["gripper"]}
-    if args.images:  # the cameras replace the privileged object state (proprioception stays)
-        base["state_keys"] = ("observation.state",)
-    else:
-        # With the privileged object state the instruction is redundant (the target plate's position is in
-        # it), and on 60 pick-and-place demos it let the policy tell demos apart: 4 seeds of flow IL without
-        # it reached 92% / 66% (seen / unseen) against 72-84% / 48-72% with it (pilots, 3k updates).
-        base["language_model"] = None
+    base = _cell_config(store, task, seed, args)
     ils = {}
     variants = {n: v for n, v in args.variants.items() if {n, f"{n} whole chunk"} & wanted}
     started_from = {il_name for il_name, _ in variants.values()}
@@ -328,10 +341,13 @@ def _latency(policy: Any, store: TrajectoryStore, repeats: int = 50) -> float | 
 
 
 def _check_determinism(store: TrajectoryStore, task: dict[str, Any], args: argparse.Namespace, language: Any):
-    """Train the first cell's flow IL policy twice in this process: equal fingerprints = deterministic."""
-    cfg = CORFTConfig(**args.set, seed=args.seeds[0], gripper=task["gripper"])
+    """Train the flow IL policy of the first seed's cell on ``store`` twice in this process, at the cells'
+    precision: equal fingerprints = deterministic."""
+    cfg = CORFTConfig(head="flow", **_cell_config(store, task, args.seeds[0], args))
     small = argparse.Namespace(**{**vars(args), "il_updates": min(args.il_updates, 200)})
-    prints = [_fingerprint(_corft(store, cfg, small, [], language).state_dict()["model"]) for _ in range(2)]
+    with _precision(args):
+        trained = [_corft(store, cfg, small, [], language) for _ in range(2)]
+    prints = [_fingerprint(algo.state_dict()["model"]) for algo in trained]
     return {"il_updates": small.il_updates, "fingerprints": prints, "identical": prints[0] == prints[1]}
 
 
@@ -454,7 +470,7 @@ def main() -> None:
                     "finite": {},
                     "diverged": {},
                 }
-                with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16):
+                with _precision(args):
                     policies = _policies(store, task, seed, args, language, record)
                 for method, policy in policies.items():
                     latency.setdefault(method, _latency(policy, store))

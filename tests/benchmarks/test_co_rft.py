@@ -114,6 +114,8 @@ def test_a_tiny_run_is_deterministic_and_writes_its_table(
     main()
     result = json.loads((tmp_path / "co_rft_pick_place.json").read_text())
     assert result["determinism"]["identical"]
+    # ... and the policy it retrains is the cell's own (same config, budget and precision): 4 updates < 200.
+    assert result["determinism"]["fingerprints"][0] == result["records"][0]["fingerprints"]["il"]
     assert result["budget"]["config_overrides"] == {"n_obs": 1, "flow_steps": 3}
     assert {(s["method"], s["positions"]) for s in result["summary"]} == {
         (m, p)
