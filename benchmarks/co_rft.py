@@ -29,7 +29,8 @@ inference latency per chunk on one thread, the stage-2 critic's validation curve
 returns on held-out demonstrations, every ``--val-every`` updates) and, per cell, a fingerprint of every
 trained policy's weights and of its evaluation episodes: a rerun of a cell at the JSON's commit (``dirty``
 says whether the tree had uncommitted changes) gives the same fingerprints, so a different number later is
-code drift, not nondeterminism (``--check-determinism`` retrains the first cell's IL policy and says so).
+code drift, not nondeterminism (``--check-determinism`` trains the first seed's flow IL policy on the last
+``--demos`` count twice and says so).
 Imitation trains under bf16 autocast on a GPU and in float32 on a CPU, as robocl's training loop does;
 ``--amp bf16`` / ``--amp off`` force either (``budget.bf16_autocast`` in the JSON says which ran).
 The JSON is rewritten after every cell, so a long run stopped early can be finished with the missing
