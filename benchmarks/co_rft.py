@@ -180,17 +180,38 @@ def _train(
 @torch.no_grad()
 def _finite_check(algo: CORFT, copied: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
     """After imitation: the policy's tensors that hold a NaN or inf (the learner's and the copy evaluated),
-    and whether its chunks on a training batch are finite, in float32 as it acts (a GPU run once acted
-    with NaN chunks after 3,000 updates whose losses were all finite)."""
+    whether its chunks on a training batch are finite, in float32 as it acts (a GPU run once acted with
+    NaN chunks after 3,000 updates whose losses were all finite), and the first module that output a NaN
+    or inf on that batch (None: none did)."""
     net = algo.policy_net
-    with torch.autocast(algo.device.type, enabled=False):
-        batch = to_torch(batch, algo.device)
-        was_training = net.training
-        chunks = net.eval().sample(net.features(batch["obs"], net.lang_of(batch)))
-        net.train(was_training)
+    # Hooks fire as each module returns, inner before outer: the first one to see a NaN or inf names the
+    # innermost module whose output turned non-finite (finite weights can overflow: a CPU run once did).
+    first: list[str] = []
+
+    def watch(name: str) -> Any:
+        def hook(module: torch.nn.Module, inputs: Any, output: Any) -> None:
+            if not first and isinstance(output, torch.Tensor) and not torch.isfinite(output).all():
+                first.append(name)
+
+        return hook
+
+    handles = [m.register_forward_hook(watch(n)) for n, m in net.named_modules() if n]
+    try:
+        with torch.autocast(algo.device.type, enabled=False):
+            batch = to_torch(batch, algo.device)
+            was_training = net.training
+            chunks = net.eval().sample(net.features(batch["obs"], net.lang_of(batch)))
+            net.train(was_training)
+    finally:
+        for handle in handles:
+            handle.remove()
     bad = {name: [k for k, v in m.state_dict().items() if not torch.isfinite(v).all()] for name, m in
            (("learner", net), ("evaluated copy", copied))}  # fmt: skip
-    return {"non_finite_tensors": bad, "chunks_finite": bool(torch.isfinite(chunks).all())}
+    return {
+        "non_finite_tensors": bad,
+        "chunks_finite": bool(torch.isfinite(chunks).all()),
+        "first_non_finite_module": first[0] if first else None,
+    }
 
 
 def _fingerprint(tensors: dict[str, torch.Tensor]) -> str:

@@ -123,7 +123,11 @@ def test_a_tiny_run_is_deterministic_and_writes_its_table(
         for p in ("seen", "unseen")
     }
     assert set(result["records"][0]["fingerprints"]) >= {"il", "co-rft", "co-rft distill"}
-    clean = {"non_finite_tensors": {"learner": [], "evaluated copy": []}, "chunks_finite": True}
+    clean = {
+        "non_finite_tensors": {"learner": [], "evaluated copy": []},
+        "chunks_finite": True,
+        "first_non_finite_module": None,
+    }
     assert result["records"][0]["finite"] == {"il": clean}
     # The last updates of each run are FLOP-counted instead of timed: the distilled actor's update also runs
     # the flow's K steps and the one-step actor, so it does more arithmetic than best-of-N's.
@@ -152,16 +156,19 @@ def test_a_diverged_variant_is_reported_and_the_others_evaluated(
     assert "diverged (no cells): seed 0, 2 demos, co-rft: update 1 of 2" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(("weight", "bad_tensors"), [(float("nan"), ["head.net.0.weight"]), (3e38, [])])
 def test_a_non_finite_imitation_policy_is_named_in_the_record(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, weight: float, bad_tensors: list[str]
 ) -> None:
+    """A NaN weight, and a finite one whose products overflow (every tensor finite, the chunks not): the
+    record names the tensor where there is one, and the first module whose output went non-finite."""
     monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
     trained = benchmarks.co_rft._corft
 
     def poisoned(*args: Any, **kwargs: Any) -> Any:
         algo = trained(*args, **kwargs)
         with torch.no_grad():
-            algo.policy_net.head.net[0].weight[0, 0] = float("nan")
+            algo.policy_net.head.net[0].weight[0] = weight
         return algo
 
     monkeypatch.setattr(benchmarks.co_rft, "_corft", poisoned)
@@ -170,8 +177,9 @@ def test_a_non_finite_imitation_policy_is_named_in_the_record(
     main()
     finite = json.loads((tmp_path / "co_rft_pick_place.json").read_text())["records"][0]["finite"]["il"]
     assert finite == {
-        "non_finite_tensors": {"learner": ["head.net.0.weight"], "evaluated copy": ["head.net.0.weight"]},
+        "non_finite_tensors": {"learner": bad_tensors, "evaluated copy": bad_tensors},
         "chunks_finite": False,
+        "first_non_finite_module": "head.net.0",
     }
 
 
