@@ -185,7 +185,7 @@ def _finite_check(algo: CORFT, copied: torch.nn.Module, batch: dict[str, Any]) -
     or inf on that batch (None: none did)."""
     net = algo.policy_net
     # Hooks fire as each module returns, inner before outer: the first one to see a NaN or inf names the
-    # innermost module whose output turned non-finite (finite weights can overflow: a CPU run once did).
+    # innermost module whose output turned non-finite (finite weights gave NaN chunks in a CPU run).
     first: list[str] = []
 
     def watch(name: str) -> Any:
