@@ -31,8 +31,9 @@ trained policy's weights and of its evaluation episodes: a rerun of a cell at th
 says whether the tree had uncommitted changes) gives the same fingerprints, so a different number later is
 code drift, not nondeterminism (``--check-determinism`` trains the first seed's flow IL policy on the last
 ``--demos`` count twice and says so).
-Imitation trains under bf16 autocast on a GPU and in float32 on a CPU, as robocl's training loop does;
-``--amp bf16`` / ``--amp off`` force either (``budget.bf16_autocast`` in the JSON says which ran).
+Imitation trains under bf16 autocast on a GPU and in float32 on a CPU, one autocast region per update, as
+robocl's training loop does; ``--amp bf16`` / ``--amp off`` force either (``budget.bf16_autocast`` in the
+JSON says which ran). Stage 2 and the plain MLP cloner train in float32.
 The JSON is rewritten after every cell, so a long run stopped early can be finished with the missing
 ``--seeds``/``--demos`` under another ``--name`` and the parts merged with ``--combine``.
 Result: benchmarks/results/co_rft_<task>[_images].json (``--name`` overrides).
@@ -237,7 +238,15 @@ def _corft(
     sampler = algo.il_sampler(store)
     torch.manual_seed(stage_seed(cfg.seed, "il"))  # dropout's stream, seeded as the loop seeds a stage
     sample = lambda: to_torch(sampler.sample(args.batch_size), args.device)  # noqa: E731
-    _train(algo.update, sample, args.il_updates, times, flops=flops, window=args.flop_window)
+
+    def update(batch: dict[str, Any]) -> dict[str, float]:
+        # One autocast region per update, as robocl's loop opens: inside a region each weight is cast to
+        # bf16 once and the cast kept, so a region around the whole run gave every update after the first
+        # the first update's weights (the optimiser's steps landed in float32 weights no forward ever used).
+        with _precision(args):
+            return algo.update(batch)
+
+    _train(update, sample, args.il_updates, times, flops=flops, window=args.flop_window)
     return algo
 
 
@@ -258,7 +267,7 @@ def _cell_config(
 
 
 def _precision(args: argparse.Namespace) -> torch.autocast:
-    """The autocast imitation trains under: bf16 where ``--amp`` asks for it, else a no-op."""
+    """The autocast one imitation update runs under: bf16 where ``--amp`` asks for it, else a no-op."""
     return torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16)
 
 
@@ -367,8 +376,7 @@ def _check_determinism(store: TrajectoryStore, task: dict[str, Any], args: argpa
     precision: equal fingerprints = deterministic."""
     cfg = CORFTConfig(head="flow", **_cell_config(store, task, args.seeds[0], args))
     small = argparse.Namespace(**{**vars(args), "il_updates": min(args.il_updates, 200)})
-    with _precision(args):
-        trained = [_corft(store, cfg, small, [], language) for _ in range(2)]
+    trained = [_corft(store, cfg, small, [], language) for _ in range(2)]
     prints = [_fingerprint(algo.state_dict()["model"]) for algo in trained]
     return {"il_updates": small.il_updates, "fingerprints": prints, "identical": prints[0] == prints[1]}
 
@@ -492,8 +500,7 @@ def main() -> None:
                     "finite": {},
                     "diverged": {},
                 }
-                with _precision(args):
-                    policies = _policies(store, task, seed, args, language, record)
+                policies = _policies(store, task, seed, args, language, record)
                 for method, policy in policies.items():
                     latency.setdefault(method, _latency(policy, store))
                     for positions in ("seen", "unseen"):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import re
 import sys
@@ -14,9 +16,10 @@ import torch
 
 import benchmarks.co_rft
 import benchmarks.common
-from benchmarks.co_rft import _latency, _settings, _train, combine, main
-from robocl.algos.co_rft import CORFT
-from robocl.run.loop import NonFiniteError
+from benchmarks.co_rft import _fingerprint, _latency, _settings, _train, combine, main
+from robocl.algos.co_rft import CORFT, CORFTConfig
+from robocl.run.loop import NonFiniteError, stage_seed, to_torch
+from tests.algos.test_co_rft import hand_store
 
 
 def _part(seed: int, demos: list[int], successes: int, **changes: object) -> dict:
@@ -204,6 +207,29 @@ def test_amp_sets_the_precision_imitation_trains_in(
     if bf16:
         assert {dtype for _, dtype in seen} == {torch.bfloat16}
     assert json.loads((tmp_path / "co_rft_pick_place.json").read_text())["budget"]["bf16_autocast"] is bf16
+
+
+def test_bf16_imitation_updates_each_see_the_weights_before_them(tmp_path: Path) -> None:
+    """Under --amp bf16 the benchmark's imitation equals robocl's loop, one autocast region per update; one
+    region around the whole run (as the benchmark once opened) keeps each weight's first bf16 cast, so every
+    later forward ran on the first update's weights, and a long image run acted with NaN chunks."""
+    store = hand_store(tmp_path)
+    cfg = CORFTConfig(n_obs=1, horizon=2, il_lr=0.05, il_warmup=0, seed=0)  # steps large enough for bf16
+    args = argparse.Namespace(il_updates=4, batch_size=4, device="cpu", flop_window=0, bf16=True)
+    benchmark = _fingerprint(benchmarks.co_rft._corft(store, cfg, args, [], None).state_dict()["model"])
+
+    def by_hand(region_per_update: bool) -> str:
+        algo = CORFT.from_store(dataclasses.replace(cfg, il_schedule_updates=4), store)
+        sampler = algo.il_sampler(store)
+        torch.manual_seed(stage_seed(0, "il"))
+        # (Any outer autocast context, even a disabled one, keeps the casts until it closes.)
+        with contextlib.nullcontext() if region_per_update else torch.autocast("cpu", dtype=torch.bfloat16):
+            for _ in range(4):
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    algo.update(to_torch(sampler.sample(4), "cpu"))
+        return _fingerprint(algo.state_dict()["model"])
+
+    assert benchmark == by_hand(region_per_update=True) != by_hand(region_per_update=False)
 
 
 @pytest.mark.parametrize(
