@@ -181,12 +181,12 @@ def _train(
 @torch.no_grad()
 def _finite_check(algo: CORFT, copied: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
     """After imitation: the policy's tensors that hold a NaN or inf (the learner's and the copy evaluated),
-    whether its chunks on a training batch are finite, in float32 as it acts (a GPU run once acted with
-    NaN chunks after 3,000 updates whose losses were all finite), and the first module that output a NaN
-    or inf on that batch (None: none did)."""
+    whether its chunks on a training batch are finite, in float32 as it acts (runs whose bf16 forwards
+    used stale weight casts, fixed in 044fd65, acted with NaN chunks after finite losses), and the first
+    module that output a NaN or inf on that batch (None: none did)."""
     net = algo.policy_net
     # Hooks fire as each module returns, inner before outer: the first one to see a NaN or inf names the
-    # innermost module whose output turned non-finite (finite weights gave NaN chunks in a CPU run).
+    # innermost module whose output turned non-finite.
     first: list[str] = []
 
     def watch(name: str) -> Any:
