@@ -98,6 +98,18 @@ def test_success_detection_on_hand_built_states():
     assert env.success_fn(batch).tolist() == [True, False, False]
 
 
+def test_an_object_off_the_table_comes_to_rest_on_the_floor():
+    """The floor 0.8 m below the table top collides: a demonstration that knocks the object off the table
+    must not leave it falling for the rest of the episode (one reached z = -312 m)."""
+    env = gym.make(ENV_ID).unwrapped
+    env.reset(seed=0)
+    place_object(env, np.array([-0.3, 0.0]), 0.05)  # behind the table's back edge (x = -0.1)
+    for _ in range(30):  # 3 s
+        env.step(np.zeros(env.action_space.shape, np.float32))
+    obj = env.data.xpos[env._obj]
+    assert -0.8 < obj[2] < -0.7, obj
+
+
 @pytest.mark.parametrize("reward_type", ["dense", "sparse"])
 def test_reward_fn_on_torch_batches_equals_the_env_reward(reward_type):
     env = PickPlaceEnv(reward_type=reward_type)
