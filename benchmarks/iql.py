@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robocl.features import normalization_stats
 from robocl.nets import MLP, Normalizer
 from robocl.run.loop import to_torch
 from robocl.store import TrajectoryStore, WindowSampler
@@ -54,7 +55,7 @@ class IQL:
             {**self.shapes, "action": (act_dim,)},
             {**{k: "mean_std" for k in self.shapes}, "action": "min_max"},
         )
-        self.normalizer.load_stats(store.stats)
+        self.normalizer.load_stats({**store.stats, **normalization_stats(store, config.obs_keys)[0]})
         self.q = nn.ModuleList(MLP(obs_dim + act_dim, config.hidden, 1) for _ in range(2))
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.v = MLP(obs_dim, config.hidden, 1)

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from robocl.algos.bc import BC, BCConfig
+from robocl.algos.co_rft import CORFT
 from robocl.algos.co_rft_config import CORFTConfig
-from robocl.features import check_training_data, state_keys
+from robocl.features import check_training_data, normalization_stats, state_keys
 from robocl.run.loop import LoopConfig, checkpoint_header
 from robocl.run.train import train_co_rft
 from robocl.store import Feature, TrajectoryStore
@@ -43,6 +44,49 @@ def test_state_keys_come_from_feature_kinds_proprioception_first(tmp_path):
         algo = BC.from_store(BCConfig(), real)
         assert algo.config.obs_keys == ("observation.state",)
         assert checkpoint_header(algo)["config"]["obs_keys"] == ("observation.state",)
+
+
+def test_input_statistics_leave_out_an_episode_that_alone_sets_a_scale(tmp_path):
+    """Six episodes with objects within centimetres (std 0.05 m); the one whose object rolls away (x to
+    -4 m: alone it makes x's std ~20x) is left out of the statistics with a warning naming it and the
+    feature, the numbers are the plain ones over the other episodes' steps, and BC normalises with them."""
+    feats = {
+        "observation.state": Feature("state", "float32", (2,)),
+        "observation.object": Feature("state", "float32", (3,)),
+        "action": Feature("action", "float32", (2,)),
+    }
+    store = TrajectoryStore.create(tmp_path / "s.zarr", feats, fps=10)
+    rng = np.random.default_rng(0)
+    episodes = [
+        {k: rng.normal(size=(8, *f.shape)).astype("float32") for k, f in feats.items()} for _ in range(6)
+    ]
+    for steps in episodes:
+        steps["observation.object"] *= 0.05
+    episodes[4]["observation.object"][:, 0] = np.linspace(0.0, -4.0, 8)  # off the table, rolling away
+    for steps in episodes:
+        store.add_episode(steps, success=True)
+    keys = ("observation.state", "observation.object")
+    with pytest.warns(UserWarning, match=r"leave out episode 4 of 6: .* observation\.object \(episode 4\)"):
+        stats, steps = normalization_stats(store, keys)
+    assert steps.tolist() == [True] * 32 + [False] * 8 + [True] * 8
+    others = np.concatenate([e["observation.object"] for i, e in enumerate(episodes) if i != 4]).astype(float)
+    np.testing.assert_allclose(stats["observation.object"]["std"], others.std(0))
+    np.testing.assert_allclose(stats["observation.object"]["mean"], others.mean(0))
+    assert stats["observation.object"]["std"][0] < 0.1 and store.stats["observation.object"]["std"][0] > 0.5
+    with pytest.warns(UserWarning, match="leave out episode 4"):
+        bc = BC.from_store(BCConfig(obs_keys=keys), store)
+    np.testing.assert_allclose(bc.net.normalizer.observation__object_scale.numpy(), others.std(0), rtol=1e-6)
+    with pytest.warns(UserWarning, match="leave out episode 4"):
+        co_rft = CORFT.from_store(CORFTConfig(state_keys=keys, **TINY), store)
+    scale = co_rft.policy_net.normalizer.observation__object_scale.numpy()
+    np.testing.assert_allclose(scale, others.std(0), rtol=1e-6)
+    # Without the outlier nothing is left out and the store's own statistics come back as they are.
+    clean = TrajectoryStore.create(tmp_path / "c.zarr", feats, fps=10)
+    for i, steps in enumerate(episodes):
+        if i != 4:
+            clean.add_episode(steps, success=True)
+    stats, steps = normalization_stats(clean, keys)
+    assert steps.all() and all(np.array_equal(stats[k]["std"], clean.stats[k]["std"]) for k in keys)
 
 
 def test_bc_names_a_missing_feature_and_what_the_store_has(tmp_path):

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from robocl.checkpoint import Checkpoint
-from robocl.features import check_training_data, data_world, state_keys
+from robocl.features import check_training_data, data_world, normalization_stats, state_keys
 from robocl.nets import MLP, Normalizer
 from robocl.policy import ChunkExecutor, ObsHistory, batch_size_of
 from robocl.run.loop import guarded_step
@@ -119,7 +119,7 @@ class BC:
             config = replace(config, obs_keys=state_keys(store))
         check_training_data(store, method="bc", state=config.obs_keys)
         algo = cls(config, PolicySpec.from_store(store, config.obs_keys), device)
-        algo.net.normalizer.load_stats(store.stats)
+        algo.net.normalizer.load_stats({**store.stats, **normalization_stats(store, config.obs_keys)[0]})
         return algo
 
     def sampler(self, data: TrajectoryStore | StoreView) -> WindowSampler:

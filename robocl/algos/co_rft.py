@@ -90,7 +90,7 @@ from robocl.algos.chunk_losses import (
 )
 from robocl.algos.co_rft_config import CORFTConfig
 from robocl.checkpoint import Checkpoint, load_checkpoint
-from robocl.features import check_training_data, data_world, state_keys
+from robocl.features import check_training_data, data_world, normalization_stats, state_keys
 from robocl.nets.critic import PrefixMLPCritic
 from robocl.nets.flow import OneStepActor
 from robocl.nets.language import LanguageEncoder
@@ -187,10 +187,11 @@ class CORFT:
         )
         algo = cls(config, spec, device)
         algo._language = language
-        stats = dict(store.stats)
-        if pairs:
+        state_stats, steps = normalization_stats(store, config.state_keys)
+        stats = {**store.stats, **state_stats}
+        if pairs:  # over the same steps as the state features' statistics
             state = np.concatenate([store.steps(k).reshape(store.n_steps, -1) for k in config.state_keys], 1)
-            relative = RelativePositions(pairs).numpy(state)
+            relative = RelativePositions(pairs).numpy(state[steps])
             stats["relative"] = {"mean": relative.mean(0), "std": relative.std(0)}
         algo.policy_net.normalizer.load_stats(stats)
         if embeddings is not None:
