@@ -201,6 +201,8 @@ def normalization_stats(
     the episodes and the features. Training still samples every episode; only the scale comes from the rest.
     """
     lengths = np.asarray(store.episodes["length"], dtype=np.int64)
+    if len(lengths) < 3:  # leaving one of two out says nothing about which one is unlike the rest
+        return {k: dict(store.stats[k]) for k in keys}, np.ones(store.n_steps, dtype=bool)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     n, n_e = float(lengths.sum()), lengths[:, None].astype(np.float64)
     keep, reasons = np.ones(len(lengths), dtype=bool), []
@@ -211,9 +213,10 @@ def normalization_stats(
         var_all = total_sq / n - (total / n) ** 2
         rest = np.maximum(n - n_e, 1.0)
         var_without = (total_sq - ep_sq) / rest - ((total - ep_sum) / rest) ** 2  # leave one episode out
-        sets_scale = var_all > max_ratio**2 * np.maximum(var_without, 1e-12)
+        # Dimensions the other episodes hold constant are left unscaled by the Normalizer either way.
+        sets_scale = (var_without > 1e-12) & (var_all > max_ratio**2 * var_without)
         outliers = np.flatnonzero(sets_scale.any(1))
-        if len(outliers) and len(lengths) > 2:
+        if len(outliers):
             reasons.append(f"{key} ({describe_episodes(outliers.tolist())})")
             keep[outliers] = False
     if keep.all() or not keep.any():

@@ -60,8 +60,10 @@ def test_input_statistics_leave_out_an_episode_that_alone_sets_a_scale(tmp_path)
     episodes = [
         {k: rng.normal(size=(8, *f.shape)).astype("float32") for k, f in feats.items()} for _ in range(6)
     ]
-    for steps in episodes:
+    for i, steps in enumerate(episodes):
         steps["observation.object"] *= 0.05
+        # A dimension the other episodes hold constant (a gripper never used but in one) excludes nothing.
+        steps["observation.state"][:, 1] = rng.normal(scale=1e-3, size=8) if i == 2 else 0.0
     episodes[4]["observation.object"][:, 0] = np.linspace(0.0, -4.0, 8)  # off the table, rolling away
     for steps in episodes:
         store.add_episode(steps, success=True)
@@ -87,6 +89,10 @@ def test_input_statistics_leave_out_an_episode_that_alone_sets_a_scale(tmp_path)
             clean.add_episode(steps, success=True)
     stats, steps = normalization_stats(clean, keys)
     assert steps.all() and all(np.array_equal(stats[k]["std"], clean.stats[k]["std"]) for k in keys)
+    two = TrajectoryStore.create(tmp_path / "two.zarr", feats, fps=10)  # too few episodes to single one out
+    for steps in (episodes[0], episodes[4]):
+        two.add_episode(steps, success=True)
+    assert normalization_stats(two, keys)[1].all()
 
 
 def test_bc_names_a_missing_feature_and_what_the_store_has(tmp_path):
