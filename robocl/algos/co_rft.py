@@ -94,7 +94,12 @@ from robocl.features import check_training_data, data_world, normalization_stats
 from robocl.nets.critic import PrefixMLPCritic
 from robocl.nets.flow import OneStepActor
 from robocl.nets.language import LanguageEncoder
-from robocl.nets.relative import RelativePositions, relative_position_pairs, scene_position_columns
+from robocl.nets.relative import (
+    RelativePositions,
+    position_columns,
+    relative_position_pairs,
+    scene_position_columns,
+)
 from robocl.nets.transformer import ChunkCritic
 from robocl.nets.vla import BestOfN, ChunkChooser, FlowChooser, OneStep, VLAPolicy, VLAPolicyNet
 from robocl.run.loop import guarded_step, to_torch
@@ -158,9 +163,11 @@ class CORFT:
         """Shapes and statistics from ``store`` (state keys by default: every state feature), checked first;
         task embeddings from ``language`` or the config's model."""
         feats = store.features
-        if config.state_keys is None:
-            config = replace(config, state_keys=state_keys(store))
-        check_training_data(store, method="co-rft", state=config.state_keys, images=config.image_keys)
+        if config.state_keys is None:  # every state feature but those the trunk learns to predict
+            keys = tuple(k for k in state_keys(store) if k not in config.aux_state_keys)
+            config = replace(config, state_keys=keys)
+        state = (*config.state_keys, *config.aux_state_keys)
+        check_training_data(store, method="co-rft", state=state, images=config.image_keys)
         lang_dim, embeddings = 0, None
         if config.language_model is not None and len(store.tasks) > 1:  # one instruction is a constant
             if (store.episodes["task_index"] < 0).any():
@@ -171,6 +178,10 @@ class CORFT:
         names = {k: feats[k].names for k in config.state_keys}
         pairs = relative_position_pairs(names) if config.relative_positions else []
         dropped = scene_position_columns(names) if pairs and not config.absolute_positions else []
+        # The positions the trunk learns to predict; every column of features that name none.
+        aux_names = {k: feats[k].names for k in config.aux_state_keys}
+        n_aux = sum(int(np.prod(feats[k].shape)) for k in config.aux_state_keys)
+        aux_columns = position_columns(aux_names) or list(range(n_aux))
         spec = PolicySpec(
             obs_shapes={k: tuple(feats[k].shape) for k in (*config.state_keys, *config.image_keys)},
             action_dim=int(np.prod(feats["action"].shape)),
@@ -182,6 +193,8 @@ class CORFT:
                 "relative_positions": [list(p) for p in pairs],
                 "relative_resolution": config.relative_resolution if pairs else 0.0,
                 "dropped_state_columns": dropped,
+                "aux_state_shapes": {k: list(feats[k].shape) for k in config.aux_state_keys},
+                "aux_state_columns": aux_columns,
             },
             world=data_world(store, (*config.state_keys, *config.image_keys)),
         )
@@ -193,6 +206,8 @@ class CORFT:
             state = np.concatenate([store.steps(k).reshape(store.n_steps, -1) for k in config.state_keys], 1)
             relative = RelativePositions(pairs).numpy(state[steps])
             stats["relative"] = {"mean": relative.mean(0), "std": relative.std(0)}
+        if config.aux_state_keys:
+            stats.update(normalization_stats(store, config.aux_state_keys)[0])
         algo.policy_net.normalizer.load_stats(stats)
         if embeddings is not None:
             algo.policy_net.task_embeddings.copy_(embeddings)
@@ -226,12 +241,18 @@ class CORFT:
             if cfg.rl_train_backbone:
                 groups.append({"params": list(trunk.parameters()), "lr": cfg.il_lr})
             trunk.requires_grad_(cfg.rl_train_backbone)
+            if self.policy_net.trunk_gate is not None and not cfg.rl_train_backbone:
+                # Frozen with the trunk it gates; trainable, it put the whole policy (the camera encoders
+                # too) on the Polyak list, averaged into its unchanging target copy every update.
+                self.policy_net.trunk_gate.requires_grad_(False)
         self.critic_opt = torch.optim.Adam(groups, fused=True)
         self.actor_opt: torch.optim.Optimizer | None = None
         if cfg.actor == "td3_bc":
             self.actor_opt = torch.optim.Adam(self.policy_net.head.parameters(), lr=cfg.actor_lr, fused=True)
         else:
             self.policy_net.head.requires_grad_(False)
+        if self.policy_net.aux_readout is not None:  # a stage-1 loss only
+            self.policy_net.aux_readout.requires_grad_(False)
         if self.one_step is not None:
             self.actor_opt = torch.optim.Adam(self.one_step.parameters(), lr=cfg.actor_lr, fused=True)
         # Polyak pairs, listed once: walking the modules for them took ~0.3 ms of an ~8 ms update on one CPU
@@ -295,7 +316,11 @@ class CORFT:
             lr = cfg.il_lr * cosine_warmup(self.step, cfg.il_schedule_updates, cfg.il_warmup)
             for group in self.il_opt.param_groups:
                 group["lr"] = lr
-        loss, parts = self._bc(net.features(batch["obs"], net.lang_of(batch)), batch)
+        feat, trunk_out = net.features_and_trunk(batch["obs"], net.lang_of(batch))
+        loss, parts = self._bc(feat, batch)
+        if cfg.aux_state_keys:
+            aux = net.aux_state_loss(trunk_out, batch["obs"])
+            loss, parts = loss + cfg.aux_weight * aux, {**parts, "aux_state": aux.item()}
         grad_norm = guarded_step(loss, self.il_opt, net.parameters(), max_grad_norm=cfg.max_grad_norm)
         return {"loss": loss.item(), **parts, "grad_norm": grad_norm}
 
@@ -594,8 +619,8 @@ class CORFT:
 
     # ------------------------------------------------------------------ training driver
     def il_sampler(self, data: TrajectoryStore | StoreView) -> WindowSampler:
-        """Stage-1 windows over ``data`` (seeded from config.seed)."""
-        return self._windows(data, self.config.seed)
+        """Stage-1 windows over ``data`` (seeded from config.seed), with the auxiliary state features."""
+        return self._windows(data, self.config.seed, extra_keys=self.config.aux_state_keys)
 
     def rl_sampler(self, data: TrajectoryStore | StoreView) -> ChunkedTDSampler:
         """Stage-2 windows with rewards, Monte-Carlo returns and bootstrap histories (a stream of its own).
@@ -634,9 +659,11 @@ class CORFT:
             windows, rewards, mc, prefix=cfg.critic_loss == "prefix", history_ids=history_ids
         )
 
-    def _windows(self, data: TrajectoryStore | StoreView, seed: int) -> WindowSampler:
+    def _windows(
+        self, data: TrajectoryStore | StoreView, seed: int, extra_keys: tuple[str, ...] = ()
+    ) -> WindowSampler:
         cfg = self.config
-        keys = [*cfg.state_keys, *cfg.image_keys]
+        keys = [*cfg.state_keys, *cfg.image_keys, *extra_keys]
         return chunk_windows(
             data, n_obs=cfg.n_obs, horizon=cfg.horizon, gamma=cfg.gamma, obs_keys=keys, seed=seed
         )

@@ -42,6 +42,11 @@ def _entity_positions(names: Mapping[str, Sequence[str] | None]) -> dict[str, di
     return {e: axes for e, axes in positions.items() if len(axes) >= 2}
 
 
+def position_columns(names: Mapping[str, Sequence[str] | None]) -> list[int]:
+    """Indices (in the concatenation of the features in ``names``) of every entity's position."""
+    return sorted(i for axes in _entity_positions(names).values() for i in axes.values())
+
+
 def scene_position_columns(names: Mapping[str, Sequence[str] | None]) -> list[int]:
     """Indices (in the concatenation of the features in ``names``) of the absolute positions of every entity
     but the first, the tool: what a policy reading only relative positions leaves out. Empty with fewer than

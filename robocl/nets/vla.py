@@ -28,6 +28,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from robocl.nets.flow import FlowHead, OneStepActor
 from robocl.nets.language import LanguageEncoder
@@ -36,6 +37,10 @@ from robocl.nets.normalize import Normalizer
 from robocl.nets.relative import RelativePositions, log_scaled
 from robocl.nets.transformer import TokenTrunk
 from robocl.policy import ChunkExecutor, ObsHistory, batch_size_of
+
+# Standardised auxiliary targets are clipped to this many standard deviations: an object knocked off the
+# table (in the CO-RFT benchmark's demos one rolled 4 m, 80 std) stays a bounded pull on the trunk.
+AUX_CLIP = 5.0
 
 
 class VLAConfig(Protocol):
@@ -51,6 +56,7 @@ class VLAConfig(Protocol):
     n_heads: int
     vision_channels: tuple[int, ...]
     aug_shift: int
+    aux_state_keys: tuple[str, ...]
     dropout: float
     gripper: bool
     head: str
@@ -87,6 +93,9 @@ class VLAPolicyNet(nn.Module):
         modes: dict[str, Any] = {**{k: "mean_std" for k in state_shapes}, "action": "min_max"}
         if pairs:
             shapes["relative"], modes["relative"] = (len(pairs),), "mean_std"
+        aux_shapes = {k: tuple(v) for k, v in spec.extra.get("aux_state_shapes", {}).items()}
+        shapes.update(aux_shapes)
+        modes.update(dict.fromkeys(aux_shapes, "mean_std"))
         self.normalizer = Normalizer(shapes, modes)
         lang_dim = int(spec.extra.get("lang_dim", 0))
         self.resolution = float(spec.extra.get("relative_resolution", 0.0)) if pairs else 0.0
@@ -140,6 +149,13 @@ class VLAPolicyNet(nn.Module):
             if config.head == "flow"
             else MLP(self.feat_dim, config.head_hidden, h * a)
         )
+        # The linear readout of the trunk's output that regresses the auxiliary state's columns (stage 1).
+        aux_columns = list(spec.extra.get("aux_state_columns", []))
+        self.aux_columns: torch.Tensor
+        self.register_buffer("aux_columns", torch.tensor(aux_columns, dtype=torch.long), persistent=False)
+        self.aux_readout = (
+            nn.Linear(config.d_model, len(aux_columns)) if aux_columns and self.trunk is not None else None
+        )
         # One frozen embedding per store task, so training and known instructions need no language model.
         self.register_buffer("task_embeddings", torch.zeros(len(spec.extra.get("tasks", [])), lang_dim))
 
@@ -171,6 +187,12 @@ class VLAPolicyNet(nn.Module):
 
     def features(self, obs: Mapping[str, torch.Tensor], lang: torch.Tensor | None) -> torch.Tensor:
         """(B, feat_dim) features of observation histories (B, n_obs, ...) per key."""
+        return self.features_and_trunk(obs, lang)[0]
+
+    def features_and_trunk(
+        self, obs: Mapping[str, torch.Tensor], lang: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(features, the trunk's output before its gate (B, d_model), or None without a trunk)."""
         keys = self.config.state_keys
         lowdim = None
         if keys:
@@ -184,7 +206,7 @@ class VLAPolicyNet(nn.Module):
                 if self.resolution:
                     parts.append(log_scaled(relative, self.resolution))
             lowdim = torch.cat(parts, -1)
-        parts = []
+        parts, fused = [], None
         if self.trunk is not None:
             images = {k: obs[k] for k in self.config.image_keys}
             fused = self.trunk(lowdim if self.state_to_trunk else None, images, lang)
@@ -192,7 +214,16 @@ class VLAPolicyNet(nn.Module):
         if self.state_to_head:
             assert lowdim is not None
             parts.append(lowdim.flatten(1))
-        return torch.cat(parts, -1)
+        return torch.cat(parts, -1), fused
+
+    def aux_state_loss(self, trunk_out: torch.Tensor | None, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Mean squared error of the readout of ``trunk_out`` against the auxiliary state's columns at the
+        last observed frame (``obs[key]`` (B, n_obs, ...)), standardised and clipped to +-AUX_CLIP."""
+        assert self.aux_readout is not None and trunk_out is not None, "built without aux_state_keys"
+        keys = self.config.aux_state_keys
+        target = torch.cat([self.normalizer.normalize(k, obs[k][:, -1].float()).flatten(1) for k in keys], 1)
+        target = target[:, self.aux_columns].clamp(-AUX_CLIP, AUX_CLIP)
+        return F.mse_loss(self.aux_readout(trunk_out).float(), target)
 
     def regress(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Regression head: (B, d) -> normalised chunk (B, h, A), gripper logits (B, h) or None."""

@@ -591,15 +591,19 @@ def test_cli_pretrain_then_fine_tune_and_evaluate_both_stages(pick_place_store, 
     assert il.info()["stages"] == ["il"] and len(list(il.evaluations("il"))) == 2
 
 
-def image_store(tmp_path) -> TrajectoryStore:
-    feats = {
+def camera_features(size: int) -> dict[str, Feature]:
+    """A 3-d state, a 2-d action, front and wrist cameras of size x size pixels and the success flag."""
+    return {
         "observation.state": Feature("state", "float32", (3,)),
         "action": Feature("action", "float32", (2,)),
-        "observation.images.front": Feature("rgb", "uint8", (32, 32, 3)),
-        "observation.images.wrist": Feature("rgb", "uint8", (32, 32, 3)),
+        "observation.images.front": Feature("rgb", "uint8", (size, size, 3)),
+        "observation.images.wrist": Feature("rgb", "uint8", (size, size, 3)),
         "success": Feature("flag", "bool", ()),
     }
-    store = TrajectoryStore.create(tmp_path / "img.zarr", feats, fps=10)
+
+
+def image_store(tmp_path) -> TrajectoryStore:
+    store = TrajectoryStore.create(tmp_path / "img.zarr", camera_features(32), fps=10)
     rng = np.random.default_rng(0)
     for i, task in enumerate(
         ["put the red cube on the blue plate", "put the green bar on the red plate"] * 2
@@ -619,6 +623,89 @@ def image_store(tmp_path) -> TrajectoryStore:
             terminated=True,
         )
     return store
+
+
+def square_store(tmp_path) -> TrajectoryStore:
+    """The front camera shows a white square where ``observation.object``'s x, y (row, column in [0, 1])
+    put it, still through each 6-step episode; its qw, the wrist camera and the state are noise."""
+    names = ("object.x", "object.y", "object.qw")
+    feats = {**camera_features(24), "observation.object": Feature("state", "float32", (3,), names=names)}
+    store = TrajectoryStore.create(tmp_path / "square.zarr", feats, fps=10)
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        where = rng.uniform(0, 1, 2)
+        row, col = (where * 20).astype(int)
+        front = np.zeros((6, 24, 24, 3), np.uint8)
+        front[:, row : row + 4, col : col + 4] = 255
+        store.add_episode(
+            {
+                "observation.state": rng.normal(size=(6, 3)),
+                "observation.object": np.column_stack([np.tile(where, (6, 1)), rng.normal(size=6)]),
+                "action": rng.uniform(-1, 1, (6, 2)),
+                "observation.images.front": front,
+                "observation.images.wrist": rng.integers(0, 256, (6, 24, 24, 3), dtype=np.uint8),
+                "success": np.arange(6) == 5,
+            },
+            success=True,
+            terminated=True,
+        )
+    return store
+
+
+def test_aux_state_teaches_the_trunk_where_the_object_is(tmp_path):
+    """The readout of the trunk learns the square's position (the feature's position columns, not its qw)
+    from the front camera; acting reads no ``observation.object``; stage 2 leaves the readout frozen."""
+    store = square_store(tmp_path)
+    cams = ("observation.images.front", "observation.images.wrist")
+    cfg = CORFTConfig(
+        image_keys=cams, aux_state_keys=("observation.object",), horizon=2, vision_channels=(8, 8),
+        aug_shift=0, il_lr=1e-3, **TINY,
+    )  # fmt: skip
+    algo = CORFT.from_store(cfg, store)
+    assert algo.config.state_keys == ("observation.state",)  # every state feature but the predicted one
+    assert algo.policy_net.aux_readout.out_features == 2
+    sampler = algo.il_sampler(store)
+    aux = [algo.update(to_torch(sampler.sample(32), "cpu"))["aux_state"] for _ in range(200)]
+    assert np.mean(aux[-20:]) < 0.25 * np.mean(aux[:20])
+    algo.start_rl()
+    assert not algo.policy_net.aux_readout.weight.requires_grad and len(algo._polyak) == 1
+    obs = {k: np.zeros((2, 24, 24, 3), np.uint8) for k in cams} | {"observation.state": np.zeros((2, 3))}
+    assert np.isfinite(algo.policy().predict(obs)).all()
+
+
+def test_aux_state_keys_are_checked(tmp_path):
+    store = square_store(tmp_path)
+    cams, aux = ("observation.images.front",), ("observation.object",)
+    with pytest.raises(ValueError, match=r"aux_state_keys=.*needs image_keys"):
+        CORFTConfig(state_keys=("observation.state",), aux_state_keys=aux)
+    with pytest.raises(ValueError, match="overlap state_keys"):
+        CORFTConfig(state_keys=aux, image_keys=cams, aux_state_keys=aux)
+    with pytest.raises(ValueError, match=r"feature 'observation\.pose' is not in the store"):
+        CORFT.from_store(CORFTConfig(image_keys=cams, aux_state_keys=("observation.pose",), **TINY), store)
+
+
+def test_resume_with_aux_state_equals_uninterrupted(tmp_path):
+    """Imitation with the auxiliary loss stopped at update 3 of 6 and resumed, then stage 2: bit-exact."""
+    store = square_store(tmp_path)
+    cfg = CORFTConfig(
+        image_keys=("observation.images.front",), aux_state_keys=("observation.object",), horizon=2,
+        vision_channels=(8, 8), n_candidates=4, il_schedule_updates=6, **TINY,
+    )  # fmt: skip
+    loop = {"batch_size": 8, "log_every": 1, "checkpoint_every": 2}
+
+    def run(run_dir, il_updates, rl_updates, resume=False):
+        rl_loop = LoopConfig(n_updates=rl_updates, **loop) if rl_updates else None
+        train_co_rft(cfg, store.location, run_dir, il_loop=LoopConfig(n_updates=il_updates, **loop),
+                     rl_loop=rl_loop, resume=resume, progress=False)  # fmt: skip
+        return RunDir(run_dir)
+
+    full = load_checkpoint(run(tmp_path / "full", 6, 2).checkpoint("rl"))
+    run(tmp_path / "split", 3, 0)
+    torch.manual_seed(1234)  # a new process: other RNG use before resuming must not matter
+    resumed = load_checkpoint(run(tmp_path / "split", 6, 2, resume=True).checkpoint("rl"))
+    assert any(key.startswith("policy.aux_readout") for key in full.tensors)
+    for key, value in full.tensors.items():
+        assert torch.equal(value, resumed.tensors[key]), key
 
 
 def test_image_language_policy_trains(tmp_path):
@@ -644,6 +731,7 @@ def test_image_language_policy_trains(tmp_path):
     il_losses = [algo.update(to_torch(il.sample(8), "cpu"))["loss"] for _ in range(3)]
     assert not torch.equal(before, algo.policy_net.trunk.cameras["observation__images__front"].conv[0].weight)
     algo.start_rl()
+    assert len(algo._polyak) == 1  # the frozen trunk, its gate and the head: only the critics are averaged
     rl_metrics = [algo.update(to_torch(rl.sample(8), "cpu")) for _ in range(2)]
     assert all(np.isfinite(il_losses)) and rl_metrics[0]["conservative"] != 0
     assert algo._candidates.shape == (algo._histories.n_histories, cfg.n_candidates, 3, 2)

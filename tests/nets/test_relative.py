@@ -10,6 +10,7 @@ import torch
 from robocl.nets.relative import (
     RelativePositions,
     log_scaled,
+    position_columns,
     relative_position_pairs,
     scene_position_columns,
 )
@@ -50,3 +51,13 @@ def test_log_scaled_is_linear_near_zero_logarithmic_beyond_and_one_at_the_reach(
                 0.01 / asinh10]  # fmt: skip
     torch.testing.assert_close(out, torch.tensor(expected), rtol=1e-4, atol=1e-6)
     assert 0.29 < out[1] < 0.30 and 0.48 < out[3] < 0.49 and 1.35 < out[5] < 1.37
+
+
+def test_position_columns_are_every_entitys_axes_across_features():
+    names = {
+        "observation.state": ("joint1.pos", "tcp.x", "tcp.y", "tcp.z"),
+        "observation.object": ("object.x", "object.y", "object.qw", "plate.x", "plate.y"),
+        "observation.images.front": None,
+    }
+    assert position_columns(names) == [1, 2, 3, 4, 5, 7, 8]
+    assert position_columns({"observation.object": ("object.qw", "plate.x")}) == []  # one axis: no position
