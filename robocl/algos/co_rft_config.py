@@ -95,10 +95,12 @@ class CORFTConfig:
     # same way. Why: trained on imitation alone, the image trunk learned less about where the object lies
     # than its untrained features held. Pilots on the image benchmark's 60 pick-and-place demos (seed 0,
     # 5,000 updates of the 15,000-update cosine, 50 episodes per position set; benchmarks/co_rft_log.md):
-    # front camera only with a 12 px shift, 9/50 seen and 2/50 unseen with observation.object predicted
-    # against 2/50 and 0/50 without; both cameras 6/50 and 0/50 (12 px), 3/50 and 0/50 (4 px), against
-    # 2/50 and 1/50 without (4 px). On its own rollouts the readout is off by 1-15 cm where on the demos it
-    # is within 0.7: 60 scenes are too few for the encoder to localise in new ones.
+    # front camera only with a 12 px shift, 13/50 seen and 0/50 unseen with observation.object predicted
+    # (9/50 and 2/50 with the pilot's own readout) against 2/50 and 0/50 without; both cameras 6/50 and
+    # 0/50 (12 px), 3/50 and 0/50 (4 px), against 2/50 and 1/50 without (4 px). Off by default: real-robot
+    # stores record no object state, and no setting here is near the state policy. On its own rollouts
+    # the readout is off by 1-15 cm where on the demos it is within 0.7: 60 scenes are too few for the
+    # encoder to localise in new ones.
     aux_state_keys: tuple[str, ...] = ()  # privileged state features the trunk learns to predict (stage 1)
     aux_weight: float = 1.0  # weight of that auxiliary loss against the imitation loss
     dropout: float = 0.1  # trunk transformer dropout in stage 1 (ACT's 0.1: a few dozen demos overfit fast)
