@@ -166,8 +166,8 @@ class CORFT:
         if config.state_keys is None:  # every state feature but those the trunk learns to predict
             keys = tuple(k for k in state_keys(store) if k not in config.aux_state_keys)
             config = replace(config, state_keys=keys)
-        state = (*config.state_keys, *config.aux_state_keys)
-        check_training_data(store, method="co-rft", state=state, images=config.image_keys)
+        read = (*config.state_keys, *config.aux_state_keys)  # the auxiliary features are read in training
+        check_training_data(store, method="co-rft", state=read, images=config.image_keys)
         lang_dim, embeddings = 0, None
         if config.language_model is not None and len(store.tasks) > 1:  # one instruction is a constant
             if (store.episodes["task_index"] < 0).any():
