@@ -81,6 +81,7 @@ TASKS = {
     "push": {"env": "robocl/Push-Density1-v0", "gripper": False,
              "demos": {"noise": 0.05, "hesitation": 0.05, "detour": 0.3}},
 }  # fmt: skip
+CAMERAS = ("front", "wrist")  # what --images renders (the store's observation.images.<name>)
 # Stage-2 variants: name -> (the IL policy they start from, CORFTConfig overrides).
 RL_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "co-rft": ("il", {}),
@@ -255,6 +256,8 @@ def _cell_config(
 ) -> dict[str, Any]:
     """The CORFTConfig fields every CO-RFT policy of one (store, seed) cell shares, ``--set`` included."""
     cameras = tuple(k for k, f in store.features.items() if f.is_image)
+    if args.cameras:  # a subset, in the store's order
+        cameras = tuple(k for k in cameras if k.rsplit(".", 1)[-1] in args.cameras)
     base: dict[str, Any] = {**args.set, "image_keys": cameras, "seed": seed, "gripper": task["gripper"]}
     if args.images:  # the cameras replace the privileged object state (proprioception stays)
         base["state_keys"] = ("observation.state",)
@@ -394,7 +397,15 @@ def main() -> None:
         "--flop-window", type=int, default=FLOP_WINDOW, help="last updates of each run FLOP-counted (0: none)"
     )
     parser.add_argument("--task", choices=sorted(TASKS), default="pick-place")
-    parser.add_argument("--images", action="store_true", help="the policy sees both 96x96 cameras")
+    parser.add_argument(
+        "--images", action="store_true", help="the policy sees the 96x96 cameras (--cameras picks)"
+    )
+    parser.add_argument(
+        "--cameras",
+        default="",
+        help=f"with --images: the cameras the policy reads, comma-separated from {','.join(CAMERAS)} "
+        "(default: both)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where the policy trains and acts")
     parser.add_argument(
         "--amp",
@@ -447,6 +458,12 @@ def main() -> None:
         args.methods = [m for m in args.methods if m in only]
     if "language_model" in args.set and not args.images:  # _policies turns it off for the state policy
         parser.error("--set language_model: the state-only policy reads no instruction; add --images")
+    args.cameras = tuple(filter(None, args.cameras.split(",")))
+    if args.cameras and not args.images:
+        parser.error("--cameras: the state-only policy reads no camera; add --images")
+    unknown = sorted(set(args.cameras) - set(CAMERAS))
+    if unknown:
+        parser.error(f"--cameras: unknown {unknown}; the tasks render {CAMERAS}")
     args.seeds = [int(x) for x in args.seeds.split(",")]
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: torch sees no CUDA device")
@@ -710,6 +727,7 @@ def _report(
         "budget": {
             "demos": list(demo_stats),
             "images": args.images,
+            "cameras": list(args.cameras or CAMERAS) if args.images else [],
             "device": args.device,
             "bf16_autocast": args.bf16,
             "il_updates": args.il_updates,

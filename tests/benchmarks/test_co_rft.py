@@ -9,6 +9,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -16,10 +17,10 @@ import torch
 
 import benchmarks.co_rft
 import benchmarks.common
-from benchmarks.co_rft import _fingerprint, _latency, _settings, _train, combine, main
+from benchmarks.co_rft import TASKS, _cell_config, _fingerprint, _latency, _settings, _train, combine, main
 from robocl.algos.co_rft import CORFT, CORFTConfig
 from robocl.run.loop import NonFiniteError, stage_seed, to_torch
-from tests.algos.test_co_rft import hand_store
+from tests.algos.test_co_rft import camera_features, hand_store
 
 
 def _part(seed: int, demos: list[int], successes: int, **changes: object) -> dict:
@@ -248,6 +249,31 @@ def test_set_refuses_a_language_model_the_state_policy_would_drop(
     with pytest.raises(SystemExit):
         main()
     assert "--set language_model: the state-only policy reads no instruction" in capsys.readouterr().err
+
+
+def test_cameras_choose_what_the_image_policy_reads() -> None:
+    store = SimpleNamespace(features=camera_features(8))
+    args = argparse.Namespace(set={}, images=True, cameras=("wrist",))
+    assert _cell_config(store, TASKS["pick-place"], 0, args)["image_keys"] == ("observation.images.wrist",)
+    args.cameras = ()  # the default: every camera of the store
+    both = ("observation.images.front", "observation.images.wrist")
+    assert _cell_config(store, TASKS["pick-place"], 0, args)["image_keys"] == both
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ("--cameras wrist", "--cameras: the state-only policy reads no camera; add --images"),
+        ("--images --cameras front,side", "--cameras: unknown ['side']; the tasks render ('front', 'wrist')"),
+    ],
+)
+def test_cameras_names_what_it_cannot_take(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: str, message: str
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["co_rft", *argv.split()])
+    with pytest.raises(SystemExit):
+        main()
+    assert message in capsys.readouterr().err
 
 
 def test_counting_flops_leaves_the_updates_unchanged() -> None:
