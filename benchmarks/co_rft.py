@@ -66,6 +66,7 @@ from benchmarks.iql import IQL, IQLConfig
 from robocl.algos.bc import BC, BCConfig
 from robocl.algos.co_rft import CORFT, CORFTConfig
 from robocl.eval.metrics import wilson_interval
+from robocl.features import IMAGE_PREFIX
 from robocl.nets.vla import VLAConfig
 from robocl.run.loop import NonFiniteError, stage_seed, to_torch
 from robocl.store import TrajectoryStore
@@ -81,7 +82,7 @@ TASKS = {
     "push": {"env": "robocl/Push-Density1-v0", "gripper": False,
              "demos": {"noise": 0.05, "hesitation": 0.05, "detour": 0.3}},
 }  # fmt: skip
-CAMERAS = ("front", "wrist")  # what --images renders (the store's observation.images.<name>)
+CAMERAS = ("front", "wrist")  # what --images renders (the store's IMAGE_PREFIX + name)
 # Stage-2 variants: name -> (the IL policy they start from, CORFTConfig overrides).
 RL_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "co-rft": ("il", {}),
@@ -257,7 +258,7 @@ def _cell_config(
     """The CORFTConfig fields every CO-RFT policy of one (store, seed) cell shares, ``--set`` included."""
     cameras = tuple(k for k, f in store.features.items() if f.is_image)
     if args.cameras:  # a subset, in the store's order
-        cameras = tuple(k for k in cameras if k.rsplit(".", 1)[-1] in args.cameras)
+        cameras = tuple(k for k in cameras if k.removeprefix(IMAGE_PREFIX) in args.cameras)
     base: dict[str, Any] = {**args.set, "image_keys": cameras, "seed": seed, "gripper": task["gripper"]}
     if args.images:  # the cameras replace the privileged object state (proprioception stays)
         base["state_keys"] = ("observation.state",)
