@@ -21,7 +21,9 @@ For each demo count (scripted mixed-quality demos of ``--task``, collection seed
 - ``il whole chunk`` / ``il 3 per chunk`` / ``il ensemble``: the flow IL policy executing all 10 actions of
   a chunk open loop / 3 of 10 / ACT's temporal ensembling, and ``<variant> whole chunk`` for every stage-2
   policy, beside the default of 5 of 10; ``il sigma S`` (S = 0, 0.25, 0.5, 1): the flow IL policy sampled
-  from x_0 ~ N(0, S^2 I) (how chunks are drawn and executed, measured rather than assumed).
+  from x_0 ~ N(0, S^2 I) (how chunks are drawn and executed, measured rather than assumed);
+- ``<method> object +-C cm`` (``--object-offset C,...``): every state policy again, told an object position
+  off by N(0, C^2) cm per axis, one draw per episode: how precisely a camera must localise the object.
 
 Each is evaluated on seen and unseen object positions (success with a Wilson 95% interval over the episodes
 of all seeds pooled, cycle time of the successes). The JSON also holds ms per update of every phase, the
@@ -46,6 +48,7 @@ import collections
 import copy
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import statistics
@@ -98,6 +101,42 @@ EXECUTIONS: dict[str, dict[str, Any]] = {
     **{f"il sigma {sigma:g}": {"flow_noise": sigma} for sigma in (0.0, 0.25, 0.5, 1.0)},
 }
 NETWORK_FIELDS = set(VLAConfig.__annotations__)
+OBJECT_POSITION = tuple(f"object.{axis}" for axis in "xyz")  # the columns --object-offset moves
+
+
+class ObjectOffset:
+    """``policy`` seeing the object where it is not: every episode (each ``reset``) draws one offset per
+    axis ~ N(0, ``sigma``^2) (m) and adds it to the columns of ``observation.object`` named in
+    ``OBJECT_POSITION`` (``columns``), as a camera that localises the object only so well would. It asks
+    how precisely an image policy must know where the object is (``--object-offset``)."""
+
+    def __init__(self, policy: Any, sigma: float, columns: list[int], seed: int) -> None:
+        self.policy, self.sigma, self.columns = policy, sigma, columns
+        self.rng = np.random.default_rng(seed)
+        self.offset = np.zeros(len(columns))
+        self.obs_keys = getattr(policy, "obs_keys", ())
+
+    def reset(self) -> None:
+        self.offset = self.rng.normal(0.0, self.sigma, len(self.columns))
+        self.policy.reset()
+
+    def predict(self, obs: Any) -> np.ndarray:
+        state = np.array(obs["observation.object"], dtype=np.float32)  # a copy: the rollout keeps its own
+        state[..., self.columns] += self.offset
+        return self.policy.predict({**obs, "observation.object": state})
+
+
+def _object_columns(store: TrajectoryStore) -> list[int]:
+    """The columns of ``observation.object`` that ``OBJECT_POSITION`` names, in that order."""
+    feature = store.features.get("observation.object")
+    names = list(feature.names or ()) if feature is not None else []
+    if not set(OBJECT_POSITION) <= set(names):
+        raise ValueError(f"--object-offset: the store's observation.object names no {OBJECT_POSITION}")
+    return [names.index(n) for n in OBJECT_POSITION]
+
+
+def _offset_label(method: str, cm: float) -> str:
+    return f"{method} object +-{cm:g} cm" if cm else method
 
 
 def _overrides(text: str, option: str) -> dict[str, Any]:
@@ -432,6 +471,12 @@ def main() -> None:
         help="CORFTConfig overrides for every CO-RFT policy of the run, 'field=value;...' (JSON values), "
         "e.g. 'n_obs=1' (recorded in the JSON's budget)",
     )
+    parser.add_argument(
+        "--object-offset",
+        default="",
+        help="also evaluate every state policy with the object's position off by N(0, sigma^2) per axis, "
+        "one draw per episode: comma-separated sigmas in cm, e.g. '1,2,3' (one row each)",
+    )
     parser.add_argument("--only", default="", help="comma-separated methods to run; default: all")
     parser.add_argument("--name", default="", help="result file name (default co_rft_<task>[_images])")
     parser.add_argument("--check-determinism", action="store_true", help="retrain one IL policy twice")
@@ -465,6 +510,13 @@ def main() -> None:
     unknown = sorted(set(args.cameras) - set(CAMERAS))
     if unknown:
         parser.error(f"--cameras: unknown {unknown}; the tasks render {CAMERAS}")
+    args.object_offset = tuple(float(x) for x in filter(None, args.object_offset.split(",")))
+    if args.object_offset and args.images:
+        parser.error(
+            "--object-offset moves the object state the state policy reads; the image policy has none"
+        )
+    if any(cm <= 0 for cm in args.object_offset):
+        parser.error(f"--object-offset {args.object_offset}: sigmas must be > 0 cm (0 is the plain row)")
     args.seeds = [int(x) for x in args.seeds.split(",")]
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: torch sees no CUDA device")
@@ -519,8 +571,13 @@ def main() -> None:
                     "diverged": {},
                 }
                 policies = _policies(store, task, seed, args, language, record)
-                for method, policy in policies.items():
-                    latency.setdefault(method, _latency(policy, store))
+                columns = _object_columns(store) if args.object_offset else []
+                for (method, policy), cm in itertools.product(policies.items(), (0.0, *args.object_offset)):
+                    if not cm:
+                        latency.setdefault(method, _latency(policy, store))
+                    else:  # seeded by (seed, offset): every method at one offset sees the same draws
+                        policy = ObjectOffset(policy, cm / 100, columns, seed=1_000 * seed + int(10 * cm))
+                    method = _offset_label(method, cm)
                     for positions in ("seen", "unseen"):
                         res = evaluate(
                             policy,
@@ -704,7 +761,8 @@ def _report(
     determinism: dict[str, Any] | None,
 ) -> str:
     """Write the JSON for the cells so far; returns the printed tables."""
-    rows, summary = _summary(list(demo_stats), args.methods, cells)
+    methods = [_offset_label(m, cm) for m in args.methods for cm in (0.0, *args.object_offset)]
+    rows, summary = _summary(list(demo_stats), methods, cells)
     # The first stage-2 update of each run also encodes every history once (the frozen-trunk feature table,
     # best-of-N's candidates): it is reported apart.
     times = {k: [run for run in v if run] for k, v in times.items()}  # a run diverged at its first update
@@ -738,6 +796,7 @@ def _report(
             "eval_episodes_per_seed": args.episodes,
             "variants": {name: args.variants[name] for name in args.methods if name in args.variants},
             "config_overrides": args.set,
+            "object_offset_cm": list(args.object_offset),
         },
         "ms_per_update_median": ms,
         "ms_per_update_mean": mean_ms,

@@ -12,12 +12,23 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 import benchmarks.co_rft
 import benchmarks.common
-from benchmarks.co_rft import TASKS, _cell_config, _fingerprint, _latency, _settings, _train, combine, main
+from benchmarks.co_rft import (
+    TASKS,
+    ObjectOffset,
+    _cell_config,
+    _fingerprint,
+    _latency,
+    _settings,
+    _train,
+    combine,
+    main,
+)
 from robocl.algos.co_rft import CORFT, CORFTConfig
 from robocl.run.loop import NonFiniteError, stage_seed, to_torch
 from tests.algos.test_co_rft import camera_features, hand_store
@@ -274,6 +285,68 @@ def test_cameras_names_what_it_cannot_take(
     with pytest.raises(SystemExit):
         main()
     assert message in capsys.readouterr().err
+
+
+class _Recorder:
+    """A policy that keeps what it was shown."""
+
+    def __init__(self) -> None:
+        self.seen: list[np.ndarray] = []
+        self.resets = 0
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def predict(self, obs: dict) -> np.ndarray:
+        self.seen.append(obs["observation.object"])
+        return np.zeros(2)
+
+
+def test_object_offset_moves_the_named_columns_by_one_draw_per_episode() -> None:
+    inner, state = _Recorder(), np.arange(4 * 6, dtype=np.float32).reshape(4, 6)
+    wrapped = ObjectOffset(inner, sigma=0.02, columns=[3, 1, 4], seed=7)
+    draws = np.random.default_rng(7).normal(0.0, 0.02, (2, 3))
+    for episode in range(2):
+        wrapped.reset()
+        for _ in range(2):
+            wrapped.predict({"observation.object": state, "task": ["pick"]})
+        for shown in inner.seen[-2:]:
+            np.testing.assert_allclose(
+                shown[:, [3, 1, 4]] - state[:, [3, 1, 4]], np.tile(draws[episode], (4, 1)), atol=1e-5, rtol=0
+            )  # float32 states
+            np.testing.assert_array_equal(shown[:, [0, 2, 5]], state[:, [0, 2, 5]])  # the rest untouched
+    assert inner.resets == 2
+    np.testing.assert_array_equal(state, np.arange(4 * 6).reshape(4, 6))  # the rollout's own copy kept
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ("--images --object-offset 2", "--object-offset moves the object state the state policy reads"),
+        ("--object-offset 2,0", "--object-offset (2.0, 0.0): sigmas must be > 0 cm"),
+    ],
+)
+def test_object_offset_names_what_it_cannot_take(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: str, message: str
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["co_rft", *argv.split()])
+    with pytest.raises(SystemExit):
+        main()
+    assert message in capsys.readouterr().err
+
+
+def test_object_offset_adds_a_row_per_sigma(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each state policy is evaluated again per sigma, under its own label; the budget records the sigmas."""
+    monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
+    argv = "--demos 2 --seeds 0 --il-updates 4 --episodes 1 --only il --object-offset 3 --name offset"
+    monkeypatch.setattr(sys, "argv", ["co_rft", *argv.split(), "--set", "n_obs=1;flow_steps=3"])
+    main()
+    result = json.loads((tmp_path / "offset.json").read_text())
+    assert [(s["method"], s["positions"]) for s in result["summary"]] == [
+        (m, p) for m in ("il", "il object +-3 cm") for p in ("seen", "unseen")
+    ]
+    assert result["budget"]["object_offset_cm"] == [3.0]
+    assert set(result["ms_per_chunk_inference"]) == {"il"}
 
 
 def test_counting_flops_leaves_the_updates_unchanged() -> None:
