@@ -253,15 +253,6 @@ def test_set_names_the_field_it_cannot_take(text: str, message: str) -> None:
         _settings(text)
 
 
-def test_set_refuses_a_language_model_the_state_policy_would_drop(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setattr(sys, "argv", ["co_rft", "--set", "language_model=my-encoder"])
-    with pytest.raises(SystemExit):
-        main()
-    assert "--set language_model: the state-only policy reads no instruction" in capsys.readouterr().err
-
-
 def test_cameras_choose_what_the_image_policy_reads() -> None:
     store = SimpleNamespace(features=camera_features(8))
     args = argparse.Namespace(set={}, images=True, cameras=("wrist",))
@@ -274,11 +265,14 @@ def test_cameras_choose_what_the_image_policy_reads() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
+        ("--set language_model=enc", "--set language_model: the state-only policy reads no instruction"),
         ("--cameras wrist", "--cameras: the state-only policy reads no camera; add --images"),
         ("--images --cameras front,side", "--cameras: unknown ['side']; the tasks render ('front', 'wrist')"),
+        ("--images --object-offset 2", "--object-offset moves the object state the state policy reads"),
+        ("--object-offset 2,0", "--object-offset (2.0, 0.0): sigmas must be > 0 cm"),
     ],
 )
-def test_cameras_names_what_it_cannot_take(
+def test_the_parser_names_what_it_cannot_take(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: str, message: str
 ) -> None:
     monkeypatch.setattr(sys, "argv", ["co_rft", *argv.split()])
@@ -317,22 +311,6 @@ def test_object_offset_moves_the_named_columns_by_one_draw_per_episode() -> None
             np.testing.assert_array_equal(shown[:, [0, 2, 5]], state[:, [0, 2, 5]])  # the rest untouched
     assert inner.resets == 2
     np.testing.assert_array_equal(state, np.arange(4 * 6).reshape(4, 6))  # the rollout's own copy kept
-
-
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        ("--images --object-offset 2", "--object-offset moves the object state the state policy reads"),
-        ("--object-offset 2,0", "--object-offset (2.0, 0.0): sigmas must be > 0 cm"),
-    ],
-)
-def test_object_offset_names_what_it_cannot_take(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: str, message: str
-) -> None:
-    monkeypatch.setattr(sys, "argv", ["co_rft", *argv.split()])
-    with pytest.raises(SystemExit):
-        main()
-    assert message in capsys.readouterr().err
 
 
 def test_object_offset_adds_a_row_per_sigma(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
