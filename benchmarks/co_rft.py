@@ -570,8 +570,8 @@ def main() -> None:
                     "finite": {},
                     "diverged": {},
                 }
+                columns = _object_columns(store) if args.object_offset else []  # checked before training
                 policies = _policies(store, task, seed, args, language, record)
-                columns = _object_columns(store) if args.object_offset else []
                 for (method, policy), cm in itertools.product(policies.items(), (0.0, *args.object_offset)):
                     if not cm:
                         latency.setdefault(method, _latency(policy, store))
