@@ -25,6 +25,7 @@ from robocl.eval.rollout import (
     expand_env_ids,
     make_policies,
     run_rollouts,
+    settings_for_policy,
 )
 from robocl.store import EpisodeWriter, TrajectoryStore
 
@@ -51,6 +52,8 @@ def collect(
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
     env_ids = expand_env_ids(env_id)
     policies = make_policies(s.policy, s.num_envs)  # a checkpoint loads before its world is checked
+    if policies:
+        s = settings_for_policy(s, policies[0], settings)
     plan = RolloutPlan.build(env_ids, s)
     meta = {
         "env_id": env_ids[0] if len(env_ids) == 1 else env_ids,

@@ -37,7 +37,7 @@ from gymnasium.envs.registration import load_env_creator
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
 import robocl
-from robocl.features import INSTRUCTION_KEY, FeatureObs, world_mismatches
+from robocl.features import IMAGE_PREFIX, INSTRUCTION_KEY, FeatureObs, world_mismatches
 from robocl.progress import Progress
 from robocl.store import Feature
 
@@ -327,7 +327,24 @@ class RolloutPlan:
 
 def _reads_cameras(policy: Any) -> bool:
     """Whether a policy's inputs (its ``obs_keys``, as robocl's policies list them) include a camera."""
-    return any(key.startswith("observation.images.") for key in getattr(policy, "obs_keys", ()))
+    return any(key.startswith(IMAGE_PREFIX) for key in getattr(policy, "obs_keys", ()))
+
+
+def settings_for_policy(s: RolloutSettings, policy: Any, given: Mapping[str, Any]) -> RolloutSettings:
+    """``s`` with what a camera policy needs: frames rendered, recorded or not, at the size it learnt from
+    (the square frames of its ``obs_shapes``, as robocl's policies list them). ``given``: the settings the
+    caller named, so that an ``image_size`` asked for and a different one learnt is an error, not a guess."""
+    if not _reads_cameras(policy):
+        return s
+    shapes = getattr(policy, "obs_shapes", {})
+    frames = [shape for key, shape in shapes.items() if key.startswith(IMAGE_PREFIX)]
+    sizes = {shape[0] for shape in frames if shape[0] == shape[1]}
+    if len(sizes) != 1:  # a policy that names no frame size (or several) gets the default, or what was asked
+        return replace(s, images=True)
+    size = sizes.pop()
+    if "image_size" in given and given["image_size"] != size:
+        raise ValueError(f"image_size={given['image_size']}, but the policy reads {size}x{size} frames")
+    return replace(s, images=True, image_size=size)
 
 
 def make_policies(policy: Any, n: int, device: str = "cpu") -> list[Any] | None:
@@ -337,13 +354,13 @@ def make_policies(policy: Any, n: int, device: str = "cpu") -> list[Any] | None:
     a batch of one, so the actions do not depend on how many sub-envs run. A checkpoint is loaded once, and
     the instances share its networks (evaluation only reads them).
     """
-    if isinstance(policy, str):
-        if policy in LOCAL_POLICIES:
-            return None
+    if isinstance(policy, str) and policy in LOCAL_POLICIES:
+        return None
+    if isinstance(policy, str | Path):
         load_policy = getattr(robocl, "load_policy", None)
         if load_policy is None:
             raise ValueError(f"policy {policy!r}: loading policies from checkpoints needs robocl.load_policy")
-        policy = load_policy(policy, device)
+        policy = load_policy(str(policy), device)
     shared = {id(m): m for m in _modules(policy)}
     return [policy] + [copy.deepcopy(policy, dict(shared)) for _ in range(n - 1)]
 
@@ -601,8 +618,8 @@ def rollout_episodes(
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
     policies = make_policies(s.policy, s.num_envs, s.device)
-    if policies and not s.images and _reads_cameras(policies[0]):
-        s = replace(s, images=True)  # a camera policy needs the frames rendered, recorded or not
+    if policies:
+        s = settings_for_policy(s, policies[0], settings)
     plan = RolloutPlan.build(expand_env_ids(env_id), s)
     buffers = functools.partial(_EpisodeBuffer, plan=plan)
     yield from run_rollouts(plan, n_episodes, s, policies, buffers, progress)

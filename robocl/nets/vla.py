@@ -375,7 +375,9 @@ class VLAPolicy:
         self.choose = choose or FlowChooser(net)
         self.generator = torch.Generator(device).manual_seed(seed)
         self.obs_keys = [*cfg.state_keys, *cfg.image_keys]
-        self._single_ndim = {k: len(net.spec.obs_shapes[k]) for k in self.obs_keys}
+        # What it reads and at which shapes: rollouts render its cameras at the frame size it learnt from.
+        self.obs_shapes = {k: tuple(net.spec.obs_shapes[k]) for k in self.obs_keys}
+        self._single_ndim = {k: len(shape) for k, shape in self.obs_shapes.items()}
         self._task_row = {t: i for i, t in enumerate(net.spec.extra.get("tasks", []))}
         self.history = ObsHistory(cfg.n_obs)
         self.executor = ChunkExecutor(
@@ -415,8 +417,7 @@ class VLAPolicy:
         if not isinstance(obs, Mapping):
             raise TypeError("CO-RFT policies take a dict of observations keyed by store feature names")
         batch, single = batch_size_of(obs, self._single_ndim)
-        shapes = self.net.spec.obs_shapes
-        step = {k: np.asarray(obs[k]).reshape(batch, *shapes[k]) for k in self.obs_keys}
+        step = {k: np.asarray(obs[k]).reshape(batch, *shape) for k, shape in self.obs_shapes.items()}
         inputs: dict[str, Any] = self.history.push(step)
         if self.net.task_embeddings.shape[1]:
             if "task" not in obs:

@@ -673,6 +673,28 @@ def test_aux_state_teaches_the_trunk_where_the_object_is(tmp_path):
     assert np.isfinite(algo.policy().predict(obs)).all()
 
 
+def test_an_image_policy_is_evaluated_at_the_frame_size_it_learnt_from(tmp_path):
+    """A policy trained on 32 x 32 frames (``robocl collect --image-size 32``) is rolled out on 32 x 32
+    frames from its checkpoint, where the 96 x 96 default would not fit the world it recorded."""
+    from robocl.collect import collect
+    from robocl.eval.evaluate import evaluate
+    from robocl.run.loop import save_algorithm
+
+    store = collect("robocl/PickPlace-v0", 1, tmp_path / "demos", images=True, image_size=32, max_steps=8,
+                    progress=False)  # fmt: skip
+    cfg = CORFTConfig(
+        state_keys=("observation.state",), image_keys=("observation.images.front",), horizon=2,
+        vision_channels=(8, 8), **TINY,
+    )  # fmt: skip
+    algo = CORFT.from_store(cfg, store)
+    algo.update(to_torch(algo.il_sampler(store).sample(4), "cpu"))
+    assert algo.policy().obs_shapes["observation.images.front"] == (32, 32, 3)
+    checkpoint = save_algorithm(algo, tmp_path / "il")
+    result = evaluate(checkpoint, "robocl/PickPlace-v0", n_episodes=1, max_steps=3, out_dir=tmp_path / "eval",
+                      progress=False)  # fmt: skip
+    assert result["summary"]["n_episodes"] == 1
+
+
 def test_aux_state_keys_are_checked(tmp_path):
     store = square_store(tmp_path)
     cams, aux = ("observation.images.front",), ("observation.object",)

@@ -13,7 +13,7 @@ import robocl_envs  # noqa: F401  (registers the robocl/ ids)
 from robocl_envs.experts import make_expert
 
 from robocl.eval.evaluate import evaluate
-from robocl.eval.rollout import actor_seed
+from robocl.eval.rollout import actor_seed, rollout_episodes
 from robocl.eval.video import count_frames
 from robocl.store import TrajectoryStore
 from robocl.store.validate import validate_store
@@ -120,3 +120,22 @@ def test_a_camera_policy_gets_frames_without_video(tmp_path):
     )
     assert result["summary"]["n_episodes"] == 1
     assert policy.frames and all(shape[-3:] == (96, 96, 3) for shape in policy.frames)
+
+
+class SmallFramePolicy(CameraPolicy):
+    """A camera policy that learnt from 48x48 frames, as its ``obs_shapes`` say."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.obs_shapes = {"observation.state": (24,), "observation.images.front": (48, 48, 3)}
+
+
+def test_a_camera_policy_gets_frames_at_the_size_it_learnt_from(tmp_path):
+    policy = SmallFramePolicy()
+    evaluate(policy, "robocl/PickPlace-v0", n_episodes=1, max_steps=3, out_dir=tmp_path, progress=False)
+    assert policy.frames and all(shape[-3:] == (48, 48, 3) for shape in policy.frames)
+
+
+def test_a_frame_size_asked_for_that_the_policy_did_not_learn_is_an_error():
+    with pytest.raises(ValueError, match=r"image_size=64, but the policy reads 48x48 frames"):
+        next(rollout_episodes(ENV, 1, policy=SmallFramePolicy(), image_size=64, progress=False))
