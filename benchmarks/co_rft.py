@@ -438,7 +438,12 @@ def main() -> None:
     )
     parser.add_argument("--task", choices=sorted(TASKS), default="pick-place")
     parser.add_argument(
-        "--images", action="store_true", help="the policy sees the 96x96 cameras (--cameras picks)"
+        "--images",
+        action="store_true",
+        help="the policy sees the cameras (--cameras picks, --image-size sizes)",
+    )
+    parser.add_argument(
+        "--image-size", type=int, default=96, help="with --images: camera frame height and width in pixels"
     )
     parser.add_argument(
         "--cameras",
@@ -510,6 +515,8 @@ def main() -> None:
     unknown = sorted(set(args.cameras) - set(CAMERAS))
     if unknown:
         parser.error(f"--cameras: unknown {unknown}; the tasks render {CAMERAS}")
+    if args.image_size != 96 and not args.images:
+        parser.error("--image-size: the state-only policy reads no camera; add --images")
     args.object_offset = tuple(float(x) for x in filter(None, args.object_offset.split(",")))
     if args.object_offset and args.images:
         parser.error(
@@ -546,7 +553,10 @@ def main() -> None:
         stores = {}
         for n_demos in demos:
             path = Path(tmp) / f"demos{n_demos}.zarr"
-            collect(env, n_demos, path, seed=0, progress=False, images=args.images, **task["demos"])
+            collect(
+                env, n_demos, path, seed=0, progress=False, images=args.images, image_size=args.image_size,
+                **task["demos"],
+            )  # fmt: skip
             stores[n_demos] = store = TrajectoryStore.open(path)
             table = store.episodes
             demo_stats[n_demos] = {
@@ -787,6 +797,7 @@ def _report(
             "demos": list(demo_stats),
             "images": args.images,
             "cameras": list(args.cameras or CAMERAS) if args.images else [],
+            "image_size": args.image_size if args.images else None,
             "device": args.device,
             "bf16_autocast": args.bf16,
             "il_updates": args.il_updates,

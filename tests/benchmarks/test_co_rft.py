@@ -221,6 +221,23 @@ def test_amp_sets_the_precision_imitation_trains_in(
     assert json.loads((tmp_path / "co_rft_pick_place.json").read_text())["budget"]["bf16_autocast"] is bf16
 
 
+def test_image_size_sets_the_frames_collected_and_evaluated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--image-size renders the demonstrations and the evaluation at the size asked for (the policy's
+    frames), and the JSON's budget says which."""
+    monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
+    argv = (
+        "--images --cameras front --image-size 32 --demos 2 --seeds 0 --il-updates 2 --episodes 1 --only il"
+    )
+    argv += " --set n_obs=1 --set vision_channels=[8,8] --set language_model=null"
+    monkeypatch.setattr(sys, "argv", ["co_rft", *argv.split()])
+    main()
+    result = json.loads((tmp_path / "co_rft_pick_place_images.json").read_text())
+    assert result["budget"]["image_size"] == 32
+    assert {cell["method"] for cell in result["cells"]} == {"il"}
+
+
 def test_bf16_imitation_updates_each_see_the_weights_before_them(tmp_path: Path) -> None:
     """Under --amp bf16 the benchmark's imitation equals robocl's loop, one autocast region per update; one
     region around the whole run (as the benchmark once opened) keeps each weight's first bf16 cast, so every
@@ -270,6 +287,7 @@ def test_cameras_choose_what_the_image_policy_reads() -> None:
         ("--images --cameras front,side", "--cameras: unknown ['side']; the tasks render ('front', 'wrist')"),
         ("--images --object-offset 2", "--object-offset moves the object state the state policy reads"),
         ("--object-offset 2,0", "--object-offset (2.0, 0.0): sigmas must be > 0 cm"),
+        ("--image-size 128", "--image-size: the state-only policy reads no camera; add --images"),
     ],
 )
 def test_the_parser_names_what_it_cannot_take(
