@@ -417,7 +417,12 @@ class VLAPolicy:
         if not isinstance(obs, Mapping):
             raise TypeError("CO-RFT policies take a dict of observations keyed by store feature names")
         batch, single = batch_size_of(obs, self._single_ndim)
-        step = {k: np.asarray(obs[k]).reshape(batch, *shape) for k, shape in self.obs_shapes.items()}
+        step = {}
+        for key, shape in self.obs_shapes.items():
+            value = np.asarray(obs[key])
+            if value.shape[value.ndim - len(shape) :] != shape:
+                raise ValueError(f"{key}: this policy learnt from {shape} per step, got {value.shape}")
+            step[key] = value.reshape(batch, *shape)
         inputs: dict[str, Any] = self.history.push(step)
         if self.net.task_embeddings.shape[1]:
             if "task" not in obs:

@@ -688,7 +688,13 @@ def test_an_image_policy_is_evaluated_at_the_frame_size_it_learnt_from(tmp_path)
     )  # fmt: skip
     algo = CORFT.from_store(cfg, store)
     algo.update(to_torch(algo.il_sampler(store).sample(4), "cpu"))
-    assert algo.policy().obs_shapes["observation.images.front"] == (32, 32, 3)
+    policy = algo.policy()
+    assert policy.obs_shapes["observation.images.front"] == (32, 32, 3)
+    state = np.zeros(policy.obs_shapes["observation.state"], np.float32)
+    frame = {"observation.state": state, "observation.images.front": np.zeros((96, 96, 3), np.uint8)}
+    message = r"observation.images.front: this policy learnt from \(32, 32, 3\) per step, got \(96, 96, 3\)"
+    with pytest.raises(ValueError, match=message):
+        policy.predict({**frame, "task": "put the red cube on the blue plate"})
     checkpoint = save_algorithm(algo, tmp_path / "il")
     result = evaluate(checkpoint, "robocl/PickPlace-v0", n_episodes=1, max_steps=3, out_dir=tmp_path / "eval",
                       progress=False)  # fmt: skip
