@@ -177,6 +177,9 @@ def _settings(text: str) -> dict[str, Any]:
 # The last updates of a run are counted (matrix-product FLOPs, forward and backward) rather than timed:
 # 50 spans one best-of-N re-ranking period (bon_refresh), so a stage-2 count includes its amortised share.
 FLOP_WINDOW = 50
+# The image policy's position readout is scored on new expert episodes: this many per position set
+# (collection seed 500,000, apart from the demos' and the evaluations'), this many windows of them.
+READOUT_EPISODES, READOUT_WINDOWS = 20, 2048
 
 
 def _train(
@@ -254,6 +257,39 @@ def _finite_check(algo: CORFT, copied: torch.nn.Module, batch: dict[str, Any]) -
         "chunks_finite": bool(torch.isfinite(chunks).all()),
         "first_non_finite_module": first[0] if first else None,
     }
+
+
+@torch.no_grad()
+def _readout_errors(
+    policy: Any, algo: CORFT, stores: dict[str, TrajectoryStore], n_windows: int = READOUT_WINDOWS
+) -> dict[str, dict[str, float]]:
+    """How precisely the image policy locates what it must reach: per position set, the mean absolute
+    error (cm) of the trunk's readout of the ``aux_state_keys`` positions at the last frame, per named
+    column, over ``n_windows`` windows of new expert episodes (``stores``, one per position set)."""
+    net, keys, columns = policy.net, algo.config.aux_state_keys, policy.net.aux_columns
+    errors = {}
+    for positions, store in stores.items():
+        names = [name for k in keys for name in store.features[k].names or ()]
+        batch = to_torch(algo.il_sampler(store).sample(n_windows), algo.device)
+        lang = None
+        if net.task_embeddings.shape[1]:  # the instructions by text: the new episodes index their own list
+            lang = policy.embed([store.tasks[i] for i in batch["task_index"].tolist()])
+        _, trunk_out = net.features_and_trunk(batch["obs"], lang)
+        last = {k: batch["obs"][k][:, -1].float() for k in keys}  # what the readout regresses
+        standardised = torch.cat([net.normalizer.normalize(k, v).flatten(1) for k, v in last.items()], 1)
+        standardised[:, columns] = net.aux_readout(trunk_out).float()
+        parts = standardised.split([v[0].numel() for v in last.values()], 1)
+        read = [
+            net.normalizer.unnormalize(k, p.view_as(last[k])).flatten(1)
+            for k, p in zip(keys, parts, strict=True)
+        ]
+        truth = torch.cat([v.flatten(1) for v in last.values()], 1)
+        error = (torch.cat(read, 1) - truth)[:, columns].abs().mean(0)
+        errors[positions] = {
+            names[c] if names else str(c): round(100 * float(e), 2)
+            for c, e in zip(columns.tolist(), error, strict=True)
+        }
+    return errors
 
 
 def _fingerprint(tensors: dict[str, torch.Tensor]) -> str:
@@ -340,6 +376,8 @@ def _policies(
         record["fingerprints"][il_name] = _fingerprint(algo.state_dict()["model"])
         check = algo.il_sampler(store).sample(args.batch_size)  # a fresh sampler: the stream is untouched
         record["finite"][il_name] = _finite_check(algo, out[il_name].net, check)
+        if il_name == "il" and args.readout_stores:
+            record["readout_cm"] = _readout_errors(out[il_name], algo, args.readout_stores)
         if il_name == "il":
             for name, execution in EXECUTIONS.items():
                 if name in wanted:
@@ -563,6 +601,14 @@ def main() -> None:
                 "success_rate": float(table["success"].mean()),
                 "cycle_time_mean": float(table["length"][table["success"]].mean() / store.fps),
             }
+        args.readout_stores = {}  # new expert episodes the image policy's position readout is scored on
+        if args.images and args.set.get("aux_state_keys"):
+            for positions in ("seen", "unseen"):
+                path = Path(tmp) / f"readout_{positions}.zarr"
+                args.readout_stores[positions] = collect(
+                    env, READOUT_EPISODES, path, seed=500_000, progress=False, images=True,
+                    image_size=args.image_size, positions=positions,
+                )  # fmt: skip
         determinism = (
             _check_determinism(stores[demos[-1]], task, args, language) if args.check_determinism else None
         )
@@ -823,6 +869,14 @@ def _report(
     diverged = [
         f"seed {r['seed']}, {r['demos']} demos, {k}: {v}" for r in records for k, v in r["diverged"].items()
     ]
+    readouts = [(r, positions, cm) for r in records for positions, cm in r.get("readout_cm", {}).items()]
+    readout_table = [
+        "",
+        markdown_table(
+            ["seed", "demos", "positions", *(f"readout error {c} (cm)" for c in readouts[0][2])],
+            [[r["seed"], r["demos"], positions, *cm.values()] for r, positions, cm in readouts],
+        ),
+    ] if readouts else []  # fmt: skip
     g = {k: gflop.get(k, np.nan) for k in ms}
     phases = [[k, v, mean_ms[k], first_ms[k], g[k], g[k] / v * 1e3] for k, v in ms.items()]
     return "\n".join(
@@ -835,6 +889,7 @@ def _report(
             ),
             "",
             markdown_table(["policy", "ms / chunk (1 thread)"], [[k, v] for k, v in latency.items()]),
+            *readout_table,
             *(f"\ndiverged (no cells): {d}" for d in diverged),
             f"\nwrote {path}",
         ]

@@ -24,6 +24,7 @@ from benchmarks.co_rft import (
     _cell_config,
     _fingerprint,
     _latency,
+    _readout_errors,
     _settings,
     _train,
     combine,
@@ -31,7 +32,7 @@ from benchmarks.co_rft import (
 )
 from robocl.algos.co_rft import CORFT, CORFTConfig
 from robocl.run.loop import NonFiniteError, stage_seed, to_torch
-from tests.algos.test_co_rft import camera_features, hand_store
+from tests.algos.test_co_rft import TINY, camera_features, hand_store, square_store
 
 
 def _part(seed: int, demos: list[int], successes: int, **changes: object) -> dict:
@@ -236,6 +237,45 @@ def test_image_size_sets_the_frames_collected_and_evaluated(
     result = json.loads((tmp_path / "co_rft_pick_place_images.json").read_text())
     assert result["budget"]["image_size"] == 32
     assert {cell["method"] for cell in result["cells"]} == {"il"}
+
+
+def test_the_readout_error_is_the_mean_absolute_error_in_cm_per_named_position(tmp_path: Path) -> None:
+    """A readout that says the standardised 0 everywhere reads back the store's mean: its error is the mean
+    |mean - truth| of each position column over the windows scored (the same, from the seeded sampler)."""
+    store = square_store(tmp_path)
+    cfg = CORFTConfig(
+        image_keys=("observation.images.front",), aux_state_keys=("observation.object",), horizon=2,
+        vision_channels=(8, 8), **TINY,
+    )  # fmt: skip
+    algo = CORFT.from_store(cfg, store)
+    policy = algo.policy()
+    with torch.no_grad():
+        policy.net.aux_readout.weight.zero_()
+        policy.net.aux_readout.bias.zero_()
+    errors = _readout_errors(policy, algo, {"seen": store}, n_windows=64)
+    truth = np.asarray(algo.il_sampler(store).sample(64)["obs"]["observation.object"])[:, -1]
+    mean = policy.net.normalizer.unnormalize("observation.object", torch.zeros(3)).numpy()
+    assert list(errors["seen"]) == ["object.x", "object.y"]  # the positions, not the quaternion's qw
+    np.testing.assert_allclose(
+        list(errors["seen"].values()), 100 * np.abs(truth - mean).mean(0)[:2], atol=0.006
+    )
+
+
+def test_the_image_cell_scores_its_readout_on_new_expert_episodes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
+    argv = (
+        "--images --cameras front --image-size 32 --demos 2 --seeds 0 --il-updates 2 --episodes 1 --only il"
+    )
+    argv += ' --set n_obs=1 --set vision_channels=[8,8] --set aux_state_keys=["observation.object"]'
+    monkeypatch.setattr(sys, "argv", ["co_rft", *argv.split()])
+    main()
+    (record,) = json.loads((tmp_path / "co_rft_pick_place_images.json").read_text())["records"]
+    position = ["object.x", "object.y", "object.z", "plate.x", "plate.y", "plate.z"]
+    assert {k: list(v) for k, v in record["readout_cm"].items()} == {"seen": position, "unseen": position}
+    assert all(np.isfinite(list(v.values())).all() for v in record["readout_cm"].values())
+    assert "readout error object.x (cm)" in capsys.readouterr().out
 
 
 def test_bf16_imitation_updates_each_see_the_weights_before_them(tmp_path: Path) -> None:
