@@ -222,23 +222,6 @@ def test_amp_sets_the_precision_imitation_trains_in(
     assert json.loads((tmp_path / "co_rft_pick_place.json").read_text())["budget"]["bf16_autocast"] is bf16
 
 
-def test_image_size_sets_the_frames_collected_and_evaluated(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """--image-size renders the demonstrations and the evaluation at the size asked for (the policy's
-    frames), and the JSON's budget says which."""
-    monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
-    argv = (
-        "--images --cameras front --image-size 32 --demos 2 --seeds 0 --il-updates 2 --episodes 1 --only il"
-    )
-    argv += " --set n_obs=1 --set vision_channels=[8,8] --set language_model=null"
-    monkeypatch.setattr(sys, "argv", ["co_rft", *argv.split()])
-    main()
-    result = json.loads((tmp_path / "co_rft_pick_place_images.json").read_text())
-    assert result["budget"]["image_size"] == 32
-    assert {cell["method"] for cell in result["cells"]} == {"il"}
-
-
 def test_the_readout_error_is_the_mean_absolute_error_in_cm_per_named_position(tmp_path: Path) -> None:
     """A readout that says the standardised 0 everywhere reads back the store's mean: its error is the mean
     |mean - truth| of each position column over the windows scored (the same, from the seeded sampler)."""
@@ -261,9 +244,11 @@ def test_the_readout_error_is_the_mean_absolute_error_in_cm_per_named_position(t
     )
 
 
-def test_the_image_cell_scores_its_readout_on_new_expert_episodes(
+def test_the_image_cell_at_a_frame_size_scores_its_readout_on_new_expert_episodes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """--image-size renders the demonstrations and the evaluations at the size asked for (the policy's
+    frames; the JSON's budget says which); with aux_state_keys the readout is scored per position set."""
     monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
     argv = (
         "--images --cameras front --image-size 32 --demos 2 --seeds 0 --il-updates 2 --episodes 1 --only il"
@@ -271,7 +256,10 @@ def test_the_image_cell_scores_its_readout_on_new_expert_episodes(
     argv += ' --set n_obs=1 --set vision_channels=[8,8] --set aux_state_keys=["observation.object"]'
     monkeypatch.setattr(sys, "argv", ["co_rft", *argv.split()])
     main()
-    (record,) = json.loads((tmp_path / "co_rft_pick_place_images.json").read_text())["records"]
+    result = json.loads((tmp_path / "co_rft_pick_place_images.json").read_text())
+    assert result["budget"]["image_size"] == 32
+    assert {cell["method"] for cell in result["cells"]} == {"il"}
+    (record,) = result["records"]
     position = ["object.x", "object.y", "object.z", "plate.x", "plate.y", "plate.z"]
     assert {k: list(v) for k, v in record["readout_cm"].items()} == {"seen": position, "unseen": position}
     assert all(np.isfinite(list(v.values())).all() for v in record["readout_cm"].values())
