@@ -376,9 +376,9 @@ def _policies(
         record["fingerprints"][il_name] = _fingerprint(algo.state_dict()["model"])
         check = algo.il_sampler(store).sample(args.batch_size)  # a fresh sampler: the stream is untouched
         record["finite"][il_name] = _finite_check(algo, out[il_name].net, check)
-        if il_name == "il" and args.readout_stores:
-            record["readout_cm"] = _readout_errors(out[il_name], algo, args.readout_stores)
         if il_name == "il":
+            if args.readout_stores:
+                record["readout_cm"] = _readout_errors(out[il_name], algo, args.readout_stores)
             for name, execution in EXECUTIONS.items():
                 if name in wanted:
                     out[name] = copy.deepcopy(algo).policy(**execution)
