@@ -263,33 +263,43 @@ def _finite_check(algo: CORFT, copied: torch.nn.Module, batch: dict[str, Any]) -
 def _readout_errors(
     policy: Any, algo: CORFT, stores: dict[str, TrajectoryStore], n_windows: int = READOUT_WINDOWS
 ) -> dict[str, dict[str, float]]:
-    """How precisely the image policy locates what it must reach: per position set, the mean absolute
-    error (cm) of the trunk's readout of the ``aux_state_keys`` positions at the last frame, per named
-    column, over ``n_windows`` windows of new expert episodes (``stores``, one per position set)."""
-    net, keys, columns = policy.net, algo.config.aux_state_keys, policy.net.aux_columns
+    """How precisely the image policy locates what it must reach, per position set: the readout's error
+    over ``n_windows`` windows of new expert episodes (``stores``, one per position set), and
+    (``"<set>, first frame"``) over each episode's first frame: the arm still at home and the object
+    alone in view, where the policy chooses where to reach (pilots saw the unseen error largest there)."""
     errors = {}
     for positions, store in stores.items():
-        names = [name for k in keys for name in store.features[k].names or ()]
-        batch = to_torch(algo.il_sampler(store).sample(n_windows), algo.device)
-        lang = None
-        if net.task_embeddings.shape[1]:  # the instructions by text: the new episodes index their own list
-            lang = policy.embed([store.tasks[i] for i in batch["task_index"].tolist()])
-        _, trunk_out = net.features_and_trunk(batch["obs"], lang)
-        last = {k: batch["obs"][k][:, -1].float() for k in keys}  # what the readout regresses
-        standardised = torch.cat([net.normalizer.normalize(k, v).flatten(1) for k, v in last.items()], 1)
-        standardised[:, columns] = net.aux_readout(trunk_out).float()
-        parts = standardised.split([v[0].numel() for v in last.values()], 1)
-        read = [
-            net.normalizer.unnormalize(k, p.view_as(last[k])).flatten(1)
-            for k, p in zip(keys, parts, strict=True)
-        ]
-        truth = torch.cat([v.flatten(1) for v in last.values()], 1)
-        error = (torch.cat(read, 1) - truth)[:, columns].abs().mean(0)
-        errors[positions] = {
-            names[c] if names else str(c): round(100 * float(e), 2)
-            for c, e in zip(columns.tolist(), error, strict=True)
-        }
+        sampler = algo.il_sampler(store)
+        lengths = np.asarray(store.episodes["length"])
+        starts = np.cumsum(lengths) - lengths  # a window per step: episode e's first is its start
+        errors[positions] = _readout_error(policy, algo, store, sampler.sample(n_windows))
+        errors[f"{positions}, first frame"] = _readout_error(policy, algo, store, sampler.get_batch(starts))
     return errors
+
+
+def _readout_error(policy: Any, algo: CORFT, store: TrajectoryStore, windows: Any) -> dict[str, float]:
+    """The mean absolute error (cm) of the trunk's readout of the ``aux_state_keys`` positions at the
+    last frame of ``windows`` (a batch of ``store``), per named position column."""
+    net, keys, columns = policy.net, algo.config.aux_state_keys, policy.net.aux_columns
+    batch = to_torch(windows, algo.device)
+    lang = None
+    if net.task_embeddings.shape[1]:  # the instructions by text: the new episodes index their own list
+        lang = policy.embed([store.tasks[i] for i in batch["task_index"].tolist()])
+    _, trunk_out = net.features_and_trunk(batch["obs"], lang)
+    last = {k: batch["obs"][k][:, -1].float() for k in keys}  # what the readout regresses
+    standardised = torch.cat([net.normalizer.normalize(k, v).flatten(1) for k, v in last.items()], 1)
+    standardised[:, columns] = net.aux_readout(trunk_out).float()
+    parts = standardised.split([v[0].numel() for v in last.values()], 1)
+    read = [
+        net.normalizer.unnormalize(k, p.view_as(last[k])).flatten(1) for k, p in zip(keys, parts, strict=True)
+    ]
+    truth = torch.cat([v.flatten(1) for v in last.values()], 1)
+    error = (torch.cat(read, 1) - truth)[:, columns].abs().mean(0)
+    names = [name for k in keys for name in store.features[k].names or ()]
+    return {
+        names[c] if names else str(c): round(100 * float(e), 2)
+        for c, e in zip(columns.tolist(), error, strict=True)
+    }
 
 
 def _fingerprint(tensors: dict[str, torch.Tensor]) -> str:

@@ -238,9 +238,15 @@ def test_the_readout_error_is_the_mean_absolute_error_in_cm_per_named_position(t
     errors = _readout_errors(policy, algo, {"seen": store}, n_windows=64)
     truth = np.asarray(algo.il_sampler(store).sample(64)["obs"]["observation.object"])[:, -1]
     mean = policy.net.normalizer.unnormalize("observation.object", torch.zeros(3)).numpy()
+    assert list(errors) == ["seen", "seen, first frame"]
     assert list(errors["seen"]) == ["object.x", "object.y"]  # the positions, not the quaternion's qw
     np.testing.assert_allclose(
         list(errors["seen"].values()), 100 * np.abs(truth - mean).mean(0)[:2], atol=0.006
+    )
+    # Scored again at each episode's first step only.
+    first = np.asarray(store.steps("observation.object"))[store.episodes["start"], :2]
+    np.testing.assert_allclose(
+        list(errors["seen, first frame"].values()), 100 * np.abs(first - mean[:2]).mean(0), atol=0.006
     )
 
 
@@ -261,7 +267,8 @@ def test_the_image_cell_at_a_frame_size_scores_its_readout_on_new_expert_episode
     assert {cell["method"] for cell in result["cells"]} == {"il"}
     (record,) = result["records"]
     position = ["object.x", "object.y", "object.z", "plate.x", "plate.y", "plate.z"]
-    assert {k: list(v) for k, v in record["readout_cm"].items()} == {"seen": position, "unseen": position}
+    sets = ["seen", "seen, first frame", "unseen", "unseen, first frame"]
+    assert {k: list(v) for k, v in record["readout_cm"].items()} == {k: position for k in sets}
     assert all(np.isfinite(list(v.values())).all() for v in record["readout_cm"].values())
     assert "readout error object.x (cm)" in capsys.readouterr().out
 
