@@ -350,6 +350,27 @@ class PandaEnv(gym.Env[dict[str, Any], np.ndarray]):
         """Per-dimension names of the low-dimensional observation keys (recorded in collected stores)."""
         return {"proprio": PROPRIO_NAMES, "object": self.OBJECT_NAMES}
 
+    @property
+    def camera_calibrations(self) -> dict[str, dict[str, list]]:
+        """The fixed cameras' pinhole models at ``image_size`` in OpenCV's conventions (recorded in collected
+        stores): ``intrinsics`` (fx, fy, cx, cy) in pixels, (0, 0) the top-left pixel's centre;
+        ``position`` of the optical centre and the world-from-camera ``rotation`` of a frame with x right,
+        y down, z forward. The wrist camera moves with the arm and has none."""
+        cam = self.model.camera("front")
+        data = mujoco.MjData(self.model)
+        mujoco.mj_kinematics(self.model, data)  # the front camera hangs from the world body: any pose will do
+        mujoco.mj_camlight(self.model, data)
+        f = (self.image_size / 2) / math.tan(math.radians(float(cam.fovy[0])) / 2)
+        c = (self.image_size - 1) / 2  # MuJoCo's principal point is the image centre
+        # MuJoCo's camera frame is x right, y up, looking along -z: flip y and z for OpenCV's.
+        rotation = data.cam_xmat[cam.id].reshape(3, 3) * np.array([1.0, -1.0, -1.0])
+        calibration = {
+            "intrinsics": [f, f, c, c],
+            "position": data.cam_xpos[cam.id].tolist(),
+            "rotation": rotation.tolist(),
+        }
+        return {"image_front": calibration} if self.images else {}
+
     # ------------------------------------------------------------------------------------------ kinematics
     def _tcp_pose(self, data: mujoco.MjData) -> tuple[np.ndarray, np.ndarray]:
         return data.site_xpos[self._tcp].copy(), data.site_xmat[self._tcp].reshape(3, 3).copy()

@@ -32,7 +32,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from robocl.store import Feature, StoreView, TrajectoryStore
+from robocl.store import CameraCalibration, Feature, StoreView, TrajectoryStore
 from robocl.store.integrity import describe_episodes
 from robocl.store.schema import FeatureKind
 
@@ -68,19 +68,22 @@ def features_from_space(
     action_space: gym.Space,
     names: Mapping[str, tuple[str, ...]] | None = None,
     *,
+    cameras: Mapping[str, Mapping[str, Any]] | None = None,
     success: bool = True,
 ) -> dict[str, Feature]:
     """The store schema of rollouts of an env whose observations :class:`FeatureObs` renamed:
-    its observation features, ``action``, ``reward`` and (``success``) the per-step ``success`` flag."""
+    its observation features (``cameras``: feature name -> calibration of a fixed camera), ``action``,
+    ``reward`` and (``success``) the per-step ``success`` flag."""
     if not isinstance(action_space, gym.spaces.Box):
         raise ValueError(f"robocl stores Box actions, got {type(action_space).__name__}")
-    names = names or {}
+    names, cameras = names or {}, cameras or {}
     features = {
         name: Feature(
             kind="rgb" if name.startswith(IMAGE_PREFIX) else "state",
             dtype=str(space.dtype),
             shape=space.shape,
             names=names.get(name),
+            camera=CameraCalibration.from_dict(cameras[name]) if name in cameras else None,
         )
         for name, space in obs_space.spaces.items()
     }
@@ -139,12 +142,22 @@ class FeatureObs(gym.Wrapper):
         names = getattr(self.env.unwrapped, "observation_names", {})
         return {feat: tuple(names[key]) for feat, key in self._sources.items() if key in names}
 
+    def camera_calibrations(self) -> dict[str, dict[str, Any]]:
+        """Calibrations of the stored cameras that are fixed, where the env gives them
+        (``env.unwrapped.camera_calibrations``, as robocl's arm tasks do; see :class:`CameraCalibration`)."""
+        calibrations = getattr(self.env.unwrapped, "camera_calibrations", {})
+        return {feat: dict(calibrations[key]) for feat, key in self._sources.items() if key in calibrations}
+
     def features(self) -> dict[str, Feature]:
         """The store schema of this env's rollouts (:func:`features_from_space`); no per-step success flag
         for an env that says it never reports success (``reports_success = False``, as RobotEnv allows)."""
         success = getattr(self.env.unwrapped, "reports_success", True)
         return features_from_space(
-            self.observation_space, self.action_space, self.feature_names(), success=success
+            self.observation_space,
+            self.action_space,
+            self.feature_names(),
+            cameras=self.camera_calibrations(),
+            success=success,
         )
 
     def _convert(self, obs: Any) -> dict[str, np.ndarray]:

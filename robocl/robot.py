@@ -15,7 +15,10 @@ robocl rollout applies, so a policy trained on a recording finds its inputs unde
 (robocl's simulated arm tasks name theirs ``proprio``, ``object``, ``image_front``, ``image_wrist``, mapped to
 ``observation.state``, ``observation.object``, ``observation.images.front``/``wrist``.) A LeRobot dataset's
 ``observation.state`` and ``observation.images.laptop`` are therefore an env's ``state`` and
-``images.laptop``. ``observation_names`` gives per-dimension names, recorded and checked like LeRobot's.
+``images.laptop``. ``observation_names`` gives per-dimension names, recorded and checked like LeRobot's;
+``camera_calibrations`` (from the rig's calibration: OpenCV intrinsics and hand-eye extrinsics) are recorded
+with the fixed cameras' features, for policies that locate things in their frames (CO-RFT's
+``detect_entity``, which also needs the tool's position in the state, named ``tcp.x``/``tcp.y``/``tcp.z``).
 
 :class:`RobotEnv` implements the rest of the contract once:
 
@@ -41,6 +44,8 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
+from robocl.store import CameraCalibration
+
 
 class RobotEnv(gym.Env, ABC):
     """A real (or stand-in) arm behind robocl's robot-env contract; see the module docstring."""
@@ -56,13 +61,15 @@ class RobotEnv(gym.Env, ABC):
         joint_high: Sequence[float],
         fps: float,
         cameras: Mapping[str, tuple[int, int]] | None = None,
+        camera_calibrations: Mapping[str, CameraCalibration] | None = None,
         max_delta: float | None = None,
         task: str | None = None,
         reports_success: bool = True,
         terminate_on_success: bool = True,
         realtime: bool = True,
     ) -> None:
-        """``cameras``: name -> (height, width); ``max_delta``: the largest change of a joint target per
+        """``cameras``: name -> (height, width); ``camera_calibrations``: name -> the calibration of a fixed
+        camera among them at that frame size; ``max_delta``: the largest change of a joint target per
         step (joint units); ``task``: the instruction given to language-conditioned policies."""
         low, high = np.asarray(joint_low, np.float32), np.asarray(joint_high, np.float32)
         if not len(joint_names) == len(low) == len(high) or not (low < high).all():
@@ -83,6 +90,13 @@ class RobotEnv(gym.Env, ABC):
         self.observation_space = gym.spaces.Dict(spaces)
         self.action_space = gym.spaces.Box(low, high, dtype=np.float32)
         self.observation_names = {"state": tuple(joint_names)}
+        calibrations = dict(camera_calibrations or {})
+        if set(calibrations) - set(self.cameras):
+            raise ValueError(
+                f"camera_calibrations name cameras {sorted(set(calibrations) - set(self.cameras))} that are "
+                f"not in cameras {sorted(self.cameras)}"
+            )
+        self.camera_calibrations = {f"images.{name}": c.to_dict() for name, c in calibrations.items()}
         self._next_tick = 0.0
 
     # ------------------------------------------------------------------ the driver a subclass supplies

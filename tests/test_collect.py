@@ -274,6 +274,10 @@ def test_pick_place_dict_observations_and_instruction(tmp_path):
     state, obj = store.features["observation.state"].names, store.features["observation.object"].names
     assert state[14:17] == ("tcp.x", "tcp.y", "tcp.z") and len(state) == 24
     assert obj[:3] == ("object.x", "object.y", "object.z") and obj[10:] == ("plate.x", "plate.y", "plate.z")
+    # The fixed front camera's calibration is recorded at the stored frame size; the moving wrist's is not.
+    front = store.features["observation.images.front"].camera
+    assert front is not None and front.intrinsics[2:] == (15.5, 15.5)
+    assert store.features["observation.images.wrist"].camera is None
 
 
 def _has_experts() -> bool:

@@ -168,3 +168,30 @@ def test_a_policy_on_an_env_it_does_not_fit_is_stopped_before_the_first_step(pro
         "(--force runs it anyway)\n"
     )
     assert run(capsys, "eval", *policy, "--env", "robocl/Door-Pull-v0", "--force")[0] == 0
+
+
+def test_a_robot_env_records_its_camera_calibrations():
+    """The rig's calibration of a fixed camera is recorded with its feature, for policies that locate
+    things in its frames; a calibration of a camera the env does not have is refused."""
+    from robocl.features import FeatureObs
+    from robocl.robot import RobotEnv
+    from robocl.store import CameraCalibration
+
+    calibration = CameraCalibration(
+        (300.0, 300.0, 159.5, 119.5), (0.8, 0.0, 0.6), ((0, -1, 0), (-1, 0, 0), (0, 0, -1))
+    )
+
+    class Arm(RobotEnv):
+        def __init__(self, **calibrations):
+            super().__init__(
+                robot="arm", joint_names=["j0"], joint_low=[-1], joint_high=[1], fps=10,
+                cameras={"top": (240, 320), "wrist": (240, 320)}, **calibrations,
+            )  # fmt: skip
+
+        start_episode = read_state = send_action = stop = lambda self, *args: None
+
+    features = FeatureObs(Arm(camera_calibrations={"top": calibration})).features()
+    assert features["observation.images.top"].camera == calibration
+    assert features["observation.images.wrist"].camera is None
+    with pytest.raises(ValueError, match=r"camera_calibrations name cameras \['front'\] that are not in"):
+        Arm(camera_calibrations={"front": calibration})

@@ -20,6 +20,49 @@ ALLOWED_DTYPES = frozenset(
 
 
 @dataclass(frozen=True)
+class CameraCalibration:
+    """A fixed camera's pinhole model at the stored frame size, in OpenCV's conventions (what a real rig's
+    calibration gives: ``cv2.calibrateCamera`` intrinsics, hand-eye extrinsics).
+
+    intrinsics: (fx, fy, cx, cy) in pixels; pixel (u, v) = (column, row), (0, 0) the top-left pixel's centre.
+    position: the optical centre in the world (robot base) frame, metres.
+    rotation: the world-from-camera rotation (3 rows); the camera frame is x right, y down, z along the
+        optical axis, so a world point X is seen at camera coordinates ``rotation^T (X - position)``.
+    """
+
+    intrinsics: tuple[float, float, float, float]
+    position: tuple[float, float, float]
+    rotation: tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]]
+
+    def __post_init__(self) -> None:
+        keys = ("intrinsics", "position", "rotation")
+        arrays = {k: np.asarray(getattr(self, k), dtype=float) for k in keys}
+        for key, shape in (("intrinsics", (4,)), ("position", (3,)), ("rotation", (3, 3))):
+            if arrays[key].shape != shape or not np.isfinite(arrays[key]).all():
+                raise ValueError(f"camera {key} must be {shape} finite numbers, got {getattr(self, key)!r}")
+        if arrays["intrinsics"][0] <= 0 or arrays["intrinsics"][1] <= 0:
+            raise ValueError(f"camera focal lengths must be > 0, got intrinsics {self.intrinsics}")
+        rot = arrays["rotation"]
+        # A calibration's rotation is orthonormal to a few 1e-4; 1e-3 catches transposes and typos.
+        if np.abs(rot @ rot.T - np.eye(3)).max() > 1e-3 or np.linalg.det(rot) < 0:
+            raise ValueError(f"camera rotation must be a proper rotation matrix, got {self.rotation}")
+        object.__setattr__(self, "intrinsics", tuple(arrays["intrinsics"].tolist()))
+        object.__setattr__(self, "position", tuple(arrays["position"].tolist()))
+        object.__setattr__(self, "rotation", tuple(tuple(row) for row in rot.tolist()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "intrinsics": list(self.intrinsics),
+            "position": list(self.position),
+            "rotation": [list(row) for row in self.rotation],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CameraCalibration:
+        return cls(intrinsics=d["intrinsics"], position=d["position"], rotation=d["rotation"])
+
+
+@dataclass(frozen=True)
 class Feature:
     """One per-step array of a store.
 
@@ -29,12 +72,15 @@ class Feature:
     dtype: numpy dtype name. ``language`` features are always int32 indices.
     shape: per-step shape, () for scalars.
     names: optional names of the last axis (e.g. joint names), as in LeRobot's info.json.
+    camera: a fixed camera's calibration (image features only), for policies that locate things in its
+        frames (CO-RFT's ``detect_entity``).
     """
 
     kind: FeatureKind
     dtype: str = "float32"
     shape: tuple[int, ...] = ()
     names: tuple[str, ...] | None = None
+    camera: CameraCalibration | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
@@ -57,6 +103,10 @@ class Feature:
             raise ValueError(f"depth features are (H, W) or (H, W, 1); got shape {self.shape}")
         if self.names is not None and (not self.shape or len(self.names) != self.shape[-1]):
             raise ValueError(f"{len(self.names)} names given for a feature of shape {self.shape}")
+        if isinstance(self.camera, Mapping):
+            object.__setattr__(self, "camera", CameraCalibration.from_dict(self.camera))
+        if self.camera is not None and self.kind not in IMAGE_KINDS:
+            raise ValueError(f"a camera calibration belongs to an image feature, not a {self.kind!r} one")
 
     @property
     def is_observation(self) -> bool:
@@ -76,13 +126,19 @@ class Feature:
             "dtype": self.dtype,
             "shape": list(self.shape),
             "names": list(self.names) if self.names is not None else None,
+            # Only when set: stores without calibrations keep the header older readers wrote.
+            **({"camera": self.camera.to_dict()} if self.camera is not None else {}),
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Feature:
-        names = d.get("names")
+        names, camera = d.get("names"), d.get("camera")
         return cls(
-            kind=d["kind"], dtype=d["dtype"], shape=tuple(d["shape"]), names=tuple(names) if names else None
+            kind=d["kind"],
+            dtype=d["dtype"],
+            shape=tuple(d["shape"]),
+            names=tuple(names) if names else None,
+            camera=CameraCalibration.from_dict(camera) if camera is not None else None,
         )
 
 

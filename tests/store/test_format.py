@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import zarr
 
-from robocl.store import Feature, StoreLockedError, TrajectoryStore
+from robocl.store import CameraCalibration, Feature, StoreLockedError, TrajectoryStore
 from tests.store.conftest import FEATURES, LENGTHS, final_of, make_episode
 
 ALL_DTYPES = ["bool", "uint8", "uint16", "int8", "int16", "int32", "int64", "float16", "float32", "float64"]
@@ -197,6 +197,30 @@ def test_schema_errors():
         Feature("state", "complex64", (2,))
     with pytest.raises(ValueError, match="3 names given"):
         Feature("state", "float32", (2,), names=("a", "b", "c"))
+    with pytest.raises(
+        ValueError, match="a camera calibration belongs to an image feature, not a 'state' one"
+    ):
+        Feature("state", "float32", (2,), camera=CALIBRATION)
+
+
+CALIBRATION = CameraCalibration(
+    (100.0, 100.0, 15.5, 15.5), (1.0, 0.0, 0.5), ((0, 0, -1), (1, 0, 0), (0, -1, 0))
+)
+
+
+def test_a_camera_calibration_is_stored_with_its_feature(tmp_path):
+    """Written into the header with the feature, read back equal; features without one keep the header
+    they had (no "camera" key), so stores written before calibrations read as they did."""
+    features = {
+        "observation.images.front": Feature("rgb", "uint8", (32, 32, 3), camera=CALIBRATION),
+        "observation.images.wrist": Feature("rgb", "uint8", (32, 32, 3)),
+        "action": Feature("action", "float32", (2,)),
+    }
+    TrajectoryStore.create(tmp_path / "s.zarr", features, fps=10)
+    store = TrajectoryStore.open(tmp_path / "s.zarr")
+    assert store.features["observation.images.front"].camera == CALIBRATION
+    assert store.features["observation.images.wrist"].camera is None
+    assert "camera" not in features["observation.images.wrist"].to_dict()
 
 
 def test_create_refuses_existing_and_open_refuses_non_stores(tmp_path):
