@@ -285,10 +285,10 @@ def _readout_error(policy: Any, algo: CORFT, store: TrajectoryStore, windows: An
     lang = None
     if net.task_embeddings.shape[1]:  # the instructions by text: the new episodes index their own list
         lang = policy.embed([store.tasks[i] for i in batch["task_index"].tolist()])
-    _, trunk_out = net.features_and_trunk(batch["obs"], lang)
+    encoding = net.features_and_trunk(batch["obs"], lang)
     last = {k: batch["obs"][k][:, -1].float() for k in keys}  # what the readout regresses
     standardised = torch.cat([net.normalizer.normalize(k, v).flatten(1) for k, v in last.items()], 1)
-    standardised[:, columns] = net.aux_readout(trunk_out).float()
+    standardised[:, columns] = net.aux_readout(encoding.trunk).float()
     parts = standardised.split([v[0].numel() for v in last.values()], 1)
     read = [
         net.normalizer.unnormalize(k, p.view_as(last[k])).flatten(1) for k, p in zip(keys, parts, strict=True)
@@ -296,10 +296,16 @@ def _readout_error(policy: Any, algo: CORFT, store: TrajectoryStore, windows: An
     truth = torch.cat([v.flatten(1) for v in last.values()], 1)
     error = (torch.cat(read, 1) - truth)[:, columns].abs().mean(0)
     names = [name for k in keys for name in store.features[k].names or ()]
-    return {
+    errors = {
         names[c] if names else str(c): round(100 * float(e), 2)
         for c, e in zip(columns.tolist(), error, strict=True)
     }
+    if encoding.pixels is not None:  # the detector's position, on the plane it is lifted to: x and y
+        found = net.detected_entity(encoding.pixels[:, -1])[:, :2]
+        detected = (found - truth[:, net.entity_columns[:2]]).abs().mean(0)
+        for axis, e in zip("xy", detected, strict=True):
+            errors[f"detected {algo.config.detect_entity}.{axis}"] = round(100 * float(e), 2)
+    return errors
 
 
 def _fingerprint(tensors: dict[str, torch.Tensor]) -> str:
@@ -520,9 +526,10 @@ def main() -> None:
     parser.add_argument(
         "--set",
         type=_settings,
-        default={},
+        action="append",
+        default=[],
         help="CORFTConfig overrides for every CO-RFT policy of the run, 'field=value;...' (JSON values), "
-        "e.g. 'n_obs=1' (recorded in the JSON's budget)",
+        "e.g. 'n_obs=1' (recorded in the JSON's budget); repeatable, later fields win",
     )
     parser.add_argument(
         "--object-offset",
@@ -542,6 +549,7 @@ def main() -> None:
         "each seed and demo count once) into --name; trains nothing",
     )
     args = parser.parse_args()
+    args.set = {key: value for settings in args.set for key, value in settings.items()}
     if args.combine:
         if not args.name:
             parser.error("--combine needs --name for the merged file")

@@ -95,7 +95,9 @@ from robocl.nets.critic import PrefixMLPCritic
 from robocl.nets.flow import OneStepActor
 from robocl.nets.language import LanguageEncoder
 from robocl.nets.relative import (
+    AXES,
     RelativePositions,
+    entity_positions,
     position_columns,
     relative_position_pairs,
     scene_position_columns,
@@ -195,6 +197,7 @@ class CORFT:
                 "dropped_state_columns": dropped,
                 "aux_state_shapes": {k: list(feats[k].shape) for k in config.aux_state_keys},
                 "aux_state_columns": aux_columns,
+                **({"detector": detector_spec(config, store)} if config.detect_entity else {}),
             },
             world=data_world(store, (*config.state_keys, *config.image_keys)),
         )
@@ -316,11 +319,14 @@ class CORFT:
             lr = cfg.il_lr * cosine_warmup(self.step, cfg.il_schedule_updates, cfg.il_warmup)
             for group in self.il_opt.param_groups:
                 group["lr"] = lr
-        feat, trunk_out = net.features_and_trunk(batch["obs"], net.lang_of(batch))
-        loss, parts = self._bc(feat, batch)
+        encoding = net.features_and_trunk(batch["obs"], net.lang_of(batch))
+        loss, parts = self._bc(encoding.features, batch)
         if cfg.aux_state_keys:
-            aux = net.aux_state_loss(trunk_out, batch["obs"])
+            aux = net.aux_state_loss(encoding.trunk, batch["obs"])
             loss, parts = loss + cfg.aux_weight * aux, {**parts, "aux_state": aux.item()}
+        if encoding.pixels is not None:
+            detector = net.detector_loss(encoding.pixels[:, -1], batch["obs"])
+            loss, parts = loss + cfg.detector_weight * detector, {**parts, "detector_px": detector.item()}
         grad_norm = guarded_step(loss, self.il_opt, net.parameters(), max_grad_norm=cfg.max_grad_norm)
         return {"loss": loss.item(), **parts, "grad_norm": grad_norm}
 
@@ -778,6 +784,42 @@ def _policy(
         ensemble_coef=config.ensemble_coef if ensemble_coef is None else ensemble_coef,
         seed=config.seed,
     )
+
+
+def detector_spec(config: CORFTConfig, store: TrajectoryStore) -> dict[str, Any]:
+    """What ``VLAPolicyNet`` needs to locate ``config.detect_entity`` (see its ``spec.extra["detector"]``),
+    from the store; raises naming what is missing."""
+    entity = config.detect_entity
+    cameras = [k for k in config.image_keys if store.features[k].camera is not None]
+    if not cameras:
+        raise ValueError(
+            f"detect_entity={entity!r} needs a calibrated camera among image_keys={config.image_keys}: "
+            "record one with Feature(camera=CameraCalibration(...)) (robocl's tasks record the front one)"
+        )
+    aux = entity_positions({k: store.features[k].names for k in config.aux_state_keys})
+    if set(aux.get(entity, {})) != set(AXES):
+        raise ValueError(
+            f"detect_entity={entity!r}: aux_state_keys={config.aux_state_keys} name no {entity}.x/y/z "
+            f"(entities with a position there: {sorted(aux)})"
+        )
+    tools = list(entity_positions({k: store.features[k].names for k in config.state_keys}).values())
+    if not tools or set(tools[0]) != set(AXES):
+        raise ValueError(
+            f"detect_entity={entity!r} is read relative to the tool: state_keys={config.state_keys} must "
+            "name its x, y, z first (e.g. tcp.x, tcp.y, tcp.z in observation.state)"
+        )
+    entity_columns = [aux[entity][axis] for axis in AXES]
+    # Lifted to the height the entity rests at when an episode starts: where the policy decides where to
+    # reach (after the grasp the lifted position is off by the lift, and the tool's own is what matters).
+    aux_state = np.concatenate([store.steps(k).reshape(store.n_steps, -1) for k in config.aux_state_keys], 1)
+    height = float(np.median(aux_state[store.episodes["start"], entity_columns[2]]))
+    return {
+        "camera": cameras[0],
+        "calibration": store.features[cameras[0]].camera.to_dict(),
+        "height": height,
+        "entity_columns": entity_columns,
+        "tool_columns": [tools[0][axis] for axis in AXES],
+    }
 
 
 def cosine_warmup(step: int, total: int, warmup: int) -> float:

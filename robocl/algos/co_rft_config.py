@@ -103,6 +103,18 @@ class CORFTConfig:
     # encoder to localise in new ones.
     aux_state_keys: tuple[str, ...] = ()  # privileged state features the trunk learns to predict (stage 1)
     aux_weight: float = 1.0  # weight of that auxiliary loss against the imitation loss
+    # The entity (as the auxiliary state names it: "object" for object.x/y/z) the encoder of the first
+    # calibrated camera among image_keys locates (robocl.nets.vision: a local detector, soft-argmax),
+    # trained on the entity's projected pixel; the head reads its position lifted to the table (at the
+    # entity's median height at the episodes' first steps) minus the tool's, as the state policy reads
+    # object - tool. Why: the trunk's readout does not carry over to unseen positions (4-5 cm off at the
+    # first frame), the detector does (0.3-0.5 cm). Pilots on the image benchmark's 200 pick-and-place
+    # demos (front camera, aux_state_keys=("observation.object",), 5,000 of 15,000 updates, seeds 0-2,
+    # benchmarks/co_rft_log.md): 31, 31, 40 of 50 seen and 13, 3, 10 of 50 unseen, against 25 and 29 seen,
+    # 6 and 2 unseen without (seeds 0, 1). Off by default: it needs a calibrated camera and the entity's
+    # position in training.
+    detect_entity: str | None = None  # what the camera's detector locates, e.g. "object"; None = off
+    detector_weight: float = 0.1  # weight of the detector's smooth-L1 pixel loss (pixels) against imitation
     dropout: float = 0.1  # trunk transformer dropout in stage 1 (ACT's 0.1: a few dozen demos overfit fast)
     head: Literal["flow", "regression"] = "flow"  # flow-matching action expert, or chunk regression
     head_hidden: tuple[int, ...] = (256, 256, 256)  # MLP widths of the action head (and the one-step actor)
@@ -333,8 +345,15 @@ class CORFTConfig:
                 f"aux_state_keys={self.aux_state_keys} overlap state_keys={self.state_keys}: the policy "
                 "already reads those features"
             )
-        if self.aux_weight < 0:
-            raise ValueError(f"aux_weight={self.aux_weight} must be >= 0")
+        if self.aux_weight < 0 or self.detector_weight < 0:
+            raise ValueError(
+                f"aux_weight={self.aux_weight} and detector_weight={self.detector_weight} must be >= 0"
+            )
+        if self.detect_entity is not None and not self.aux_state_keys:
+            raise ValueError(
+                f"detect_entity={self.detect_entity!r} learns where the entity is from its position: name "
+                "the feature that holds it in aux_state_keys (e.g. observation.object)"
+            )
         if self.horizon < 1 or self.n_obs < 1 or self.flow_steps < 1:
             raise ValueError(
                 f"horizon={self.horizon}, n_obs={self.n_obs}, flow_steps={self.flow_steps} must be >= 1"

@@ -28,7 +28,7 @@ AXES = ("x", "y", "z")
 LOG_SCALE_REACH = 0.1  # m; log_scaled maps a difference of this size to 1
 
 
-def _entity_positions(names: Mapping[str, Sequence[str] | None]) -> dict[str, dict[str, int]]:
+def entity_positions(names: Mapping[str, Sequence[str] | None]) -> dict[str, dict[str, int]]:
     """entity -> axis -> index in the concatenation of the features in ``names``, for the entities with a
     position over at least two axes, in the order the features list them."""
     positions: dict[str, dict[str, int]] = {}
@@ -44,21 +44,21 @@ def _entity_positions(names: Mapping[str, Sequence[str] | None]) -> dict[str, di
 
 def position_columns(names: Mapping[str, Sequence[str] | None]) -> list[int]:
     """Indices (in the concatenation of the features in ``names``) of every entity's position."""
-    return sorted(i for axes in _entity_positions(names).values() for i in axes.values())
+    return sorted(i for axes in entity_positions(names).values() for i in axes.values())
 
 
 def scene_position_columns(names: Mapping[str, Sequence[str] | None]) -> list[int]:
     """Indices (in the concatenation of the features in ``names``) of the absolute positions of every entity
     but the first, the tool: what a policy reading only relative positions leaves out. Empty with fewer than
     two entities."""
-    entities = list(_entity_positions(names).values())
+    entities = list(entity_positions(names).values())
     return sorted(i for axes in entities[1:] for i in axes.values()) if len(entities) > 1 else []
 
 
 def relative_position_pairs(names: Mapping[str, Sequence[str] | None]) -> list[tuple[str, int, int]]:
     """[(name, index of the earlier entity's coordinate, index of the later one's)] over the concatenation
     of the features in ``names`` (feature key -> per-dimension names, or None), in that order."""
-    positions = _entity_positions(names)
+    positions = entity_positions(names)
     entities = list(positions)
     pairs = []
     for i, first in enumerate(entities):

@@ -66,7 +66,8 @@ class TokenTrunk(nn.Module):
     """(normalised low-dim history, frames per camera, language embedding) -> fused feature (B, d_model).
 
     Inputs: ``lowdim`` (B, n_obs, D); ``images[key]`` uint8 (B, n_obs, H, W, 3) for every camera key;
-    ``lang`` (B, lang_dim) or None when built with ``lang_dim=0``.
+    ``lang`` (B, lang_dim) or None when built with ``lang_dim=0``. The encoder of ``detector_camera``
+    (None: no camera) also locates one thing in its frames (:class:`~robocl.nets.vision.ConvEncoder`).
     """
 
     def __init__(
@@ -82,9 +83,13 @@ class TokenTrunk(nn.Module):
         vision_channels: Sequence[int],
         aug_shift: int,
         dropout: float = 0.0,
+        detector_camera: str | None = None,
     ) -> None:
         super().__init__()
         self.camera_keys = list(camera_keys)
+        if detector_camera is not None and detector_camera not in self.camera_keys:
+            raise ValueError(f"detector camera {detector_camera!r} is not one of {self.camera_keys}")
+        self.detector_camera = detector_camera
         # An MLP projector per low-dim token (as Octo/RDT tokenise proprioception): one linear map leaves the
         # state's nonlinear features to the attention layers, which learn them slowly from few demos.
         self.lowdim = (
@@ -94,7 +99,10 @@ class TokenTrunk(nn.Module):
         )
         # ModuleDict keys cannot contain dots, and store feature names do.
         self.cameras = nn.ModuleDict(
-            {k.replace(".", "__"): ConvEncoder(d_model, vision_channels, aug_shift) for k in self.camera_keys}
+            {
+                k.replace(".", "__"): ConvEncoder(d_model, vision_channels, aug_shift, k == detector_camera)
+                for k in self.camera_keys
+            }
         )
         self.lang = nn.Linear(lang_dim, d_model) if lang_dim else None
         n_types = len(self.camera_keys) + (self.lowdim is not None)
@@ -109,15 +117,20 @@ class TokenTrunk(nn.Module):
 
     def forward(
         self, lowdim: torch.Tensor | None, images: Mapping[str, torch.Tensor], lang: torch.Tensor | None
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the fused feature (B, d_model), the detector's pixels (B, n_obs, 2) or None without one)."""
         per_step: list[torch.Tensor] = []  # each (B, n_obs, d)
+        pixels = None
         if self.lowdim is not None:
             assert lowdim is not None
             per_step.append(self.lowdim(lowdim))
         for key in self.camera_keys:
             frames = images[key]  # (B, n_obs, H, W, 3)
             B, T = frames.shape[:2]
-            per_step.append(self.cameras[key.replace(".", "__")](frames.flatten(0, 1)).view(B, T, -1))
+            feature, pixel = self.cameras[key.replace(".", "__")].encode(frames.flatten(0, 1))
+            per_step.append(feature.view(B, T, -1))
+            if pixel is not None:
+                pixels = pixel.view(B, T, 2)
         tokens = []
         if per_step:
             obs_tokens = torch.stack(per_step, dim=2) + self.time_emb + self.type_emb  # (B, n_obs, types, d)
@@ -127,7 +140,7 @@ class TokenTrunk(nn.Module):
             tokens.append(self.lang(lang).unsqueeze(1))
         tokens.insert(0, self.readout.expand(tokens[0].shape[0], -1, -1))
         out = self.encoder(torch.cat(tokens, dim=1))
-        return self.norm(out[:, 0])
+        return self.norm(out[:, 0]), pixels
 
 
 class ChunkCritic(nn.Module):

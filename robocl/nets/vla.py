@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -36,11 +36,16 @@ from robocl.nets.mlp import MLP
 from robocl.nets.normalize import Normalizer
 from robocl.nets.relative import RelativePositions, log_scaled
 from robocl.nets.transformer import TokenTrunk
+from robocl.nets.vision import PinholeCamera
 from robocl.policy import ChunkExecutor, ObsHistory, batch_size_of
+from robocl.store import CameraCalibration
 
 # Standardised auxiliary targets are clipped to this many standard deviations: an object knocked off the
 # table (in the CO-RFT benchmark's demos one rolled 4 m, 80 std) stays a bounded pull on the trunk.
 AUX_CLIP = 5.0
+# The detected entity's offset from the tool reaches the head in these units (m): 1 at 10 cm, as the
+# benchmark's pilots had it.
+DETECTED_UNIT = 0.1
 
 
 class VLAConfig(Protocol):
@@ -57,6 +62,7 @@ class VLAConfig(Protocol):
     vision_channels: tuple[int, ...]
     aug_shift: int
     aux_state_keys: tuple[str, ...]
+    detect_entity: str | None  # the spec's "detector" comes from it
     dropout: float
     gripper: bool
     head: str
@@ -71,6 +77,16 @@ class Spec(Protocol):
     extra: dict[str, Any]
 
 
+class Encoding(NamedTuple):
+    """What :meth:`VLAPolicyNet.features_and_trunk` computes: the features the head and the critic read
+    (B, feat_dim), the trunk's output before its gate (B, d_model) (None without a trunk), and the
+    detector's pixels (B, n_obs, 2) (None without one)."""
+
+    features: torch.Tensor
+    trunk: torch.Tensor | None
+    pixels: torch.Tensor | None
+
+
 def snap_gripper(chunk: torch.Tensor) -> torch.Tensor:
     """The last channel of a normalised chunk (..., A) set to -1 (open) or +1 (closed) by its sign."""
     grip = torch.where(chunk[..., -1:] >= 0, 1.0, -1.0).to(chunk.dtype)
@@ -81,7 +97,11 @@ class VLAPolicyNet(nn.Module):
     """Trunk + chunk head. ``spec.extra["relative_positions"]`` lists the relative-position pairs as
     (name, earlier index, later index) over the concatenated state keys (empty: none);
     ``spec.extra["relative_resolution"]`` (m, absent or 0: off) adds them again log-scaled;
-    ``spec.extra["dropped_state_columns"]`` (absent: none) lists state columns left out of the input."""
+    ``spec.extra["dropped_state_columns"]`` (absent: none) lists state columns left out of the input;
+    ``spec.extra["detector"]`` (absent: none) has a camera's encoder locate an entity (see
+    :meth:`detected_offset`): ``camera`` (the image key), its ``calibration``, the ``height`` (m) of the plane
+    its pixel is lifted to, the entity's x, y, z ``entity_columns`` over the concatenated auxiliary state
+    (its training label) and the tool's ``tool_columns`` over the concatenated state keys."""
 
     def __init__(self, config: VLAConfig, spec: Spec) -> None:
         super().__init__()
@@ -116,6 +136,15 @@ class VLAPolicyNet(nn.Module):
         self.state_to_trunk = bool(lowdim_dim) and config.state_path in ("trunk", "both")
         self.state_to_head = bool(lowdim_dim) and config.state_path in ("head", "both")
         has_trunk = self.state_to_trunk or bool(config.image_keys) or lang_dim > 0
+        detector = spec.extra.get("detector")
+        calibration = CameraCalibration.from_dict(detector["calibration"]) if detector else None
+        self.camera = PinholeCamera(calibration) if calibration else None
+        self.detect_height = float(detector["height"]) if detector else 0.0
+        self.entity_columns: torch.Tensor
+        self.tool_columns: torch.Tensor
+        for name in ("entity_columns", "tool_columns"):
+            columns = torch.tensor(detector[name] if detector else [], dtype=torch.long)
+            self.register_buffer(name, columns, persistent=False)
         self.trunk = (
             TokenTrunk(
                 lowdim_dim if self.state_to_trunk else 0,
@@ -128,6 +157,7 @@ class VLAPolicyNet(nn.Module):
                 vision_channels=config.vision_channels,
                 aug_shift=config.aug_shift,
                 dropout=config.dropout,
+                detector_camera=detector["camera"] if detector else None,
             )
             if has_trunk
             else None
@@ -139,9 +169,12 @@ class VLAPolicyNet(nn.Module):
         self.trunk_gate = (
             nn.Parameter(torch.zeros(config.d_model)) if has_trunk and self.state_to_head else None
         )
-        # The features the head (and the critic) read: [trunk output, normalised low-dim history].
-        self.feat_dim = (config.d_model if has_trunk else 0) + (
-            config.n_obs * lowdim_dim if self.state_to_head else 0
+        # The features the head (and the critic) read: [trunk output, normalised low-dim history, the
+        # detected entity's offset from the tool].
+        self.feat_dim = (
+            (config.d_model if has_trunk else 0)
+            + (config.n_obs * lowdim_dim if self.state_to_head else 0)
+            + (3 if detector else 0)
         )
         h, a = config.horizon, spec.action_dim
         self.head: nn.Module = (
@@ -189,10 +222,8 @@ class VLAPolicyNet(nn.Module):
         """(B, feat_dim) features of observation histories (B, n_obs, ...) per key."""
         return self.features_and_trunk(obs, lang)[0]
 
-    def features_and_trunk(
-        self, obs: Mapping[str, torch.Tensor], lang: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(features, the trunk's output before its gate (B, d_model), or None without a trunk)."""
+    def features_and_trunk(self, obs: Mapping[str, torch.Tensor], lang: torch.Tensor | None) -> Encoding:
+        """The features of observation histories, with what the auxiliary losses read."""
         keys = self.config.state_keys
         lowdim = None
         if keys:
@@ -206,15 +237,40 @@ class VLAPolicyNet(nn.Module):
                 if self.resolution:
                     parts.append(log_scaled(relative, self.resolution))
             lowdim = torch.cat(parts, -1)
-        parts, fused = [], None
+        parts, fused, pixels = [], None, None
         if self.trunk is not None:
             images = {k: obs[k] for k in self.config.image_keys}
-            fused = self.trunk(lowdim if self.state_to_trunk else None, images, lang)
+            fused, pixels = self.trunk(lowdim if self.state_to_trunk else None, images, lang)
             parts.append(fused if self.trunk_gate is None else fused * self.trunk_gate)
         if self.state_to_head:
             assert lowdim is not None
             parts.append(lowdim.flatten(1))
-        return torch.cat(parts, -1), fused
+        if pixels is not None:
+            parts.append(self.detected_offset(pixels[:, -1], obs).to(parts[0].dtype))
+        return Encoding(torch.cat(parts, -1), fused, pixels)
+
+    def detected_entity(self, pixel: torch.Tensor) -> torch.Tensor:
+        """(B, 2) detector pixels -> (B, 3) world positions on the plane z = ``height``."""
+        assert self.camera is not None, "built without a detector"
+        return self.camera.lift(pixel, self.detect_height)
+
+    def detected_offset(self, pixel: torch.Tensor, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """(B, 3) the detected entity minus the tool at the last observed frame, in units of DETECTED_UNIT:
+        the state policy's object - tool (:mod:`robocl.nets.relative`), seen through the camera. Detached:
+        the detector learns from its pixel label only, so the head cannot bend it towards what imitation
+        finds convenient."""
+        tool = torch.cat([obs[k][:, -1].float().flatten(1) for k in self.config.state_keys], 1)
+        entity = self.detected_entity(pixel.detach())
+        return (entity - tool[:, self.tool_columns]) / DETECTED_UNIT
+
+    def detector_loss(self, pixels: torch.Tensor, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Smooth-L1 (pixels) of the detector's last-frame pixel (B, 2) against the entity's position in
+        the auxiliary state projected through the camera. Smooth-L1, not MSE: an entity knocked out of view
+        (the benchmark's demos have one that rolls 4 m) is a bounded pull."""
+        assert self.camera is not None, "built without a detector"
+        aux = torch.cat([obs[k][:, -1].float().flatten(1) for k in self.config.aux_state_keys], 1)
+        target = self.camera.project(aux[:, self.entity_columns])
+        return F.smooth_l1_loss(pixels.float(), target)
 
     def aux_state_loss(self, trunk_out: torch.Tensor | None, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Mean squared error of the readout of ``trunk_out`` against the auxiliary state's columns at the

@@ -28,7 +28,7 @@ from robocl.nets.vla import BestOfN, VLAPolicyNet, candidate_scales
 from robocl.run.layout import RunDir
 from robocl.run.loop import LoopConfig, NonFiniteError, fit, to_torch
 from robocl.run.train import train_co_rft
-from robocl.store import Feature, StoreView, TrajectoryStore, WindowSampler
+from robocl.store import CameraCalibration, Feature, StoreView, TrajectoryStore, WindowSampler
 from robocl.store.chunked import ChunkedTDSampler, mc_returns, step_rewards
 
 GAMMA = 0.9
@@ -652,6 +652,90 @@ def square_store(tmp_path) -> TrajectoryStore:
     return store
 
 
+# 1 m above the table looking straight down at 20 px per metre: world (x, y) at row 20x + 1.5, column
+# 20y + 1.5, the centre of the square ``calibrated_square_store`` draws there.
+OVERHEAD = CameraCalibration((20.0, 20.0, 1.5, 1.5), (0.0, 0.0, 1.0), ((0, 1, 0), (1, 0, 0), (0, 0, -1)))
+
+
+def calibrated_square_store(tmp_path, calibration: CameraCalibration | None = OVERHEAD) -> TrajectoryStore:
+    """``square_store``'s scenes seen by a calibrated overhead camera: the object (x, y, z = 0) and the tool
+    (tcp.x, tcp.y, tcp.z, then a joint) named as robocl's tasks name them."""
+    feats = {
+        "observation.state": Feature("state", "float32", (4,), names=("tcp.x", "tcp.y", "tcp.z", "joint")),
+        "observation.object": Feature("state", "float32", (3,), names=("object.x", "object.y", "object.z")),
+        "action": Feature("action", "float32", (2,)),
+        "observation.images.front": Feature("rgb", "uint8", (24, 24, 3), camera=calibration),
+        "success": Feature("flag", "bool", ()),
+    }
+    store = TrajectoryStore.create(tmp_path / "calibrated.zarr", feats, fps=10)
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        where = rng.uniform(0, 1, 2)
+        row, col = (where * 20).astype(int)
+        front = np.zeros((6, 24, 24, 3), np.uint8)
+        front[:, row : row + 4, col : col + 4] = 255
+        store.add_episode(
+            {
+                "observation.state": rng.normal(size=(6, 4)),
+                "observation.object": np.tile([*where, 0.0], (6, 1)),
+                "action": rng.uniform(-1, 1, (6, 2)),
+                "observation.images.front": front,
+                "success": np.arange(6) == 5,
+            },
+            success=True,
+            terminated=True,
+        )
+    return store
+
+
+def test_the_detector_learns_where_the_object_is_and_the_head_reads_it_from_the_tool(tmp_path):
+    """With ``detect_entity`` the front camera's detector learns the square's pixel from the object's
+    projected position; the head reads the detected object minus the tool (3 more features), in 10 cm
+    units; acting needs no object state."""
+    store = calibrated_square_store(tmp_path)
+    cfg = CORFTConfig(
+        image_keys=("observation.images.front",), aux_state_keys=("observation.object",),
+        detect_entity="object", horizon=2, vision_channels=(8, 8), aug_shift=0, il_lr=3e-3, **TINY,
+    )  # fmt: skip
+    algo = CORFT.from_store(cfg, store)
+    net = algo.policy_net
+    assert algo.spec.extra["detector"] == {
+        "camera": "observation.images.front", "calibration": OVERHEAD.to_dict(), "height": 0.0,
+        "entity_columns": [0, 1, 2], "tool_columns": [0, 1, 2],
+    }  # fmt: skip
+    sampler = algo.il_sampler(store)
+    pixel_loss = [algo.update(to_torch(sampler.sample(32), "cpu"))["detector_px"] for _ in range(300)]
+    assert np.mean(pixel_loss[-20:]) < 0.2 * np.mean(pixel_loss[:20])
+    batch = to_torch(sampler.sample(64), "cpu")
+    net.eval()
+    with torch.no_grad():
+        encoding = net.features_and_trunk(batch["obs"], None)
+        found = net.detected_entity(encoding.pixels[:, -1])
+    truth = batch["obs"]["observation.object"][:, -1]
+    assert (found - truth).abs()[:, :2].mean() < 0.05  # within a pixel (5 cm at 20 px per metre)
+    tool = batch["obs"]["observation.state"][:, -1, :3]
+    torch.testing.assert_close(encoding.features[:, -3:], (found - tool) / 0.1)
+    obs = {
+        "observation.images.front": np.zeros((2, 24, 24, 3), np.uint8),
+        "observation.state": np.zeros((2, 4)),
+    }
+    assert np.isfinite(algo.policy().predict(obs)).all()
+
+
+def test_the_detector_needs_a_calibrated_camera_the_entity_and_the_tool(tmp_path):
+    cams, aux = ("observation.images.front",), ("observation.object",)
+    with pytest.raises(ValueError, match=r"detect_entity='object' .* name the feature that holds it"):
+        CORFTConfig(image_keys=cams, detect_entity="object")
+    config = CORFTConfig(image_keys=cams, aux_state_keys=aux, detect_entity="object", **TINY)
+    with pytest.raises(ValueError, match=r"needs a calibrated camera among image_keys"):
+        CORFT.from_store(config, calibrated_square_store(tmp_path / "a", calibration=None))
+    store = calibrated_square_store(tmp_path / "b")
+    with pytest.raises(
+        ValueError, match=r"name no plate.x/y/z \(entities with a position there: \['object'\]\)"
+    ):
+        CORFT.from_store(dataclasses.replace(config, detect_entity="plate"), store)
+
+
 def test_aux_state_teaches_the_trunk_where_the_object_is(tmp_path):
     """The readout of the trunk learns the square's position (the feature's position columns, not its qw)
     from the front camera; acting reads no ``observation.object``; stage 2 leaves the readout frozen."""
@@ -712,12 +796,15 @@ def test_aux_state_keys_are_checked(tmp_path):
         CORFT.from_store(CORFTConfig(image_keys=cams, aux_state_keys=("observation.pose",), **TINY), store)
 
 
-def test_resume_with_aux_state_equals_uninterrupted(tmp_path):
-    """Imitation with the auxiliary loss stopped at update 3 of 6 and resumed, then stage 2: bit-exact."""
-    store = square_store(tmp_path)
+@pytest.mark.parametrize("detect", [False, True])
+def test_resume_with_aux_state_equals_uninterrupted(tmp_path, detect):
+    """Imitation with the auxiliary loss (and the detector's) stopped at update 3 of 6 and resumed, then
+    stage 2: bit-exact."""
+    store = calibrated_square_store(tmp_path) if detect else square_store(tmp_path)
     cfg = CORFTConfig(
         image_keys=("observation.images.front",), aux_state_keys=("observation.object",), horizon=2,
-        vision_channels=(8, 8), n_candidates=4, il_schedule_updates=6, **TINY,
+        vision_channels=(8, 8), n_candidates=4, il_schedule_updates=6,
+        detect_entity="object" if detect else None, **TINY,
     )  # fmt: skip
     loop = {"batch_size": 8, "log_every": 1, "checkpoint_every": 2}
 
@@ -732,6 +819,7 @@ def test_resume_with_aux_state_equals_uninterrupted(tmp_path):
     torch.manual_seed(1234)  # a new process: other RNG use before resuming must not matter
     resumed = load_checkpoint(run(tmp_path / "split", 6, 2, resume=True).checkpoint("rl"))
     assert any(key.startswith("policy.aux_readout") for key in full.tensors)
+    assert any("detector" in key for key in full.tensors) == detect
     for key, value in full.tensors.items():
         assert torch.equal(value, resumed.tensors[key]), key
 

@@ -254,19 +254,23 @@ def test_the_image_cell_at_a_frame_size_scores_its_readout_on_new_expert_episode
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--image-size renders the demonstrations and the evaluations at the size asked for (the policy's
-    frames; the JSON's budget says which); with aux_state_keys the readout is scored per position set."""
+    frames; the JSON's budget says which); with aux_state_keys the readout is scored per position set, and
+    with detect_entity the detector too."""
     monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
     argv = (
         "--images --cameras front --image-size 32 --demos 2 --seeds 0 --il-updates 2 --episodes 1 --only il"
     )
     argv += ' --set n_obs=1 --set vision_channels=[8,8] --set aux_state_keys=["observation.object"]'
+    argv += ' --set detect_entity="object"'
     monkeypatch.setattr(sys, "argv", ["co_rft", *argv.split()])
     main()
     result = json.loads((tmp_path / "co_rft_pick_place_images.json").read_text())
     assert result["budget"]["image_size"] == 32
+    assert result["budget"]["config_overrides"]["n_obs"] == 1  # every --set counts, not the last alone
     assert {cell["method"] for cell in result["cells"]} == {"il"}
     (record,) = result["records"]
     position = ["object.x", "object.y", "object.z", "plate.x", "plate.y", "plate.z"]
+    position += ["detected object.x", "detected object.y"]  # the detector's, on the plane it lifts to
     sets = ["seen", "seen, first frame", "unseen", "unseen, first frame"]
     assert {k: list(v) for k, v in record["readout_cm"].items()} == {k: position for k in sets}
     assert all(np.isfinite(list(v.values())).all() for v in record["readout_cm"].values())

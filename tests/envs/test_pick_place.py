@@ -152,6 +152,31 @@ def test_images_are_not_blank_and_differ_between_cameras(can_render):
     assert rendered.render().shape == (256, 256, 3)
 
 
+def test_the_front_camera_calibration_projects_onto_the_rendered_object(can_render):
+    """The recorded pinhole model (OpenCV conventions) puts the camera's look-at point at the image centre
+    and the object where it is drawn: the centroid of the pixels that change when the object is hidden."""
+    if not can_render:
+        pytest.skip("no offscreen OpenGL here")
+    from robocl.nets.vision import PinholeCamera
+    from robocl.store import CameraCalibration
+
+    env = gym.make(ENV_ID, images=True, image_size=64).unwrapped
+    obs, _ = env.reset(seed=0)
+    calibration = CameraCalibration.from_dict(env.camera_calibrations["image_front"])
+    assert set(env.camera_calibrations) == {"image_front"}  # the wrist camera moves: none
+    camera = PinholeCamera(calibration)
+    centre = camera.project(torch.tensor([0.45, 0.0, 0.05]))  # scene_xml's default look-at point
+    torch.testing.assert_close(centre, torch.tensor([31.5, 31.5]))
+    model = env.model
+    for geom in np.flatnonzero(model.geom_bodyid == model.body("object").id):
+        model.geom_rgba[geom, 3] = 0.0
+    hidden = env._render_camera("front", 64)
+    rows, cols = np.nonzero(np.abs(obs["image_front"].astype(int) - hidden.astype(int)).sum(-1) > 30)
+    drawn = torch.tensor([cols.mean(), rows.mean()], dtype=torch.float32)
+    where = camera.project(torch.as_tensor(obs["object"][:3]))
+    assert (where - drawn).abs().max() < 1.5, (where, drawn)
+
+
 def test_expert_knobs_change_its_actions():
     env = gym.make(ENV_ID)
     obs, _ = env.reset(seed=0)
