@@ -625,6 +625,17 @@ def image_store(tmp_path) -> TrajectoryStore:
     return store
 
 
+def square_scenes(rng: np.random.Generator, n: int = 12):
+    """``n`` times: a position (row, column in [0, 1]) and six 24 x 24 frames of a white 4 x 4 square there
+    (its top-left pixel at 20 x the position), drawn from ``rng`` between the caller's draws."""
+    for _ in range(n):
+        where = rng.uniform(0, 1, 2)
+        row, col = (where * 20).astype(int)
+        front = np.zeros((6, 24, 24, 3), np.uint8)
+        front[:, row : row + 4, col : col + 4] = 255
+        yield where, front
+
+
 def square_store(tmp_path) -> TrajectoryStore:
     """The front camera shows a white square where ``observation.object``'s x, y (row, column in [0, 1])
     put it, still through each 6-step episode; its qw, the wrist camera and the state are noise."""
@@ -632,11 +643,7 @@ def square_store(tmp_path) -> TrajectoryStore:
     feats = {**camera_features(24), "observation.object": Feature("state", "float32", (3,), names=names)}
     store = TrajectoryStore.create(tmp_path / "square.zarr", feats, fps=10)
     rng = np.random.default_rng(0)
-    for _ in range(12):
-        where = rng.uniform(0, 1, 2)
-        row, col = (where * 20).astype(int)
-        front = np.zeros((6, 24, 24, 3), np.uint8)
-        front[:, row : row + 4, col : col + 4] = 255
+    for where, front in square_scenes(rng):
         store.add_episode(
             {
                 "observation.state": rng.normal(size=(6, 3)),
@@ -669,11 +676,7 @@ def calibrated_square_store(tmp_path, calibration: CameraCalibration | None = OV
     }
     store = TrajectoryStore.create(tmp_path / "calibrated.zarr", feats, fps=10)
     rng = np.random.default_rng(0)
-    for _ in range(12):
-        where = rng.uniform(0, 1, 2)
-        row, col = (where * 20).astype(int)
-        front = np.zeros((6, 24, 24, 3), np.uint8)
-        front[:, row : row + 4, col : col + 4] = 255
+    for where, front in square_scenes(rng):
         store.add_episode(
             {
                 "observation.state": rng.normal(size=(6, 4)),
