@@ -328,6 +328,24 @@ def data_world(store: TrajectoryStore, obs_keys: Sequence[str]) -> dict[str, Any
     }
 
 
+# How far two calibrations of a camera may differ and still be the same camera: a re-calibration of a
+# fixed camera moves it by millimetres and a fraction of a degree; the frames then differ by under a pixel.
+CAMERA_TOLERANCE = {"cm": 1.0, "deg": 1.0, "px": 1.0}
+
+
+def camera_difference(a: CameraCalibration, b: CameraCalibration) -> str | None:
+    """How far ``b`` is from ``a`` ('2.5 cm, 3.1 deg and 0.0 px away') when beyond ``CAMERA_TOLERANCE``,
+    else None."""
+    cm = 100 * float(np.linalg.norm(np.subtract(a.position, b.position)))
+    relative = np.asarray(a.rotation).T @ np.asarray(b.rotation)
+    deg = float(np.degrees(np.arccos(np.clip((np.trace(relative) - 1) / 2, -1.0, 1.0))))
+    px = float(np.abs(np.subtract(a.intrinsics, b.intrinsics)).max())
+    limits = CAMERA_TOLERANCE
+    if cm <= limits["cm"] and deg <= limits["deg"] and px <= limits["px"]:
+        return None
+    return f"{cm:.1f} cm, {deg:.1f} deg and {px:.1f} px away"
+
+
 def world_mismatches(
     world: Mapping[str, Any],
     *,
@@ -340,7 +358,8 @@ def world_mismatches(
 ) -> list[str]:
     """Every way an env differs from the ``world`` a checkpoint recorded, as 'what: expected X, got Y'.
 
-    ``features``: the env's observations and action as store features (what its rollouts record)."""
+    ``features``: the env's observations and action as store features (what its rollouts record). A camera
+    both calibrate must be where the policy's data had it (:func:`camera_difference`)."""
     out = []
     trained_on = world.get("env_id")
     if trained_on is not None:
@@ -361,6 +380,10 @@ def world_mismatches(
             out.append(f"{key}: expected {expected}, got {got.shape} {got.dtype}")
         elif want["names"] and got.names and tuple(want["names"]) != got.names:
             out.append(f"{key} names: expected {list(want['names'])}, got {list(got.names)}")
+        elif want.get("camera") and got.camera is not None:
+            moved = camera_difference(CameraCalibration.from_dict(want["camera"]), got.camera)
+            if moved is not None:
+                out.append(f"{key} camera: expected the calibration the policy learnt with, got one {moved}")
     lo_hi = world["action"].get("range")
     if (
         lo_hi is not None

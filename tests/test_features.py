@@ -9,10 +9,10 @@ import pytest
 from robocl.algos.bc import BC, BCConfig
 from robocl.algos.co_rft import CORFT
 from robocl.algos.co_rft_config import CORFTConfig
-from robocl.features import check_training_data, normalization_stats, state_keys
+from robocl.features import check_training_data, normalization_stats, state_keys, world_mismatches
 from robocl.run.loop import LoopConfig, checkpoint_header
 from robocl.run.train import train_co_rft
-from robocl.store import Feature, TrajectoryStore
+from robocl.store import CameraCalibration, Feature, TrajectoryStore
 
 TINY = {"d_model": 16, "n_layers": 1, "n_heads": 2, "language_model": None, "gripper": False, "horizon": 2}
 
@@ -135,3 +135,42 @@ def test_marked_episodes_pass_and_all_failures_do_not(tmp_path):
             check_training_data(store, method="co-rft", state=("observation.state",), reward="store")
         with pytest.raises(ValueError, match=r"'observation\.state' is state, not a camera"):
             check_training_data(store, method="co-rft", state=(), images=("observation.state",))
+
+
+def test_a_camera_moved_from_where_the_data_had_it_is_a_mismatch():
+    """The env's calibration of a camera the policy reads is compared with the data's: a re-calibration
+    (a few mm, a fraction of a degree) fits; 3 cm and a 5 degree turn do not, and the message says how far."""
+    down = ((0, 1, 0), (1, 0, 0), (0, 0, -1))
+    turn = np.radians(5)
+    turned = np.asarray(down, float) @ np.array(
+        [[np.cos(turn), -np.sin(turn), 0], [np.sin(turn), np.cos(turn), 0], [0, 0, 1]]
+    )
+    data = CameraCalibration((100.0, 100.0, 47.5, 47.5), (0.5, 0.0, 1.0), down)
+    world = {
+        "fps": 10,
+        "observation": {
+            "observation.images.front": Feature("rgb", "uint8", (96, 96, 3), camera=data).to_dict()
+        },
+        "action": Feature("action", "float32", (2,)).to_dict(),
+    }
+
+    def mismatches(camera: CameraCalibration) -> list[str]:
+        features = {
+            "observation.images.front": Feature("rgb", "uint8", (96, 96, 3), camera=camera),
+            "action": Feature("action", "float32", (2,)),
+        }
+        return world_mismatches(
+            world,
+            env_id="e",
+            robot="",
+            fps=10,
+            features=features,
+            action_low=-np.ones(2),
+            action_high=np.ones(2),
+        )
+
+    assert mismatches(CameraCalibration((100.4, 100.0, 47.5, 47.5), (0.503, 0.0, 1.0), down)) == []
+    assert mismatches(CameraCalibration((100.0, 100.0, 47.5, 47.5), (0.53, 0.0, 1.0), turned)) == [
+        "observation.images.front camera: expected the calibration the policy learnt with, got one "
+        "3.0 cm, 5.0 deg and 0.0 px away"
+    ]
