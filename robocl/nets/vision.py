@@ -131,16 +131,20 @@ class PinholeCamera(nn.Module):
         self.register_buffer("rotation", torch.tensor(calibration.rotation), persistent=False)
 
     def project(self, points: torch.Tensor) -> torch.Tensor:
-        """(..., 3) world points -> (..., 2) pixels (column, row)."""
-        cam = (points.float() - self.position) @ self.rotation  # rotation^T (X - position), row vectors
-        return self.focal * cam[..., :2] / cam[..., 2:] + self.centre
+        """(..., 3) world points -> (..., 2) pixels (column, row), in float32 under autocast too (bf16's
+        8-bit mantissa would put a 1.3 m ray's pixel a few tenths of a pixel off)."""
+        with torch.autocast(points.device.type, enabled=False):
+            cam = (points.float() - self.position) @ self.rotation  # rotation^T (X - position), row vectors
+            return self.focal * cam[..., :2] / cam[..., 2:] + self.centre
 
     def lift(self, pixels: torch.Tensor, height: float) -> torch.Tensor:
         """(..., 2) pixels -> (..., 3) world points where their rays meet the plane z = ``height``. A ray
         at or above the horizon meets it at most ``MAX_RANGE`` m away (the point is then meaningless but
         finite)."""
-        ray = torch.cat([(pixels.float() - self.centre) / self.focal, torch.ones_like(pixels[..., :1])], -1)
-        world_ray = ray @ self.rotation.T
-        down = ((height - self.position[2]) / world_ray[..., 2:]).nan_to_num(posinf=MAX_RANGE)
-        reach = torch.minimum(down.clamp(min=0.0), MAX_RANGE / world_ray.norm(dim=-1, keepdim=True))
-        return self.position + reach * world_ray
+        with torch.autocast(pixels.device.type, enabled=False):  # float32, as project
+            pixels = pixels.float()
+            ray = torch.cat([(pixels - self.centre) / self.focal, torch.ones_like(pixels[..., :1])], -1)
+            world_ray = ray @ self.rotation.T
+            down = ((height - self.position[2]) / world_ray[..., 2:]).nan_to_num(posinf=MAX_RANGE)
+            reach = torch.minimum(down.clamp(min=0.0), MAX_RANGE / world_ray.norm(dim=-1, keepdim=True))
+            return self.position + reach * world_ray

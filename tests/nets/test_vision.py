@@ -52,6 +52,10 @@ def test_the_pinhole_camera_projects_and_lifts_by_hand():
     point = torch.tensor([[0.1, 0.2, 0.0], [0.0, 0.0, 0.5]])
     torch.testing.assert_close(camera.project(point), torch.tensor([[70.0, 50.0], [50.0, 40.0]]))
     torch.testing.assert_close(camera.lift(torch.tensor([[70.0, 50.0]]), 0.0), point[:1])
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the geometry stays float32 in a bf16 update
+        assert torch.equal(camera.project(point), camera.project(point).float())
+        torch.testing.assert_close(camera.project(point), torch.tensor([[70.0, 50.0], [50.0, 40.0]]))
+        torch.testing.assert_close(camera.lift(torch.tensor([[70.0, 50.0]]), 0.0), point[:1])
     # A plane above the camera is behind it: the lift stays at the camera, finite.
     torch.testing.assert_close(
         camera.lift(torch.tensor([[70.0, 50.0]]), 2.0), torch.tensor([[0.0, 0.0, 1.0]])
