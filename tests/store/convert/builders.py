@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from robocl.store import Episode, Feature, TrajectoryStore
+from robocl.store import CameraCalibration, Episode, Feature, TrajectoryStore
 
 FPS = 10
 CAM = (32, 32, 3)
@@ -318,7 +318,13 @@ def write_robomimic(path: Path) -> Path:
 
 STORE_FEATURES = {
     "observation.state": Feature("state", "float32", (3,), names=("x", "y", "z")),
-    "observation.images.front": Feature("rgb", "uint8", (48, 64, 3)),
+    # Calibrated, so every round trip checks that the calibration comes back.
+    "observation.images.front": Feature(
+        "rgb",
+        "uint8",
+        (48, 64, 3),
+        camera=CameraCalibration((50, 50, 31.5, 23.5), (1, 0, 0.5), ((0, 0, -1), (1, 0, 0), (0, -1, 0))),
+    ),
     "action": Feature("action", "float32", (2,)),
     "reward": Feature("reward", "float32"),
     "success": Feature("flag", "bool"),
