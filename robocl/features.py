@@ -83,7 +83,7 @@ def features_from_space(
             dtype=str(space.dtype),
             shape=space.shape,
             names=names.get(name),
-            camera=CameraCalibration.from_dict(cameras[name]) if name in cameras else None,
+            camera=cameras.get(name),  # Feature converts and checks the calibration
         )
         for name, space in obs_space.spaces.items()
     }

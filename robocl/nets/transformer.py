@@ -89,7 +89,6 @@ class TokenTrunk(nn.Module):
         self.camera_keys = list(camera_keys)
         if detector_camera is not None and detector_camera not in self.camera_keys:
             raise ValueError(f"detector camera {detector_camera!r} is not one of {self.camera_keys}")
-        self.detector_camera = detector_camera
         # An MLP projector per low-dim token (as Octo/RDT tokenise proprioception): one linear map leaves the
         # state's nonlinear features to the attention layers, which learn them slowly from few demos.
         self.lowdim = (

@@ -72,8 +72,8 @@ class Feature:
     dtype: numpy dtype name. ``language`` features are always int32 indices.
     shape: per-step shape, () for scalars.
     names: optional names of the last axis (e.g. joint names), as in LeRobot's info.json.
-    camera: a fixed camera's calibration (image features only), for policies that locate things in its
-        frames (CO-RFT's ``detect_entity``).
+    camera: a fixed camera's calibration (image features only; its ``to_dict`` form is converted), for
+        policies that locate things in its frames (CO-RFT's ``detect_entity``).
     """
 
     kind: FeatureKind
@@ -132,13 +132,13 @@ class Feature:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Feature:
-        names, camera = d.get("names"), d.get("camera")
+        names, camera = d.get("names"), d.get("camera")  # camera absent in stores written before it
         return cls(
             kind=d["kind"],
             dtype=d["dtype"],
             shape=tuple(d["shape"]),
             names=tuple(names) if names else None,
-            camera=CameraCalibration.from_dict(camera) if camera is not None else None,
+            camera=camera,  # a dict: made a CameraCalibration (and checked) as the feature is built
         )
 
 
