@@ -286,15 +286,8 @@ def _readout_error(policy: Any, algo: CORFT, store: TrajectoryStore, windows: An
     if net.task_embeddings.shape[1]:  # the instructions by text: the new episodes index their own list
         lang = policy.embed([store.tasks[i] for i in batch["task_index"].tolist()])
     encoding = net.features_and_trunk(batch["obs"], lang)
-    last = {k: batch["obs"][k][:, -1].float() for k in keys}  # what the readout regresses
-    standardised = torch.cat([net.normalizer.normalize(k, v).flatten(1) for k, v in last.items()], 1)
-    standardised[:, columns] = net.aux_readout(encoding.trunk).float()
-    parts = standardised.split([v[0].numel() for v in last.values()], 1)
-    read = [
-        net.normalizer.unnormalize(k, p.view_as(last[k])).flatten(1) for k, p in zip(keys, parts, strict=True)
-    ]
-    truth = torch.cat([v.flatten(1) for v in last.values()], 1)
-    error = (torch.cat(read, 1) - truth)[:, columns].abs().mean(0)
+    truth = torch.cat([batch["obs"][k][:, -1].float().flatten(1) for k in keys], 1)  # what it regresses
+    error = (net.read_positions(encoding.trunk) - truth)[:, columns].abs().mean(0)
     names = [name for k in keys for name in store.features[k].names or ()]
     errors = {
         names[c] if names else str(c): round(100 * float(e), 2)

@@ -198,6 +198,11 @@ class CORFT:
                 "aux_state_shapes": {k: list(feats[k].shape) for k in config.aux_state_keys},
                 "aux_state_columns": aux_columns,
                 **({"detector": detector_spec(config, store)} if config.detect_entity else {}),
+                **(
+                    {"estimated_positions": estimated_positions_spec(config, store)}
+                    if config.head_input == "positions"
+                    else {}
+                ),
             },
             world=data_world(store, (*config.state_keys, *config.image_keys)),
         )
@@ -802,12 +807,6 @@ def detector_spec(config: CORFTConfig, store: TrajectoryStore) -> dict[str, Any]
             f"detect_entity={entity!r}: aux_state_keys={config.aux_state_keys} name no {entity}.x/y/z "
             f"(entities with a position there: {sorted(aux)})"
         )
-    tools = list(entity_positions({k: store.features[k].names for k in config.state_keys}).values())
-    if not tools or set(tools[0]) != set(AXES):
-        raise ValueError(
-            f"detect_entity={entity!r} is read relative to the tool: state_keys={config.state_keys} must "
-            "name its x, y, z first (e.g. tcp.x, tcp.y, tcp.z in observation.state)"
-        )
     entity_columns = [aux[entity][axis] for axis in AXES]
     # Lifted to the height the entity rests at when an episode starts: where the policy decides where to
     # reach (after the grasp the lifted position is off by the lift, and the tool's own is what matters).
@@ -818,8 +817,38 @@ def detector_spec(config: CORFTConfig, store: TrajectoryStore) -> dict[str, Any]
         "calibration": store.features[cameras[0]].camera.to_dict(),
         "height": height,
         "entity_columns": entity_columns,
-        "tool_columns": [tools[0][axis] for axis in AXES],
+        "tool_columns": tool_columns(config, store, f"detect_entity={entity!r}"),
+        "resolution": config.relative_resolution,
     }
+
+
+def estimated_positions_spec(config: CORFTConfig, store: TrajectoryStore) -> dict[str, Any]:
+    """What ``VLAPolicyNet`` needs to read the positions the camera estimates (``head_input="positions"``,
+    see its ``spec.extra["estimated_positions"]``), from the store; raises naming what is missing."""
+    aux = entity_positions({k: store.features[k].names for k in config.aux_state_keys})
+    entities = {name: [axes[a] for a in AXES] for name, axes in aux.items() if set(axes) == set(AXES)}
+    if not entities:
+        raise ValueError(
+            f"head_input='positions': aux_state_keys={config.aux_state_keys} name no entity's x, y, z "
+            "(e.g. object.x, object.y, object.z)"
+        )
+    return {
+        "entities": entities,
+        "detected": config.detect_entity,
+        "tool_columns": tool_columns(config, store, "head_input='positions'"),
+        "resolution": config.relative_resolution,
+    }
+
+
+def tool_columns(config: CORFTConfig, store: TrajectoryStore, reader: str) -> list[int]:
+    """The tool's x, y, z columns over the concatenated state keys: the first entity they name."""
+    tools = list(entity_positions({k: store.features[k].names for k in config.state_keys}).values())
+    if not tools or set(tools[0]) != set(AXES):
+        raise ValueError(
+            f"{reader} is read relative to the tool: state_keys={config.state_keys} must name its x, y, z "
+            "first (e.g. tcp.x, tcp.y, tcp.z in observation.state)"
+        )
+    return [tools[0][axis] for axis in AXES]
 
 
 def cosine_warmup(step: int, total: int, warmup: int) -> float:

@@ -115,6 +115,19 @@ class CORFTConfig:
     # position in training.
     detect_entity: str | None = None  # what the camera's detector locates, e.g. "object"; None = off
     detector_weight: float = 0.1  # weight of the detector's smooth-L1 pixel loss (pixels) against imitation
+    # What of the cameras the action head (and the critic) reads: "trunk" = the trunk's fused feature (pi0's
+    # action expert reading the VLM's), "positions" = only the positions the camera estimates, detached (the
+    # detected entity from the detector, every other aux_state_keys position from the trunk's readout), as
+    # the state policy reads positions: every pair's difference with the tool's and each other's, in 10 cm
+    # and log-scaled (relative_resolution). The instruction still picks what the readout reads (the target
+    # plate). Why: with the detector the image policy located the object at unseen positions to 1 cm yet
+    # lifted it in 5 of 50 episodes; without the trunk's feature the same head lifted it in 24 (and, blind
+    # to the plate, placed 3), and a trunk trained by its readout alone still broke reaching: its feature
+    # moves with the object and extrapolates, three numbers per entity do not. Reading the positions:
+    # 36/50 seen and 17/50 unseen against 33/50 and 5/50 (pilots on the image benchmark's 200
+    # pick-and-place demos, front camera, seed 1, 5,000 updates; benchmarks/co_rft_log.md). Off by
+    # default: it needs aux_state_keys, and the benchmark's full budget has not measured it yet.
+    head_input: Literal["trunk", "positions"] = "trunk"
     dropout: float = 0.1  # trunk transformer dropout in stage 1 (ACT's 0.1: a few dozen demos overfit fast)
     head: Literal["flow", "regression"] = "flow"  # flow-matching action expert, or chunk regression
     head_hidden: tuple[int, ...] = (256, 256, 256)  # MLP widths of the action head (and the one-step actor)
@@ -348,6 +361,12 @@ class CORFTConfig:
         if self.aux_weight < 0 or self.detector_weight < 0:
             raise ValueError(
                 f"aux_weight={self.aux_weight} and detector_weight={self.detector_weight} must be >= 0"
+            )
+        if self.head_input == "positions" and (not self.aux_state_keys or self.state_path == "trunk"):
+            raise ValueError(
+                f"head_input='positions' reads the positions the trunk estimates of aux_state_keys="
+                f"{self.aux_state_keys} beside the robot state: it needs aux_state_keys and "
+                f"state_path='head' or 'both' (got {self.state_path!r})"
             )
         if self.detect_entity is not None and not self.aux_state_keys:
             raise ValueError(

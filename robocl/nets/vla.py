@@ -101,7 +101,12 @@ class VLAPolicyNet(nn.Module):
     ``spec.extra["detector"]`` (absent: none) has a camera's encoder locate an entity (see
     :meth:`detected_offset`): ``camera`` (the image key), its ``calibration``, the ``height`` (m) of the plane
     its pixel is lifted to, the entity's x, y, z ``entity_columns`` over the concatenated auxiliary state
-    (its training label) and the tool's ``tool_columns`` over the concatenated state keys."""
+    (its training label), the tool's ``tool_columns`` over the concatenated state keys and the
+    ``resolution`` (m, absent or 0: off) of the offset's log-scaled copy.
+    ``spec.extra["estimated_positions"]`` (absent: off) has the head read, of the cameras, only the positions
+    they estimate (see :meth:`estimated_relative`): the ``entities`` (name -> x, y, z columns over the
+    concatenated auxiliary state), the ``detected`` one's from the detector, the others' from the trunk's
+    readout, with the tool's ``tool_columns`` and the log scale's ``resolution``."""
 
     def __init__(self, config: VLAConfig, spec: Spec) -> None:
         super().__init__()
@@ -140,11 +145,23 @@ class VLAPolicyNet(nn.Module):
         calibration = CameraCalibration.from_dict(detector["calibration"]) if detector else None
         self.camera = PinholeCamera(calibration) if calibration else None
         self.detect_height = float(detector["height"]) if detector else 0.0
+        self.detect_resolution = float(detector.get("resolution", 0.0)) if detector else 0.0
         self.entity_columns: torch.Tensor
         self.tool_columns: torch.Tensor
         for name in ("entity_columns", "tool_columns"):
             columns = torch.tensor(detector[name] if detector else [], dtype=torch.long)
             self.register_buffer(name, columns, persistent=False)
+        estimated = spec.extra.get("estimated_positions")
+        self.estimated_resolution = float(estimated["resolution"]) if estimated else 0.0
+        # (E, 3) each estimated entity's columns, and whether the detector gives it (else the readout).
+        self.estimated_columns: torch.Tensor
+        entities = estimated["entities"] if estimated else {}
+        self.register_buffer(
+            "estimated_columns", torch.tensor(list(entities.values()), dtype=torch.long), persistent=False
+        )
+        self.estimated_by_detector = [estimated is not None and e == estimated["detected"] for e in entities]
+        if estimated:
+            self.tool_columns = torch.tensor(estimated["tool_columns"], dtype=torch.long)
         self.trunk = (
             TokenTrunk(
                 lowdim_dim if self.state_to_trunk else 0,
@@ -166,15 +183,19 @@ class VLAPolicyNet(nn.Module):
         # head starts from the low-dim history alone and takes in the fused cameras and instruction as they
         # prove useful. Ungated, a freshly initialised trunk's output (a LayerNorm'd 128-d vector, constant
         # where the instruction is) swamped the first layer and halved success on 60 push demos.
+        reads_trunk = has_trunk and not estimated
         self.trunk_gate = (
-            nn.Parameter(torch.zeros(config.d_model)) if has_trunk and self.state_to_head else None
+            nn.Parameter(torch.zeros(config.d_model)) if reads_trunk and self.state_to_head else None
         )
         # The features the head (and the critic) read: [trunk output, normalised low-dim history, the
-        # detected entity's offset from the tool].
+        # detected entity's offset from the tool (and its log-scaled copy)], or with estimated positions
+        # [normalised low-dim history, the estimated positions' differences (and their log-scaled copy)].
+        n_pairs = len(entities) * (len(entities) + 1) // 2  # over the tool and the estimated entities
         self.feat_dim = (
-            (config.d_model if has_trunk else 0)
+            (config.d_model if reads_trunk else 0)
             + (config.n_obs * lowdim_dim if self.state_to_head else 0)
-            + (3 if detector else 0)
+            + (3 * (2 if self.detect_resolution else 1) if detector and not estimated else 0)
+            + (3 * n_pairs * (2 if self.estimated_resolution else 1) if estimated else 0)
         )
         h, a = config.horizon, spec.action_dim
         self.head: nn.Module = (
@@ -241,13 +262,54 @@ class VLAPolicyNet(nn.Module):
         if self.trunk is not None:
             images = {k: obs[k] for k in self.config.image_keys}
             fused, pixels = self.trunk(lowdim if self.state_to_trunk else None, images, lang)
-            parts.append(fused if self.trunk_gate is None else fused * self.trunk_gate)
+            if not len(self.estimated_columns):
+                parts.append(fused if self.trunk_gate is None else fused * self.trunk_gate)
         if self.state_to_head:
             assert lowdim is not None
             parts.append(lowdim.flatten(1))
-        if pixels is not None:
+        if len(self.estimated_columns):
+            assert fused is not None
+            parts.append(self.estimated_relative(fused, pixels, obs).to(parts[0].dtype))
+        elif pixels is not None:
             parts.append(self.detected_offset(pixels[:, -1], obs).to(parts[0].dtype))
         return Encoding(torch.cat(parts, -1), fused, pixels)
+
+    def read_positions(self, trunk_out: torch.Tensor) -> torch.Tensor:
+        """(B, D) the trunk's readout of the auxiliary state (the concatenated ``aux_state_keys``) at the
+        last observed frame, in the features' own units: what ``aux_state_loss`` trains, unstandardised.
+        Columns it does not read hold their mean over the demonstrations."""
+        assert self.aux_readout is not None, "built without aux_state_keys"
+        sizes = {k: int(np.prod(s)) for k, s in self.spec.extra["aux_state_shapes"].items()}
+        standardised = torch.zeros(len(trunk_out), sum(sizes.values()), device=trunk_out.device)
+        standardised[:, self.aux_columns] = self.aux_readout(trunk_out).float()
+        parts = zip(sizes, standardised.split(list(sizes.values()), 1), strict=True)
+        shapes = self.spec.extra["aux_state_shapes"]
+        read = [self.normalizer.unnormalize(k, p.view(-1, *shapes[k])).flatten(1) for k, p in parts]
+        return torch.cat(read, 1)
+
+    def estimated_relative(
+        self, trunk_out: torch.Tensor, pixels: torch.Tensor | None, obs: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """(B, 3 P or 6 P) the positions the camera estimates at the last observed frame, read as the state
+        policy reads positions (:mod:`robocl.nets.relative`): every pair of [tool, entities...], later
+        minus earlier, in units of DETECTED_UNIT, then log-scaled. Detached: the readout and the detector
+        learn from their labels only, and nothing else of the trunk reaches the head."""
+        read = self.read_positions(trunk_out.detach())
+        points = [self.tool_position(obs)]
+        for columns, detected in zip(self.estimated_columns, self.estimated_by_detector, strict=True):
+            if detected:
+                assert pixels is not None, "the detected entity needs the detector's pixels"
+                points.append(self.detected_entity(pixels[:, -1].detach()))
+            else:
+                points.append(read[:, columns])
+        offsets = torch.cat([b - a for a, b in itertools.combinations(points, 2)], -1)
+        return _as_offsets(offsets, self.estimated_resolution)
+
+    def tool_position(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """(B, 3) the tool's position at the last observed frame."""
+        return torch.cat([obs[k][:, -1].float().flatten(1) for k in self.config.state_keys], 1)[
+            :, self.tool_columns
+        ]
 
     def detected_entity(self, pixel: torch.Tensor) -> torch.Tensor:
         """(B, 2) detector pixels -> (B, 3) world positions on the plane z = ``height``."""
@@ -255,13 +317,13 @@ class VLAPolicyNet(nn.Module):
         return self.camera.lift(pixel, self.detect_height)
 
     def detected_offset(self, pixel: torch.Tensor, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """(B, 3) the detected entity minus the tool at the last observed frame, in units of DETECTED_UNIT:
-        the state policy's object - tool (:mod:`robocl.nets.relative`), seen through the camera. Detached:
-        the detector learns from its pixel label only, so the head cannot bend it towards what imitation
-        finds convenient."""
-        tool = torch.cat([obs[k][:, -1].float().flatten(1) for k in self.config.state_keys], 1)
-        entity = self.detected_entity(pixel.detach())
-        return (entity - tool[:, self.tool_columns]) / DETECTED_UNIT
+        """(B, 3 or 6) the detected entity minus the tool at the last observed frame, in units of
+        DETECTED_UNIT, then (with a ``resolution``) log-scaled as the state policy reads its relative
+        positions: the state policy's object - tool (:mod:`robocl.nets.relative`), seen through the camera.
+        Detached: the detector learns from its pixel label only, so the head cannot bend it towards what
+        imitation finds convenient."""
+        offset = self.detected_entity(pixel.detach()) - self.tool_position(obs)
+        return _as_offsets(offset, self.detect_resolution)
 
     def detector_loss(self, pixels: torch.Tensor, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Smooth-L1 (pixels) of the detector's last-frame pixel (B, 2) against the entity's position in
@@ -302,6 +364,15 @@ class VLAPolicyNet(nn.Module):
 
     def lang_of(self, batch: Mapping[str, Any]) -> torch.Tensor | None:
         return self.task_embeddings[batch["task_index"].long()] if self.task_embeddings.shape[1] else None
+
+
+def _as_offsets(offsets: torch.Tensor, resolution: float) -> torch.Tensor:
+    """(B, D) position differences (m) as the head reads estimated ones: in units of DETECTED_UNIT, then
+    (``resolution`` > 0) again log-scaled, as the state policy reads its relative positions."""
+    parts = [offsets / DETECTED_UNIT]
+    if resolution:
+        parts.append(log_scaled(offsets, resolution))
+    return torch.cat(parts, -1)
 
 
 class ChunkChooser(Protocol):

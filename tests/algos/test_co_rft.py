@@ -24,6 +24,7 @@ from robocl.algos.chunk_losses import (
 from robocl.algos.co_rft import CORFT, cosine_warmup
 from robocl.algos.co_rft_config import CORFTConfig
 from robocl.checkpoint import load_checkpoint, save_checkpoint
+from robocl.nets.relative import LOG_SCALE_REACH
 from robocl.nets.vla import BestOfN, VLAPolicyNet, candidate_scales
 from robocl.run.layout import RunDir
 from robocl.run.loop import LoopConfig, NonFiniteError, fit, to_torch
@@ -664,23 +665,28 @@ def square_store(tmp_path) -> TrajectoryStore:
 OVERHEAD = CameraCalibration((20.0, 20.0, 1.5, 1.5), (0.0, 0.0, 1.0), ((0, 1, 0), (1, 0, 0), (0, 0, -1)))
 
 
-def calibrated_square_store(tmp_path, calibration: CameraCalibration | None = OVERHEAD) -> TrajectoryStore:
-    """``square_store``'s scenes seen by a calibrated overhead camera: the object (x, y, z = 0) and the tool
-    (tcp.x, tcp.y, tcp.z, then a joint) named as robocl's tasks name them."""
+def calibrated_square_store(
+    tmp_path, calibration: CameraCalibration | None = OVERHEAD, plate: bool = False
+) -> TrajectoryStore:
+    """``square_store``'s scenes seen by a calibrated overhead camera: the object (x, y, z = 0), with
+    ``plate`` a plate at a random place per episode (not drawn), and the tool (tcp.x, tcp.y, tcp.z, then a
+    joint) named as robocl's tasks name them."""
+    names = ("object.x", "object.y", "object.z", *(("plate.x", "plate.y", "plate.z") if plate else ()))
     feats = {
         "observation.state": Feature("state", "float32", (4,), names=("tcp.x", "tcp.y", "tcp.z", "joint")),
-        "observation.object": Feature("state", "float32", (3,), names=("object.x", "object.y", "object.z")),
+        "observation.object": Feature("state", "float32", (len(names),), names=names),
         "action": Feature("action", "float32", (2,)),
         "observation.images.front": Feature("rgb", "uint8", (24, 24, 3), camera=calibration),
         "success": Feature("flag", "bool", ()),
     }
     store = TrajectoryStore.create(tmp_path / "calibrated.zarr", feats, fps=10)
     rng = np.random.default_rng(0)
+    plate_at = (lambda r: (*r.uniform(size=2), 0.0)) if plate else (lambda r: ())
     for where, front in square_scenes(rng):
         store.add_episode(
             {
                 "observation.state": rng.normal(size=(6, 4)),
-                "observation.object": np.tile([*where, 0.0], (6, 1)),
+                "observation.object": np.tile([*where, 0.0, *plate_at(rng)], (6, 1)),
                 "action": rng.uniform(-1, 1, (6, 2)),
                 "observation.images.front": front,
                 "success": np.arange(6) == 5,
@@ -693,8 +699,8 @@ def calibrated_square_store(tmp_path, calibration: CameraCalibration | None = OV
 
 def test_the_detector_learns_where_the_object_is_and_the_head_reads_it_from_the_tool(tmp_path):
     """With ``detect_entity`` the front camera's detector learns the square's pixel from the object's
-    projected position; the head reads the detected object minus the tool (3 more features), in 10 cm
-    units; acting needs no object state."""
+    projected position; the head reads the detected object minus the tool (6 more features), in 10 cm
+    units and log-scaled at the relative positions' resolution (1 cm); acting needs no object state."""
     store = calibrated_square_store(tmp_path)
     cfg = CORFTConfig(
         image_keys=("observation.images.front",), aux_state_keys=("observation.object",),
@@ -704,7 +710,7 @@ def test_the_detector_learns_where_the_object_is_and_the_head_reads_it_from_the_
     net = algo.policy_net
     assert algo.spec.extra["detector"] == {
         "camera": "observation.images.front", "calibration": OVERHEAD.to_dict(), "height": 0.0,
-        "entity_columns": [0, 1, 2], "tool_columns": [0, 1, 2],
+        "entity_columns": [0, 1, 2], "tool_columns": [0, 1, 2], "resolution": 0.01,
     }  # fmt: skip
     sampler = algo.il_sampler(store)
     pixel_loss = [algo.update(to_torch(sampler.sample(32), "cpu"))["detector_px"] for _ in range(300)]
@@ -717,12 +723,48 @@ def test_the_detector_learns_where_the_object_is_and_the_head_reads_it_from_the_
     truth = batch["obs"]["observation.object"][:, -1]
     assert (found - truth).abs()[:, :2].mean() < 0.05  # within a pixel (5 cm at 20 px per metre)
     tool = batch["obs"]["observation.state"][:, -1, :3]
-    torch.testing.assert_close(encoding.features[:, -3:], (found - tool) / 0.1)
+    offset = found - tool
+    expected = torch.cat([offset / 0.1, torch.asinh(offset / 0.01) / np.arcsinh(LOG_SCALE_REACH / 0.01)], 1)
+    torch.testing.assert_close(encoding.features[:, -6:], expected)
     obs = {
         "observation.images.front": np.zeros((2, 24, 24, 3), np.uint8),
         "observation.state": np.zeros((2, 4)),
     }
     assert np.isfinite(algo.policy().predict(obs)).all()
+
+
+def test_the_head_can_read_only_the_positions_the_camera_estimates(tmp_path):
+    """With ``head_input="positions"`` the head reads the robot state and, of the camera, only the
+    differences of [tool, object from the detector, plate from the trunk's readout] (3 pairs, in 10 cm and
+    log-scaled), detached: the head's loss reaches no trunk weight."""
+    store = calibrated_square_store(tmp_path, plate=True)
+    cfg = CORFTConfig(
+        image_keys=("observation.images.front",), aux_state_keys=("observation.object",),
+        detect_entity="object", head_input="positions", horizon=2, vision_channels=(8, 8), **TINY,
+    )  # fmt: skip
+    algo = CORFT.from_store(cfg, store)
+    net = algo.policy_net
+    assert algo.spec.extra["estimated_positions"] == {
+        "entities": {"object": [0, 1, 2], "plate": [3, 4, 5]}, "detected": "object",
+        "tool_columns": [0, 1, 2], "resolution": 0.01,
+    }  # fmt: skip
+    assert net.trunk_gate is None and net.feat_dim == 4 + 18  # the state, 3 pairs x 3 axes x 2 scales
+    batch = to_torch(algo.il_sampler(store).sample(8), "cpu")
+    encoding = net.features_and_trunk(batch["obs"], None)
+    read = net.read_positions(encoding.trunk)
+    # The readout, standardised again, is what the auxiliary loss trains.
+    standardised = net.normalizer.normalize("observation.object", read)[:, net.aux_columns]
+    torch.testing.assert_close(standardised, net.aux_readout(encoding.trunk), rtol=1e-4, atol=1e-4)
+    tool = batch["obs"]["observation.state"][:, -1, :3].float()
+    found = net.detected_entity(encoding.pixels[:, -1])
+    offsets = torch.cat([found - tool, read[:, 3:6] - tool, read[:, 3:6] - found], 1)
+    expected = torch.cat([offsets / 0.1, torch.asinh(offsets / 0.01) / np.arcsinh(LOG_SCALE_REACH / 0.01)], 1)
+    torch.testing.assert_close(encoding.features[:, -18:], expected)
+    encoding.features.sum().backward()
+    assert all(p.grad is None or not p.grad.any() for p in net.trunk.parameters())
+    assert np.isfinite(algo.update(batch)["loss"])
+    with pytest.raises(ValueError, match=r"head_input='positions' .* needs aux_state_keys"):
+        CORFTConfig(image_keys=("observation.images.front",), head_input="positions")
 
 
 def test_the_detector_needs_a_calibrated_camera_the_entity_and_the_tool(tmp_path):
@@ -799,15 +841,16 @@ def test_aux_state_keys_are_checked(tmp_path):
         CORFT.from_store(CORFTConfig(image_keys=cams, aux_state_keys=("observation.pose",), **TINY), store)
 
 
-@pytest.mark.parametrize("detect", [False, True])
+@pytest.mark.parametrize("detect", [False, True, "positions"])
 def test_resume_with_aux_state_equals_uninterrupted(tmp_path, detect):
-    """Imitation with the auxiliary loss (and the detector's) stopped at update 3 of 6 and resumed, then
-    stage 2: bit-exact."""
-    store = calibrated_square_store(tmp_path) if detect else square_store(tmp_path)
+    """Imitation with the auxiliary loss (and the detector's, and the head reading estimated positions)
+    stopped at update 3 of 6 and resumed, then stage 2: bit-exact."""
+    store = calibrated_square_store(tmp_path, plate=True) if detect else square_store(tmp_path)
     cfg = CORFTConfig(
         image_keys=("observation.images.front",), aux_state_keys=("observation.object",), horizon=2,
         vision_channels=(8, 8), n_candidates=4, il_schedule_updates=6,
         detect_entity="object" if detect else None, **TINY,
+        head_input="positions" if detect == "positions" else "trunk",
     )  # fmt: skip
     loop = {"batch_size": 8, "log_every": 1, "checkpoint_every": 2}
 
@@ -822,7 +865,7 @@ def test_resume_with_aux_state_equals_uninterrupted(tmp_path, detect):
     torch.manual_seed(1234)  # a new process: other RNG use before resuming must not matter
     resumed = load_checkpoint(run(tmp_path / "split", 6, 2, resume=True).checkpoint("rl"))
     assert any(key.startswith("policy.aux_readout") for key in full.tensors)
-    assert any("detector" in key for key in full.tensors) == detect
+    assert any("detector" in key for key in full.tensors) == bool(detect)
     for key, value in full.tensors.items():
         assert torch.equal(value, resumed.tensors[key]), key
 
