@@ -125,8 +125,9 @@ class CORFTConfig:
     # to the plate, placed 3), and a trunk trained by its readout alone still broke reaching: its feature
     # moves with the object and extrapolates, three numbers per entity do not. Reading the positions:
     # 36/50 seen and 17/50 unseen against 33/50 and 5/50 (pilots on the image benchmark's 200
-    # pick-and-place demos, front camera, seed 1, 5,000 updates; benchmarks/co_rft_log.md). Off by
-    # default: it needs aux_state_keys, and the benchmark's full budget has not measured it yet.
+    # pick-and-place demos, front camera, seed 1, 5,000 updates; benchmarks/co_rft_log.md), and 40/50 and
+    # 36/50 at 15,000 (the benchmark's detector cell: 41/50 and 9/50). Off by default: it needs
+    # aux_state_keys, and the benchmark has not run it at its full budget yet.
     head_input: Literal["trunk", "positions"] = "trunk"
     dropout: float = 0.1  # trunk transformer dropout in stage 1 (ACT's 0.1: a few dozen demos overfit fast)
     head: Literal["flow", "regression"] = "flow"  # flow-matching action expert, or chunk regression
