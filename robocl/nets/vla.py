@@ -146,12 +146,16 @@ class VLAPolicyNet(nn.Module):
         self.camera = PinholeCamera(calibration) if calibration else None
         self.detect_height = float(detector["height"]) if detector else 0.0
         self.detect_resolution = float(detector.get("resolution", 0.0)) if detector else 0.0
+        estimated = spec.extra.get("estimated_positions")
         self.entity_columns: torch.Tensor
         self.tool_columns: torch.Tensor
-        for name in ("entity_columns", "tool_columns"):
-            columns = torch.tensor(detector[name] if detector else [], dtype=torch.long)
-            self.register_buffer(name, columns, persistent=False)
-        estimated = spec.extra.get("estimated_positions")
+        entity_columns = detector["entity_columns"] if detector else []
+        self.register_buffer(
+            "entity_columns", torch.tensor(entity_columns, dtype=torch.long), persistent=False
+        )
+        # Both specs name the same tool (co_rft.tool_columns), so either one's will do.
+        tool_columns = (detector or estimated or {}).get("tool_columns", [])
+        self.register_buffer("tool_columns", torch.tensor(tool_columns, dtype=torch.long), persistent=False)
         self.estimated_resolution = float(estimated["resolution"]) if estimated else 0.0
         # (E, 3) each estimated entity's columns, and whether the detector gives it (else the readout).
         self.estimated_columns: torch.Tensor
@@ -160,8 +164,6 @@ class VLAPolicyNet(nn.Module):
             "estimated_columns", torch.tensor(list(entities.values()), dtype=torch.long), persistent=False
         )
         self.estimated_by_detector = [estimated is not None and e == estimated["detected"] for e in entities]
-        if estimated:
-            self.tool_columns = torch.tensor(estimated["tool_columns"], dtype=torch.long)
         self.trunk = (
             TokenTrunk(
                 lowdim_dim if self.state_to_trunk else 0,
