@@ -123,12 +123,14 @@ class CORFTConfig:
     # plate). Why: with the detector the image policy located the object at unseen positions to 1 cm yet
     # lifted it in 5 of 50 episodes; without the trunk's feature the same head lifted it in 24 (and, blind
     # to the plate, placed 3), and a trunk trained by its readout alone still broke reaching: its feature
-    # moves with the object and extrapolates, three numbers per entity do not. Reading the positions:
-    # 36/50 seen and 17/50 unseen against 33/50 and 5/50 (pilots on the image benchmark's 200
-    # pick-and-place demos, front camera, seed 1, 5,000 updates; benchmarks/co_rft_log.md), and 40/50 and
-    # 36/50 at 15,000 (the benchmark's detector cell: 41/50 and 9/50). Off by default: it needs
-    # aux_state_keys, and the benchmark has not run it at its full budget yet.
-    head_input: Literal["trunk", "positions"] = "trunk"
+    # moves with the object and extrapolates, three numbers per entity do not. The image benchmark (200
+    # pick-and-place demos, front camera, 15,000 updates, seeds 0-1, 100 episodes per position set;
+    # benchmarks/co_rft_log.md): 87% seen and 64% unseen reading the positions, against 81% and 31% reading
+    # the trunk with the detector, 75% and 8% without it. None (the default) = "positions" with a detector
+    # (detect_entity) and the robot state at the head, "trunk" otherwise: without a detector the positions
+    # would come from the trunk's readout, 4-5 cm off at unseen first frames, not measured as the head's
+    # input.
+    head_input: Literal["trunk", "positions"] | None = None
     dropout: float = 0.1  # trunk transformer dropout in stage 1 (ACT's 0.1: a few dozen demos overfit fast)
     head: Literal["flow", "regression"] = "flow"  # flow-matching action expert, or chunk regression
     head_hidden: tuple[int, ...] = (256, 256, 256)  # MLP widths of the action head (and the one-step actor)
@@ -363,16 +365,19 @@ class CORFTConfig:
             raise ValueError(
                 f"aux_weight={self.aux_weight} and detector_weight={self.detector_weight} must be >= 0"
             )
+        if self.detect_entity is not None and not self.aux_state_keys:
+            raise ValueError(
+                f"detect_entity={self.detect_entity!r} learns where the entity is from its position: name "
+                "the feature that holds it in aux_state_keys (e.g. observation.object)"
+            )
+        if self.head_input is None:
+            detector_at_head = self.detect_entity is not None and self.state_path != "trunk"
+            self.head_input = "positions" if detector_at_head else "trunk"
         if self.head_input == "positions" and (not self.aux_state_keys or self.state_path == "trunk"):
             raise ValueError(
                 f"head_input='positions' reads the positions the trunk estimates of aux_state_keys="
                 f"{self.aux_state_keys} beside the robot state: it needs aux_state_keys and "
                 f"state_path='head' or 'both' (got {self.state_path!r})"
-            )
-        if self.detect_entity is not None and not self.aux_state_keys:
-            raise ValueError(
-                f"detect_entity={self.detect_entity!r} learns where the entity is from its position: name "
-                "the feature that holds it in aux_state_keys (e.g. observation.object)"
             )
         if self.horizon < 1 or self.n_obs < 1 or self.flow_steps < 1:
             raise ValueError(

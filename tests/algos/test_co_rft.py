@@ -704,7 +704,8 @@ def test_the_detector_learns_where_the_object_is_and_the_head_reads_it_from_the_
     store = calibrated_square_store(tmp_path)
     cfg = CORFTConfig(
         image_keys=("observation.images.front",), aux_state_keys=("observation.object",),
-        detect_entity="object", horizon=2, vision_channels=(8, 8), aug_shift=0, il_lr=3e-3, **TINY,
+        detect_entity="object", head_input="trunk", horizon=2, vision_channels=(8, 8), aug_shift=0,
+        il_lr=3e-3, **TINY,
     )  # fmt: skip
     algo = CORFT.from_store(cfg, store)
     net = algo.policy_net
@@ -765,6 +766,17 @@ def test_the_head_can_read_only_the_positions_the_camera_estimates(tmp_path):
     assert np.isfinite(algo.update(batch)["loss"])
     with pytest.raises(ValueError, match=r"head_input='positions' .* needs aux_state_keys"):
         CORFTConfig(image_keys=("observation.images.front",), head_input="positions")
+
+
+def test_the_head_reads_the_positions_by_default_when_a_detector_locates_the_object():
+    cams, aux = ("observation.images.front",), ("observation.object",)
+    assert CORFTConfig(image_keys=cams, aux_state_keys=aux, detect_entity="object").head_input == "positions"
+    assert CORFTConfig(image_keys=cams, aux_state_keys=aux).head_input == "trunk"  # no detector
+    robot_state_in_trunk = CORFTConfig(image_keys=cams, aux_state_keys=aux, detect_entity="object",
+                                       state_path="trunk")  # fmt: skip
+    assert robot_state_in_trunk.head_input == "trunk"
+    chosen = CORFTConfig(image_keys=cams, aux_state_keys=aux, detect_entity="object", head_input="trunk")
+    assert chosen.head_input == "trunk"
 
 
 def test_the_detector_needs_a_calibrated_camera_the_entity_and_the_tool(tmp_path):
