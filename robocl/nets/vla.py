@@ -185,16 +185,18 @@ class VLAPolicyNet(nn.Module):
         # head starts from the low-dim history alone and takes in the fused cameras and instruction as they
         # prove useful. Ungated, a freshly initialised trunk's output (a LayerNorm'd 128-d vector, constant
         # where the instruction is) swamped the first layer and halved success on 60 push demos.
-        reads_trunk = has_trunk and not estimated
+        self.head_reads_trunk = has_trunk and not estimated
         self.trunk_gate = (
-            nn.Parameter(torch.zeros(config.d_model)) if reads_trunk and self.state_to_head else None
+            nn.Parameter(torch.zeros(config.d_model))
+            if self.head_reads_trunk and self.state_to_head
+            else None
         )
         # The features the head (and the critic) read: [trunk output, normalised low-dim history, the
         # detected entity's offset from the tool (and its log-scaled copy)], or with estimated positions
         # [normalised low-dim history, the estimated positions' differences (and their log-scaled copy)].
         n_pairs = len(entities) * (len(entities) + 1) // 2  # over the tool and the estimated entities
         self.feat_dim = (
-            (config.d_model if reads_trunk else 0)
+            (config.d_model if self.head_reads_trunk else 0)
             + (config.n_obs * lowdim_dim if self.state_to_head else 0)
             + (3 * (2 if self.detect_resolution else 1) if detector and not estimated else 0)
             + (3 * n_pairs * (2 if self.estimated_resolution else 1) if estimated else 0)
@@ -264,7 +266,7 @@ class VLAPolicyNet(nn.Module):
         if self.trunk is not None:
             images = {k: obs[k] for k in self.config.image_keys}
             fused, pixels = self.trunk(lowdim if self.state_to_trunk else None, images, lang)
-            if not len(self.estimated_columns):
+            if self.head_reads_trunk:
                 parts.append(fused if self.trunk_gate is None else fused * self.trunk_gate)
         if self.state_to_head:
             assert lowdim is not None
@@ -281,12 +283,12 @@ class VLAPolicyNet(nn.Module):
         last observed frame, in the features' own units: what ``aux_state_loss`` trains, unstandardised.
         Columns it does not read hold their mean over the demonstrations."""
         assert self.aux_readout is not None, "built without aux_state_keys"
-        sizes = {k: int(np.prod(s)) for k, s in self.spec.extra["aux_state_shapes"].items()}
-        standardised = torch.zeros(len(trunk_out), sum(sizes.values()), device=trunk_out.device)
-        standardised[:, self.aux_columns] = self.aux_readout(trunk_out).float()
-        parts = zip(sizes, standardised.split(list(sizes.values()), 1), strict=True)
         shapes = self.spec.extra["aux_state_shapes"]
-        read = [self.normalizer.unnormalize(k, p.view(-1, *shapes[k])).flatten(1) for k, p in parts]
+        sizes = [int(np.prod(shape)) for shape in shapes.values()]
+        standardised = torch.zeros(len(trunk_out), sum(sizes), device=trunk_out.device)
+        standardised[:, self.aux_columns] = self.aux_readout(trunk_out).float()
+        parts = zip(shapes.items(), standardised.split(sizes, 1), strict=True)
+        read = [self.normalizer.unnormalize(k, p.view(-1, *shape)).flatten(1) for (k, shape), p in parts]
         return torch.cat(read, 1)
 
     def estimated_relative(
