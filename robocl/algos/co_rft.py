@@ -103,7 +103,15 @@ from robocl.nets.relative import (
     scene_position_columns,
 )
 from robocl.nets.transformer import ChunkCritic
-from robocl.nets.vla import BestOfN, ChunkChooser, FlowChooser, OneStep, VLAPolicy, VLAPolicyNet
+from robocl.nets.vla import (
+    BestOfN,
+    ChunkChooser,
+    FlowChooser,
+    OneStep,
+    VLAPolicy,
+    VLAPolicyNet,
+    prefer_mode,
+)
 from robocl.run.loop import guarded_step, to_torch
 from robocl.run.runtime import seeded
 from robocl.store import StoreView, TrajectoryStore, WindowSampler
@@ -275,8 +283,8 @@ class CORFT:
     def _best_of_n(self, score_steps: int | None = None) -> BestOfN:
         """Best-of-N over the online critics, scoring Q^(h) or Q^(score_steps)."""
         cfg = self.config
-        noise, aggregate = cfg.candidate_noise, cfg.bon_acting_q
-        return BestOfN(self.policy_net, self.critics, cfg.n_candidates, noise, score_steps, aggregate)
+        noise, aggregate, margin = cfg.candidate_noise, cfg.bon_acting_q, cfg.bon_mode_margin
+        return BestOfN(self.policy_net, self.critics, cfg.n_candidates, noise, score_steps, aggregate, margin)
 
     def _one_step(self, noise_scale: float = 1.0) -> OneStep:
         assert self.one_step is not None, "only the distill actor has a one-step policy"
@@ -561,9 +569,10 @@ class CORFT:
         for lo in range(0, len(table), rows):
             feat, cand = table[lo : lo + rows], self._candidates[lo : lo + rows]
             q = torch.stack([c.q_chunk(feat, cand) for c in self.target_critics]).min(0).values  # (rows, N)
-            best.append(q.max(1))
-        self._choice_value = torch.cat([b.values for b in best])
-        self._choice = torch.cat([b.indices for b in best])
+            choice = prefer_mode(q, self.config.bon_mode_margin)
+            best.append((choice, q.gather(1, choice[:, None])[:, 0]))
+        self._choice = torch.cat([choice for choice, _ in best])
+        self._choice_value = torch.cat([value for _, value in best])
 
     # ------------------------------------------------------------------ validation
     def validate(self, sampler: ChunkedTDSampler) -> dict[str, float]:
@@ -573,6 +582,9 @@ class CORFT:
         the same chunk with N(0, 0.2^2) noise (> 0: the critic tells demonstrated chunks from nearby ones);
         ``val_q_policy_gap``: Q of the chunk the policy would execute minus Q of the logged one (both over
         every held-out episode); ``val_failed_episodes`` and, when there are any, ``val_q_failed_bias``.
+        Best-of-N adds ``val_bon_left_mode``, the share of held-out histories where it acts on another
+        proposal than the flow's mode, and ``val_bon_gain``, the mean value of the best proposal over the
+        mode's (the scale ``bon_mode_margin`` is set in).
 
         Failed episodes are scored apart because their return says little about the critic: a demonstration
         cut at the time limit has V_MC = -1 / (1 - gamma) at every step (-100 at gamma 0.99), whatever the
@@ -600,7 +612,18 @@ class CORFT:
         perturbed = (data + 0.2 * torch.randn(data.shape, generator=generator, device=self.device)).clamp(
             -1, 1
         )
-        acting = self.policy().choose(feat, generator)
+        choose, best_of_n = self.policy().choose, {}
+        if isinstance(choose, BestOfN):  # the same draw as choose(feat, generator), with its scores kept
+            candidates = choose.propose(feat, generator)
+            q_candidates = choose.score(feat, candidates)
+            chosen = prefer_mode(q_candidates, choose.mode_margin)
+            acting = candidates[torch.arange(len(feat)), chosen]
+            best_of_n = {
+                "val_bon_left_mode": (chosen != 0).float().mean().item(),
+                "val_bon_gain": (q_candidates.max(1).values - q_candidates[:, 0]).mean().item(),
+            }
+        else:
+            acting = choose(feat, generator)
         q_data, q_perturbed, q_policy = (
             torch.stack([c.q_chunk(feat, x) for c in self.critics]).mean(0) for x in (data, perturbed, acting)
         )
@@ -613,6 +636,7 @@ class CORFT:
             "val_q_spread": (q_data - q_perturbed).mean().item(),
             "val_q_policy_gap": (q_policy - q_data).mean().item(),
             "val_failed_episodes": float(len(np.unique(episodes[failed_np]))),
+            **best_of_n,
         }
         if failed.any():
             metrics["val_q_failed_bias"] = error[failed].mean().item()
@@ -737,6 +761,7 @@ class CORFT:
             choose = BestOfN(
                 net, critics.to(device).eval(), config.n_candidates, config.candidate_noise,
                 _score_steps(config, config.n_action_steps or 0, config.ensemble_coef), config.bon_acting_q,
+                config.bon_mode_margin,
             )  # fmt: skip
         elif spec.extra["stage"] == "rl" and config.actor == "distill":
             actor = OneStepActor(net.feat_dim, config.horizon, spec.action_dim, config.head_hidden)

@@ -243,6 +243,12 @@ class CORFTConfig:
     # the minimum scored pick-place 244 / 226 (seen / unseen; 3.29 s per success) and push 220 / 209
     # (5.02 s) against the mean's 243 / 217 (3.27 s) and 221 / 209 (4.98 s).
     bon_acting_q: Literal["mean", "min"] = "min"
+    # Best-of-N, acting and target alike: keep the flow's mode (the x_0 = 0 proposal) unless the best
+    # proposal's value beats it by more than this; with reward -1 per step that is roughly the control
+    # steps the switch is predicted to save. 0 is QC's plain argmax. A guard against a critic that
+    # extrapolates where the demonstrations are thin (unseen object positions): there it may rank a
+    # noisy proposal over the mode by a small, spurious margin.
+    bon_mode_margin: float = 0.0
     # Best-of-N: bootstrap from the value the latest ranking gave each history's chosen chunk, min_c Q_targ,
     # held until the next ranking (DQN's hard target period, here bon_refresh updates, on top of the Polyak
     # copies), instead of scoring the chosen chunks of the B x h bootstrap prefixes under the target critics
@@ -436,6 +442,8 @@ class CORFTConfig:
             raise ValueError(f"cql_fraction={self.cql_fraction} must be in (0, 1]")
         if self.relative_resolution < 0:
             raise ValueError(f"relative_resolution={self.relative_resolution} must be >= 0 (0 = off)")
+        if not self.bon_mode_margin >= 0:
+            raise ValueError(f"bon_mode_margin={self.bon_mode_margin} must be >= 0")
         if self.flow_noise < 0 or any(s <= 0 for s in self.candidate_noise):
             raise ValueError(
                 f"flow_noise={self.flow_noise} must be >= 0 and candidate_noise={self.candidate_noise} > 0"

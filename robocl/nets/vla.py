@@ -407,12 +407,22 @@ def candidate_scales(n: int, noise: Sequence[float]) -> torch.Tensor:
     return torch.tensor([0.0, *itertools.islice(itertools.cycle(noise), n - 1)])
 
 
+def prefer_mode(q: torch.Tensor, margin: float) -> torch.Tensor:
+    """(B, N) values of proposals whose first is the flow's mode -> (B,) index of the chosen one: the argmax,
+    unless its value exceeds the mode's by ``margin`` or less, then the mode (index 0). margin = 0 is the
+    plain argmax (ties go to the mode, argmax's first index)."""
+    best = q.argmax(1)
+    gain = q.gather(1, best[:, None])[:, 0] - q[:, 0]
+    return torch.where(gain > margin, best, torch.zeros_like(best))
+
+
 class BestOfN:
     """Best-of-N acting (QC): the flow proposes ``n`` chunks per row (:func:`candidate_scales`) and the one
     with the highest Q^(h) is executed; with ``score_steps`` = k < h, the one with the highest Q^(k) of its
     first k actions (for a policy that executes k and then chooses again). ``aggregate`` combines the
     critics: "mean" (QC's q_agg) or "min" (pessimistic, as the TD target: it ranks down the proposals the
-    critics disagree on)."""
+    critics disagree on). With ``mode_margin`` > 0 the mode is kept unless the best beats it by more than
+    that (:func:`prefer_mode`)."""
 
     def __init__(
         self,
@@ -422,10 +432,14 @@ class BestOfN:
         noise: Sequence[float],
         score_steps: int | None = None,
         aggregate: Literal["mean", "min"] = "mean",
+        mode_margin: float = 0.0,
     ) -> None:
         self.net, self.critics, self.n, self.noise = net, critics, n, tuple(noise)
         if aggregate not in ("mean", "min"):
             raise ValueError(f"aggregate={aggregate!r} must be 'mean' or 'min'")
+        if not mode_margin >= 0:
+            raise ValueError(f"mode_margin={mode_margin} must be >= 0")
+        self.mode_margin = mode_margin
         self.aggregate = aggregate
         horizon = net.config.horizon
         if score_steps is not None and not 1 <= score_steps <= horizon:
@@ -454,7 +468,8 @@ class BestOfN:
 
     def __call__(self, feat: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         candidates = self.propose(feat, generator)
-        return candidates[torch.arange(len(feat)), self.score(feat, candidates).argmax(1)]
+        chosen = prefer_mode(self.score(feat, candidates), self.mode_margin)
+        return candidates[torch.arange(len(feat)), chosen]
 
 
 class OneStep:

@@ -25,7 +25,7 @@ from robocl.algos.co_rft import CORFT, cosine_warmup
 from robocl.algos.co_rft_config import CORFTConfig
 from robocl.checkpoint import load_checkpoint, save_checkpoint
 from robocl.nets.relative import LOG_SCALE_REACH
-from robocl.nets.vla import BestOfN, VLAPolicyNet, candidate_scales
+from robocl.nets.vla import BestOfN, VLAPolicyNet, candidate_scales, prefer_mode
 from robocl.run.layout import RunDir
 from robocl.run.loop import LoopConfig, NonFiniteError, fit, to_torch
 from robocl.run.train import train_co_rft
@@ -931,6 +931,7 @@ def test_image_language_policy_trains(tmp_path):
         {"head": "regression", "val_fraction": 0.0},
         {"critic": "transformer", "n_action_steps": 2, "flow_noise": 0.5},
         {"n_action_steps": 2, "cql_executed": True},
+        {"bon_refresh": 5, "bon_mode_margin": 0.05},
     ],
     ids=[
         "best-of-n",
@@ -940,6 +941,7 @@ def test_image_language_policy_trains(tmp_path):
         "regression",
         "transformer-critic",
         "conservative-executed",
+        "best-of-n-mode-margin",
     ],
 )
 def test_resume_equals_uninterrupted(tmp_path, variant):
@@ -1114,6 +1116,48 @@ def test_best_of_n_executes_the_argmax_under_the_critic(tmp_path):
     assert BestOfN(net, torch.nn.ModuleList([HandCritic()]), 8, (0.5,), score_steps=3).score_steps is None
     with pytest.raises(ValueError, match=r"score_steps=4 must be in \[1, horizon=3\]"):
         BestOfN(net, torch.nn.ModuleList([HandCritic()]), 8, (0.5,), score_steps=4)
+
+
+def test_prefer_mode_keeps_the_mode_unless_the_best_beats_it_by_the_margin():
+    q = torch.tensor([[1.0, 1.5, 0.2], [1.0, 3.0, 2.5], [2.0, 1.0, 0.0], [0.0, 1.0, 1.0]])
+    assert prefer_mode(q, 0.0).tolist() == [1, 1, 0, 1]  # the argmax (ties: the first)
+    assert prefer_mode(q, 0.5).tolist() == [0, 1, 0, 1]  # 1.5 - 1.0 is not more than 0.5
+    assert prefer_mode(q, 2.0).tolist() == [0, 0, 0, 0]
+
+
+def test_best_of_n_mode_margin_acts_and_bootstraps_on_the_mode(tmp_path):
+    """bon_mode_margin: a margin no proposal clears executes the flow's mode, and the target ranking
+    chooses it too (with the value the target critics give it); a negative margin is refused."""
+    store = hand_store(tmp_path)
+    cfg = CORFTConfig(state_keys=("observation.state",), horizon=3, gripper=False, **TINY)
+    net = CORFT.from_store(cfg, store).policy_net.eval()
+    feat = torch.randn(4, net.feat_dim)
+    critics = torch.nn.ModuleList([HandCritic()])
+    with torch.no_grad():
+        switching = BestOfN(net, critics, 8, (0.5, 1.0))(feat, torch.Generator().manual_seed(3))
+        kept = BestOfN(net, critics, 8, (0.5, 1.0), mode_margin=1e6)(feat, torch.Generator().manual_seed(3))
+        torch.testing.assert_close(kept, net.sample(feat))
+    assert not torch.equal(switching, kept)
+    with pytest.raises(ValueError, match=r"mode_margin=-1.0 must be >= 0"):
+        BestOfN(net, critics, 8, (0.5,), mode_margin=-1.0)
+    with pytest.raises(ValueError, match=r"bon_mode_margin=-0.1 must be >= 0"):
+        CORFTConfig(state_keys=("observation.state",), bon_mode_margin=-0.1)
+
+    store = chain_store(tmp_path / "chain")
+    base = {"state_keys": ("observation.state",), "horizon": 2, "gripper": False, **TINY}
+    for margin, left_mode in ((0.0, True), (1e6, False)):
+        algo = CORFT.from_store(CORFTConfig(**base, bon_mode_margin=margin), store)
+        algo.start_rl()
+        sampler = algo.rl_sampler(store)
+        for _ in range(20):
+            algo.update(to_torch(sampler.sample(16), "cpu"))
+        algo._best_of_n_targets(sampler.token, rank=True)
+        assert bool((algo._choice != 0).any()) == left_mode
+        table = algo._history_features(sampler.token)
+        with torch.no_grad():
+            chosen = algo._candidates[torch.arange(len(table)), algo._choice]
+            value = torch.stack([c.q_chunk(table, chosen) for c in algo.target_critics]).min(0).values
+        torch.testing.assert_close(algo._choice_value, value)
 
 
 class CentredCritic(torch.nn.Module):
@@ -1331,7 +1375,9 @@ def test_validation_scores_the_critic_on_held_out_episodes(tmp_path):
     held_out = StoreView(store, val.episode_indices[succeeded[val.episode_indices]])
     metrics = algo.validate(algo.val_sampler(held_out))
     names = {"val_q_bias", "val_q_abs_err", "val_q_mc_corr", "val_q_spread", "val_q_policy_gap"}
+    names |= {"val_bon_left_mode", "val_bon_gain"}  # best-of-N (the flow's default actor)
     assert set(metrics) == names | {"val_failed_episodes"} and metrics["val_failed_episodes"] == 0
+    assert 0 <= metrics["val_bon_left_mode"] <= 1 and metrics["val_bon_gain"] >= 0
     # Q of the logged chunks tracks the Monte-Carlo returns of episodes the critic never trained on.
     assert metrics["val_q_mc_corr"] > 0.5 and metrics["val_q_abs_err"] < 3.0, metrics
     assert (
