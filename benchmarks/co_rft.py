@@ -68,10 +68,11 @@ from benchmarks.common import RUN_INFO_KEYS, markdown_table, run_info, write_res
 from benchmarks.iql import IQL, IQLConfig
 from robocl.algos.bc import BC, BCConfig
 from robocl.algos.co_rft import CORFT, CORFTConfig
+from robocl.checkpoint import load_checkpoint, resolve_checkpoint
 from robocl.eval.metrics import wilson_interval
 from robocl.features import IMAGE_PREFIX
 from robocl.nets.vla import VLAConfig
-from robocl.run.loop import NonFiniteError, stage_seed, to_torch
+from robocl.run.loop import NonFiniteError, checkpoint_header, save_algorithm, stage_seed, to_torch
 from robocl.store import TrajectoryStore
 
 # Scripted demos of a less practised teleoperator (noise, pauses, detours; datasets/pick_place_50_mixed.toml
@@ -316,11 +317,17 @@ def _corft(
     times: list,
     language: Any,
     flops: list | None = None,
+    saved: Path | None = None,
 ) -> CORFT:
-    """The flow or regression IL learner of ``cfg``, trained ``args.il_updates`` updates."""
+    """The flow or regression IL learner of ``cfg``, trained ``args.il_updates`` updates; with ``saved``
+    (``--il-dir``) the learner a previous run saved there, if its config and spec are this one's, else
+    trained and saved there."""
     if cfg.il_schedule_updates is None:  # the horizon of stage 1's lr schedule, as robocl train sets it
         cfg = dataclasses.replace(cfg, il_schedule_updates=args.il_updates)
     algo = CORFT.from_store(cfg, store, language=language, device=args.device)
+    if saved is not None and resolve_checkpoint(saved) is not None:
+        _load_imitation(algo, saved)
+        return algo
     sampler = algo.il_sampler(store)
     torch.manual_seed(stage_seed(cfg.seed, "il"))  # dropout's stream, seeded as the loop seeds a stage
     sample = lambda: to_torch(sampler.sample(args.batch_size), args.device)  # noqa: E731
@@ -333,7 +340,25 @@ def _corft(
             return algo.update(batch)
 
     _train(update, sample, args.il_updates, times, flops=flops, window=args.flop_window)
+    if saved is not None:
+        save_algorithm(algo, saved)
     return algo
+
+
+def _load_imitation(algo: CORFT, path: Path) -> None:
+    """Load the IL learner saved at ``path`` into ``algo``, built for the same cell: a config or spec that
+    differs (another store, seed, budget or setting) is refused, naming the first field that does."""
+    ckpt = load_checkpoint(path, method=algo.name)
+    header = json.loads(json.dumps(checkpoint_header(algo)))  # tuples as the saved JSON holds them
+    for part in ("config", "spec"):
+        saved, wanted = getattr(ckpt, part), header[part]
+        differs = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+        if differs:
+            raise SystemExit(
+                f"--il-dir: {path} holds another learner than this cell's: its {part} differs at "
+                f"{differs[0]!r} ({saved.get(differs[0])!r}, this cell {wanted.get(differs[0])!r})"
+            )
+    algo.load_state_dict({"model": ckpt.tensors, "trainer": ckpt.trainer_state()["algorithm"]})
 
 
 def _cell_config(
@@ -379,7 +404,13 @@ def _policies(
         if not evaluated & wanted and il_name not in started_from:
             continue
         cfg = CORFTConfig(head=head, **base)
-        algo = _corft(store, cfg, args, times[il_name], language, flops[il_name])
+        saved = None
+        if args.il_dir is not None:
+            cell = f"{args.task}{'_images' if args.images else ''}_{store.n_episodes}demos_seed{seed}"
+            saved = args.il_dir / f"{cell}_{il_name.replace(' ', '_')}"
+            if resolve_checkpoint(saved) is not None:  # loaded, not trained: no update times for it
+                record["il_loaded_from"][il_name] = str(saved)
+        algo = _corft(store, cfg, args, times[il_name], language, flops[il_name], saved)
         ils[il_name] = algo
         out[il_name] = copy.deepcopy(algo).policy()
         record["fingerprints"][il_name] = _fingerprint(algo.state_dict()["model"])
@@ -534,6 +565,13 @@ def main() -> None:
     parser.add_argument("--name", default="", help="result file name (default co_rft_<task>[_images])")
     parser.add_argument("--check-determinism", action="store_true", help="retrain one IL policy twice")
     parser.add_argument(
+        "--il-dir",
+        type=Path,
+        help="keep each cell's IL learners here (robocl checkpoints): a later run with the same task, "
+        "settings and seed loads them instead of training (stage-2 experiments on an image policy "
+        "in minutes); a learner saved for another cell is refused",
+    )
+    parser.add_argument(
         "--combine",
         nargs="+",
         type=Path,
@@ -636,6 +674,7 @@ def main() -> None:
                     "fingerprints": {},
                     "finite": {},
                     "diverged": {},
+                    "il_loaded_from": {},
                 }
                 columns = _object_columns(store) if args.object_offset else []  # checked before training
                 policies = _policies(store, task, seed, args, language, record)
