@@ -247,7 +247,12 @@ class CORFTConfig:
     # proposal's value beats it by more than this; with reward -1 per step that is roughly the control
     # steps the switch is predicted to save. 0 is QC's plain argmax. A guard against a critic that
     # extrapolates where the demonstrations are thin (unseen object positions): there it may rank a
-    # noisy proposal over the mode by a small, spurious margin.
+    # noisy proposal over the mode by a small, spurious margin. On the benchmark's 60 demos
+    # (co_rft_<task>_margin_pilot.json, f8ffc9f, 5 seeds, 250 episodes per cell) margins 0.5 / 1.5 left
+    # pick-place at 245 / 230 and 244 / 235 (seen / unseen; the argmax 247 / 231) and cost push 186 / 191
+    # and 165 / 166 (the argmax 229 / 208, IL 227 / 203); on the image policy (seed 2, 50 per cell,
+    # co_rft_pick_place_images_margin_s2.json) they lifted unseen success to 37 / 36 of 50 from the
+    # argmax's 32 (IL 41). Hence 0: no one margin serves both.
     bon_mode_margin: float = 0.0
     # Best-of-N: bootstrap from the value the latest ranking gave each history's chosen chunk, min_c Q_targ,
     # held until the next ranking (DQN's hard target period, here bon_refresh updates, on top of the Polyak
