@@ -614,10 +614,7 @@ class CORFT:
         )
         choose, best_of_n = self.policy().choose, {}
         if isinstance(choose, BestOfN):  # the same draw as choose(feat, generator), with its scores kept
-            candidates = choose.propose(feat, generator)
-            q_candidates = choose.score(feat, candidates)
-            chosen = prefer_mode(q_candidates, choose.mode_margin)
-            acting = candidates[torch.arange(len(feat)), chosen]
+            acting, chosen, q_candidates = choose.choose(feat, generator)
             best_of_n = {
                 "val_bon_left_mode": (chosen != 0).float().mean().item(),
                 "val_bon_gain": (q_candidates.max(1).values - q_candidates[:, 0]).mean().item(),

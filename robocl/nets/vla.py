@@ -466,10 +466,18 @@ class BestOfN:
             q = torch.stack([c.q_prefix(feat, candidates, length) for c in self.critics])
         return q.mean(0) if self.aggregate == "mean" else q.min(0).values
 
-    def __call__(self, feat: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def choose(
+        self, feat: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, d) features -> the (B, h, A) chosen chunks, their (B,) proposal indices and the (B, N)
+        scores of every proposal."""
         candidates = self.propose(feat, generator)
-        chosen = prefer_mode(self.score(feat, candidates), self.mode_margin)
-        return candidates[torch.arange(len(feat)), chosen]
+        q = self.score(feat, candidates)
+        chosen = prefer_mode(q, self.mode_margin)
+        return candidates[torch.arange(len(feat)), chosen], chosen, q
+
+    def __call__(self, feat: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.choose(feat, generator)[0]
 
 
 class OneStep:
