@@ -347,11 +347,13 @@ def _corft(
 
 def _load_imitation(algo: CORFT, path: Path) -> None:
     """Load the IL learner saved at ``path`` into ``algo``, built for the same cell: a config or spec that
-    differs (another store, seed, budget or setting) is refused, naming the first field that does."""
+    differs (another store, seed, budget or setting) is refused, naming the first field that does. A config
+    field added since the learner was saved counts at its default, as loading a checkpoint reads it."""
     ckpt = load_checkpoint(path, method=algo.name)
     header = json.loads(json.dumps(checkpoint_header(algo)))  # tuples as the saved JSON holds them
-    for part in ("config", "spec"):
-        saved, wanted = getattr(ckpt, part), header[part]
+    saved_config = json.loads(json.dumps(dataclasses.asdict(CORFTConfig(**ckpt.config))))
+    for part, saved in (("config", saved_config), ("spec", ckpt.spec)):
+        wanted = header[part]
         differs = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
         if differs:
             raise SystemExit(

@@ -158,17 +158,21 @@ def test_il_dir_keeps_the_imitation_learner_and_a_later_run_starts_stage_two_fro
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--il-dir: the first run trains and saves each cell's IL learner, the second loads it (same weights,
-    the same stage 2 and episodes, no IL update timed); a cell with other settings is refused."""
+    the same stage 2 and episodes, no IL update timed), also once saved without a field added since (read
+    at its default); a cell with other settings is refused."""
     monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
     argv = "--demos 2 --seeds 0 --il-updates 4 --rl-updates 2 --episodes 1 --only il,co-rft"
     keep = ["--il-dir", str(tmp_path / "il"), "--set", "flow_steps=3"]
+    saved = tmp_path / "il" / "pick-place_2demos_seed0_il"
     results = []
     for name in ("trained", "loaded"):
         monkeypatch.setattr(sys, "argv", ["co_rft", *argv.split(), *keep, "--name", name])
         main()
         results.append(json.loads((tmp_path / f"{name}.json").read_text()))
+        header = json.loads((saved / "config.json").read_text())
+        header["config"].pop("bon_agree", None)  # as a learner saved before the field existed
+        (saved / "config.json").write_text(json.dumps(header))
     trained, loaded = (r["records"][0] for r in results)
-    saved = tmp_path / "il" / "pick-place_2demos_seed0_il"
     assert trained["il_loaded_from"] == {} and loaded["il_loaded_from"] == {"il": str(saved)}
     assert loaded["fingerprints"] == trained["fingerprints"]  # weights and episodes, IL and stage 2
     assert [c["successes"] for c in results[0]["cells"]] == [c["successes"] for c in results[1]["cells"]]
