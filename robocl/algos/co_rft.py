@@ -283,10 +283,8 @@ class CORFT:
     def _best_of_n(self, score_steps: int | None = None) -> BestOfN:
         """Best-of-N over the online critics, scoring Q^(h) or Q^(score_steps)."""
         cfg = self.config
-        return BestOfN(
-            self.policy_net, self.critics, cfg.n_candidates, cfg.candidate_noise, score_steps,
-            cfg.bon_acting_q, cfg.bon_mode_margin, cfg.bon_agree,
-        )  # fmt: skip
+        noise, aggregate, margin = cfg.candidate_noise, cfg.bon_acting_q, cfg.bon_mode_margin
+        return BestOfN(self.policy_net, self.critics, cfg.n_candidates, noise, score_steps, aggregate, margin)
 
     def _one_step(self, noise_scale: float = 1.0) -> OneStep:
         assert self.one_step is not None, "only the distill actor has a one-step policy"
@@ -570,9 +568,8 @@ class CORFT:
         best = []
         for lo in range(0, len(table), rows):
             feat, cand = table[lo : lo + rows], self._candidates[lo : lo + rows]
-            q_each = torch.stack([c.q_chunk(feat, cand) for c in self.target_critics])  # (C, rows, N)
-            q = q_each.min(0).values
-            choice = prefer_mode(q, self.config.bon_mode_margin, q_each if self.config.bon_agree else None)
+            q = torch.stack([c.q_chunk(feat, cand) for c in self.target_critics]).min(0).values  # (rows, N)
+            choice = prefer_mode(q, self.config.bon_mode_margin)
             best.append((choice, q.gather(1, choice[:, None])[:, 0]))
         self._choice = torch.cat([choice for choice, _ in best])
         self._choice_value = torch.cat([value for _, value in best])
@@ -761,7 +758,7 @@ class CORFT:
             choose = BestOfN(
                 net, critics.to(device).eval(), config.n_candidates, config.candidate_noise,
                 _score_steps(config, config.n_action_steps or 0, config.ensemble_coef), config.bon_acting_q,
-                config.bon_mode_margin, config.bon_agree,
+                config.bon_mode_margin,
             )  # fmt: skip
         elif spec.extra["stage"] == "rl" and config.actor == "distill":
             actor = OneStepActor(net.feat_dim, config.horizon, spec.action_dim, config.head_hidden)

@@ -254,11 +254,6 @@ class CORFTConfig:
     # per cell, co_rft_pick_place_images_margin_s{0,2}.json) they scored 77 / 68 and 87 / 70 against the
     # argmax's 82 / 63 (IL 88 / 73). Hence 0: no one margin serves both.
     bon_mode_margin: float = 0.0
-    # Best-of-N, acting and target alike: leave the flow's mode only for a proposal that every critic values
-    # at least as high as the mode, the best of those by ``bon_acting_q`` (the target: by the minimum). A
-    # guard like the margin, scaled by the critics' own disagreement instead of a fixed number of steps:
-    # where the twins extrapolate (unseen positions) they disagree on the sign of a proposal's gain more.
-    bon_agree: bool = False
     # Best-of-N: bootstrap from the value the latest ranking gave each history's chosen chunk, min_c Q_targ,
     # held until the next ranking (DQN's hard target period, here bon_refresh updates, on top of the Polyak
     # copies), instead of scoring the chosen chunks of the B x h bootstrap prefixes under the target critics

@@ -407,14 +407,10 @@ def candidate_scales(n: int, noise: Sequence[float]) -> torch.Tensor:
     return torch.tensor([0.0, *itertools.islice(itertools.cycle(noise), n - 1)])
 
 
-def prefer_mode(q: torch.Tensor, margin: float, q_each: torch.Tensor | None = None) -> torch.Tensor:
+def prefer_mode(q: torch.Tensor, margin: float) -> torch.Tensor:
     """(B, N) values of proposals whose first is the flow's mode -> (B,) index of the chosen one: the argmax,
     unless its value exceeds the mode's by ``margin`` or less, then the mode (index 0). margin = 0 is the
-    plain argmax (ties go to the mode, argmax's first index). With ``q_each``, every critic's own (C, B, N)
-    values, the argmax runs over the proposals that every critic values at least as high as the mode only
-    (the critics agree that leaving the mode gains)."""
-    if q_each is not None:
-        q = q.masked_fill(~(q_each >= q_each[..., :1]).all(0), -torch.inf)
+    plain argmax (ties go to the mode, argmax's first index)."""
     best = q.argmax(1)
     gain = q.gather(1, best[:, None])[:, 0] - q[:, 0]
     return torch.where(gain > margin, best, torch.zeros_like(best))
@@ -426,8 +422,7 @@ class BestOfN:
     first k actions (for a policy that executes k and then chooses again). ``aggregate`` combines the
     critics: "mean" (QC's q_agg) or "min" (pessimistic, as the TD target: it ranks down the proposals the
     critics disagree on). With ``mode_margin`` > 0 the mode is kept unless the best beats it by more than
-    that, and with ``agree`` it is left only for a proposal every critic values above it
-    (:func:`prefer_mode`)."""
+    that (:func:`prefer_mode`)."""
 
     def __init__(
         self,
@@ -438,9 +433,8 @@ class BestOfN:
         score_steps: int | None = None,
         aggregate: Literal["mean", "min"] = "mean",
         mode_margin: float = 0.0,
-        agree: bool = False,
     ) -> None:
-        self.net, self.critics, self.n, self.noise, self.agree = net, critics, n, tuple(noise), agree
+        self.net, self.critics, self.n, self.noise = net, critics, n, tuple(noise)
         if aggregate not in ("mean", "min"):
             raise ValueError(f"aggregate={aggregate!r} must be 'mean' or 'min'")
         if not mode_margin >= 0:
@@ -462,22 +456,24 @@ class BestOfN:
         )
         return chunks.view(len(feat), self.n, cfg.horizon, a)
 
-    def score_each(self, feat: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        """(B, d) features, (B, N, h, A) candidates -> (C, B, N) every critic's Q^(h), or Q^(score_steps)."""
+    def score(self, feat: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """(B, d) features, (B, N, h, A) candidates -> (B, N) Q^(h), or Q^(score_steps), over the critics
+        by ``aggregate``."""
         if self.score_steps is None:
-            return torch.stack([c.q_chunk(feat, candidates) for c in self.critics])
-        length = torch.full(candidates.shape[:2], self.score_steps, device=feat.device)
-        return torch.stack([c.q_prefix(feat, candidates, length) for c in self.critics])
+            q = torch.stack([c.q_chunk(feat, candidates) for c in self.critics])
+        else:
+            length = torch.full(candidates.shape[:2], self.score_steps, device=feat.device)
+            q = torch.stack([c.q_prefix(feat, candidates, length) for c in self.critics])
+        return q.mean(0) if self.aggregate == "mean" else q.min(0).values
 
     def choose(
         self, feat: torch.Tensor, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, d) features -> the (B, h, A) chosen chunks, their (B,) proposal indices and the (B, N)
-        scores of every proposal (the critics combined by ``aggregate``)."""
+        scores of every proposal."""
         candidates = self.propose(feat, generator)
-        q_each = self.score_each(feat, candidates)
-        q = q_each.mean(0) if self.aggregate == "mean" else q_each.min(0).values
-        chosen = prefer_mode(q, self.mode_margin, q_each if self.agree else None)
+        q = self.score(feat, candidates)
+        chosen = prefer_mode(q, self.mode_margin)
         return candidates[torch.arange(len(feat)), chosen], chosen, q
 
     def __call__(self, feat: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

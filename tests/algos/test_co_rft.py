@@ -932,7 +932,6 @@ def test_image_language_policy_trains(tmp_path):
         {"critic": "transformer", "n_action_steps": 2, "flow_noise": 0.5},
         {"n_action_steps": 2, "cql_executed": True},
         {"bon_refresh": 5, "bon_mode_margin": 0.05},
-        {"bon_refresh": 5, "bon_agree": True},
     ],
     ids=[
         "best-of-n",
@@ -943,7 +942,6 @@ def test_image_language_policy_trains(tmp_path):
         "transformer-critic",
         "conservative-executed",
         "best-of-n-mode-margin",
-        "best-of-n-agree",
     ],
 )
 def test_resume_equals_uninterrupted(tmp_path, variant):
@@ -1162,65 +1160,19 @@ def test_best_of_n_mode_margin_acts_and_bootstraps_on_the_mode(tmp_path):
         torch.testing.assert_close(algo._choice_value, value)
 
 
-def test_prefer_mode_with_agreement_leaves_the_mode_only_for_a_proposal_every_critic_prefers():
-    q_each = torch.tensor(
-        [
-            [[1.0, 2.0, 4.0], [1.0, 2.0, 0.5]],  # critic 0: gains +1, +3 (row 0); +1, -0.5 (row 1)
-            [[1.0, 1.5, 0.5], [1.0, 0.0, 2.0]],  # critic 1: gains +0.5, -0.5; -1, +1
-        ]
-    )
-    q = q_each.mean(0)  # [[1, 1.75, 2.25], [1, 1, 1.25]]
-    assert prefer_mode(q, 0.0).tolist() == [2, 2]
-    assert prefer_mode(q, 0.0, q_each).tolist() == [1, 0]  # row 0: only 1 gains under both; row 1: none
-    assert prefer_mode(q, 1.0, q_each).tolist() == [0, 0]  # 1.75 - 1 is not more than 1
-
-
-def test_best_of_n_agree_acts_and_bootstraps_on_proposals_both_critics_prefer(tmp_path):
-    """bon_agree: critics that disagree on every direction leave the flow's mode executed; after training,
-    every chosen target chunk is valued at least as high as the mode by each target critic."""
-    store = hand_store(tmp_path)
-    cfg = CORFTConfig(state_keys=("observation.state",), horizon=3, gripper=False, **TINY)
-    net = CORFT.from_store(cfg, store).policy_net.eval()
-    feat = torch.randn(4, net.feat_dim)
-    opposed = torch.nn.ModuleList([CentredCritic(0.3), CentredCritic(0.3, sign=-1.0)])
-    with torch.no_grad():
-        agreed = BestOfN(net, opposed, 8, (0.5, 1.0), agree=True)(feat, torch.Generator().manual_seed(3))
-        torch.testing.assert_close(agreed, net.sample(feat))
-        same = torch.nn.ModuleList([CentredCritic(0.3), CentredCritic(0.3)])
-        free = BestOfN(net, same, 8, (0.5, 1.0))(feat, torch.Generator().manual_seed(3))
-        both = BestOfN(net, same, 8, (0.5, 1.0), agree=True)(feat, torch.Generator().manual_seed(3))
-        torch.testing.assert_close(both, free)  # critics that agree everywhere: the plain argmax
-    assert not torch.equal(free, agreed)
-
-    store = chain_store(tmp_path / "chain")
-    base = {"state_keys": ("observation.state",), "horizon": 2, "gripper": False, **TINY}
-    algo = CORFT.from_store(CORFTConfig(**base, bon_agree=True), store)
-    algo.start_rl()
-    sampler = algo.rl_sampler(store)
-    for _ in range(20):
-        algo.update(to_torch(sampler.sample(16), "cpu"))
-    algo._best_of_n_targets(sampler.token, rank=True)
-    table = algo._history_features(sampler.token)
-    with torch.no_grad():
-        q_each = torch.stack([c.q_chunk(table, algo._candidates) for c in algo.target_critics])
-    chosen = q_each.gather(2, algo._choice.expand(len(q_each), -1)[..., None])[..., 0]
-    assert bool((chosen >= q_each[..., 0]).all())
-    assert bool((algo._choice != 0).any())  # not merely the mode everywhere
-
-
 class CentredCritic(torch.nn.Module):
-    """Q(o, A) = -sign ||A - centre||^2."""
+    """Q(o, A) = -||A - centre||^2."""
 
-    def __init__(self, centre: float, sign: float = 1.0) -> None:
+    def __init__(self, centre: float) -> None:
         super().__init__()
-        self.centre, self.sign = centre, sign
+        self.centre = centre
 
     def q_chunk(self, feat: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
-        return -self.sign * ((chunk - self.centre) ** 2).sum((-2, -1))
+        return -((chunk - self.centre) ** 2).sum((-2, -1))
 
     def q_prefix(self, feat: torch.Tensor, chunk: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
         kept = torch.arange(chunk.shape[-2]) < length[..., None]  # (B, [N,] h)
-        return -self.sign * (((chunk - self.centre) ** 2).sum(-1) * kept).sum(-1)
+        return -(((chunk - self.centre) ** 2).sum(-1) * kept).sum(-1)
 
 
 @pytest.mark.parametrize("score_steps", [None, 2])
