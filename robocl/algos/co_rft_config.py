@@ -250,9 +250,10 @@ class CORFTConfig:
     # noisy proposal over the mode by a small, spurious margin. On the benchmark's 60 demos
     # (co_rft_<task>_margin_pilot.json, f8ffc9f, 5 seeds, 250 episodes per cell) margins 0.5 / 1.5 left
     # pick-place at 245 / 230 and 244 / 235 (seen / unseen; the argmax 247 / 231) and cost push 186 / 191
-    # and 165 / 166 (the argmax 229 / 208, IL 227 / 203); on the image policy (seeds 0 and 2, 100 episodes
-    # per cell, co_rft_pick_place_images_margin_s{0,2}.json) they scored 77 / 68 and 87 / 70 against the
-    # argmax's 82 / 63 (IL 88 / 73). Hence 0: no one margin serves both.
+    # and 165 / 166 (the argmax 229 / 208, IL 227 / 203). On the image policy (imitation seeds 0-4, 250
+    # episodes per cell, co_rft_pick_place_images_stage2_s{1,3,4}.json and the seed-0 and seed-2 margin
+    # JSONs) 1.5 scored 228 / 181 against the argmax's 214 / 166 and IL's 222 / 169 (0.5: 77 / 68 of 100
+    # at seeds 0 and 2, the argmax 82 / 63). Hence 0: no one margin serves both policies.
     bon_mode_margin: float = 0.0
     # Best-of-N: bootstrap from the value the latest ranking gave each history's chosen chunk, min_c Q_targ,
     # held until the next ranking (DQN's hard target period, here bon_refresh updates, on top of the Polyak
