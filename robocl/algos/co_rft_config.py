@@ -245,16 +245,19 @@ class CORFTConfig:
     bon_acting_q: Literal["mean", "min"] = "min"
     # Best-of-N, acting and target alike: keep the flow's mode (the x_0 = 0 proposal) unless the best
     # proposal's value beats it by more than this; with reward -1 per step that is roughly the control
-    # steps the switch is predicted to save. 0 is QC's plain argmax. A guard against a critic that
-    # extrapolates where the demonstrations are thin (unseen object positions): there it may rank a
-    # noisy proposal over the mode by a small, spurious margin. On the benchmark's 60 demos
-    # (co_rft_<task>_margin_pilot.json, f8ffc9f, 5 seeds, 250 episodes per cell) margins 0.5 / 1.5 left
-    # pick-place at 245 / 230 and 244 / 235 (seen / unseen; the argmax 247 / 231) and cost push 186 / 191
-    # and 165 / 166 (the argmax 229 / 208, IL 227 / 203). On the image policy (imitation seeds 0-4, 250
-    # episodes per cell, co_rft_pick_place_images_stage2_s{1,3,4}.json and the seed-0 and seed-2 margin
-    # JSONs) 1.5 scored 228 / 181 against the argmax's 214 / 166 and IL's 222 / 169 (0.5: 77 / 68 of 100
-    # at seeds 0 and 2, the argmax 82 / 63). Hence 0: no one margin serves both policies.
-    bon_mode_margin: float = 0.0
+    # steps the switch is predicted to save. 0 is QC's plain argmax. A guard against a critic that ranks
+    # proposals from estimated inputs: where the head reads the positions a camera estimates, it may rank a
+    # noisy proposal over the mode by a small, spurious margin. None (the default) = 1.5 where the head
+    # reads estimated positions (head_input="positions": a detector on the cameras), 0 (QC) otherwise. The
+    # benchmark (250 episodes per cell at 5 seeds, 100 at 2; seen / unseen successes):
+    # - state, 60 demos (co_rft_<task>_margin_pilot.json, f8ffc9f): 1.5 left pick-place at 244 / 235 (the
+    #   argmax 247 / 231) and cost push 64 seen (165 / 166; the argmax 229 / 208, IL 227 / 203);
+    # - image pick-place, imitation seeds 0-4 (co_rft_pick_place_images_stage2_s{1,3,4}.json and the
+    #   seed-0 and seed-2 margin JSONs): 1.5 228 / 181, the argmax 214 / 166, IL 222 / 169;
+    # - image push, seeds 0-1 (co_rft_push_images_stage2_s{0,1}.json, ae09ce0): 1.5 88 / 72, the argmax
+    #   89 / 71, IL 90 / 68.
+    # So the margin follows how exactly the policy knows where things are, not the task.
+    bon_mode_margin: float | None = None
     # Best-of-N: bootstrap from the value the latest ranking gave each history's chosen chunk, min_c Q_targ,
     # held until the next ranking (DQN's hard target period, here bon_refresh updates, on top of the Polyak
     # copies), instead of scoring the chosen chunks of the B x h bootstrap prefixes under the target critics
@@ -385,6 +388,8 @@ class CORFTConfig:
         if self.head_input is None:
             detector_at_head = self.detect_entity is not None and self.state_path != "trunk"
             self.head_input = "positions" if detector_at_head else "trunk"
+        if self.bon_mode_margin is None:
+            self.bon_mode_margin = 1.5 if self.head_input == "positions" else 0.0
         if self.head_input == "positions" and (not self.aux_state_keys or self.state_path == "trunk"):
             raise ValueError(
                 f"head_input='positions' reads the positions the trunk estimates of aux_state_keys="

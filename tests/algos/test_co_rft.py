@@ -779,6 +779,15 @@ def test_the_head_reads_the_positions_by_default_when_a_detector_locates_the_obj
     assert chosen.head_input == "trunk"
 
 
+def test_best_of_n_keeps_the_mode_by_default_only_where_the_head_reads_estimated_positions():
+    cams, aux = ("observation.images.front",), ("observation.object",)
+    assert CORFTConfig(image_keys=cams, aux_state_keys=aux, detect_entity="object").bon_mode_margin == 1.5
+    assert CORFTConfig(image_keys=cams, aux_state_keys=aux).bon_mode_margin == 0.0  # the trunk's feature
+    assert CORFTConfig(state_keys=("observation.state",)).bon_mode_margin == 0.0  # exact state: QC's argmax
+    chosen = CORFTConfig(image_keys=cams, aux_state_keys=aux, detect_entity="object", bon_mode_margin=0.0)
+    assert chosen.bon_mode_margin == 0.0
+
+
 def test_the_detector_needs_a_calibrated_camera_the_entity_and_the_tool(tmp_path):
     cams, aux = ("observation.images.front",), ("observation.object",)
     with pytest.raises(ValueError, match=r"detect_entity='object' .* name the feature that holds it"):
