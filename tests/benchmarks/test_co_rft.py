@@ -358,6 +358,7 @@ def test_cameras_choose_what_the_image_policy_reads() -> None:
         ("--images --object-offset 2", "--object-offset moves the object state the state policy reads"),
         ("--object-offset 2,0", "--object-offset (2.0, 0.0): sigmas must be > 0 cm"),
         ("--image-size 128", "--image-size: the state-only policy reads no camera; add --images"),
+        ("--threads 0", "--threads 0: must be >= 1"),
     ],
 )
 def test_the_parser_names_what_it_cannot_take(
@@ -447,3 +448,25 @@ def test_a_policy_without_chunks_has_no_chunk_latency_and_the_json_stays_valid()
     assert latency == {"iql": None}
     assert json.loads(json.dumps(latency, allow_nan=False)) == latency
     assert benchmarks.common.markdown_table(["policy", "ms"], [["iql", None]]).endswith("| iql |  |")
+
+
+def test_latency_is_timed_on_one_thread_and_the_run_keeps_its_threads() -> None:
+    """--threads speeds up training; the latency floor is per chunk on one thread, so it is timed so."""
+
+    class Policy:
+        obs_keys, threads_seen = ("observation.state",), []
+        net = SimpleNamespace(config=SimpleNamespace(n_obs=2))
+
+        def predict_chunk(self, obs: dict) -> None:
+            assert obs["observation.state"].shape == (1, 2, 3)
+            self.threads_seen.append(torch.get_num_threads())
+
+    store = SimpleNamespace(steps=lambda key: np.zeros((5, 3), np.float32))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        policy = Policy()
+        assert _latency(policy, store, repeats=3) >= 0
+        assert policy.threads_seen == [1, 1, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
