@@ -102,14 +102,14 @@ EXECUTIONS: dict[str, dict[str, Any]] = {
     **{f"il sigma {sigma:g}": {"flow_noise": sigma} for sigma in (0.0, 0.25, 0.5, 1.0)},
 }
 NETWORK_FIELDS = set(VLAConfig.__annotations__)
-OBJECT_POSITION = tuple(f"object.{axis}" for axis in "xyz")  # the columns --object-offset moves
 
 
-class ObjectOffset:
-    """``policy`` seeing the object where it is not: every episode (each ``reset``) draws one offset per
-    axis ~ N(0, ``sigma``^2) (m) and adds it to the columns of ``observation.object`` named in
-    ``OBJECT_POSITION`` (``columns``), as a camera that localises the object only so well would. It asks
-    how precisely an image policy must know where the object is (``--object-offset``)."""
+class PositionOffset:
+    """``policy`` seeing a thing where it is not: every episode (each ``reset``) draws one offset per
+    axis ~ N(0, ``sigma``^2) (m) and adds it to the ``columns`` of ``observation.object`` that hold the
+    thing's position, as a camera that localises it only so well would. It asks how precisely an image
+    policy must know where the object (or the plate, the goal: ``--offset-entity``) is
+    (``--object-offset``)."""
 
     def __init__(self, policy: Any, sigma: float, columns: list[int], seed: int) -> None:
         self.policy, self.sigma, self.columns = policy, sigma, columns
@@ -127,17 +127,21 @@ class ObjectOffset:
         return self.policy.predict({**obs, "observation.object": state})
 
 
-def _object_columns(store: TrajectoryStore) -> list[int]:
-    """The columns of ``observation.object`` that ``OBJECT_POSITION`` names, in that order."""
+def _position_columns(store: TrajectoryStore, entity: str) -> list[int]:
+    """The columns of ``observation.object`` named ``<entity>.x``, ``.y`` (and ``.z`` where the store has
+    it: push's goal is a point on the table), in that order."""
     feature = store.features.get("observation.object")
     names = list(feature.names or ()) if feature is not None else []
-    if not set(OBJECT_POSITION) <= set(names):
-        raise ValueError(f"--object-offset: the store's observation.object names no {OBJECT_POSITION}")
-    return [names.index(n) for n in OBJECT_POSITION]
+    wanted = [f"{entity}.{axis}" for axis in "xyz" if f"{entity}.{axis}" in names]
+    if len(wanted) < 2:
+        raise ValueError(
+            f"--offset-entity {entity!r}: the store's observation.object names no {entity}.x and {entity}.y"
+        )
+    return [names.index(n) for n in wanted]
 
 
-def _offset_label(method: str, cm: float) -> str:
-    return f"{method} object +-{cm:g} cm" if cm else method
+def _offset_label(method: str, cm: float, entity: str = "object") -> str:
+    return f"{method} {entity} +-{cm:g} cm" if cm else method
 
 
 def _overrides(text: str, option: str) -> dict[str, Any]:
@@ -569,8 +573,15 @@ def main() -> None:
     parser.add_argument(
         "--object-offset",
         default="",
-        help="also evaluate every state policy with the object's position off by N(0, sigma^2) per axis, "
+        help="also evaluate every state policy with the object's position (--offset-entity's) off by "
+        "N(0, sigma^2) per axis, "
         "one draw per episode: comma-separated sigmas in cm, e.g. '1,2,3' (one row each)",
+    )
+    parser.add_argument(
+        "--offset-entity",
+        default="object",
+        help="what --object-offset moves: the position in observation.object named '<entity>.x', '.y' "
+        "(.z); 'plate' (pick-place's target plate), 'block' or 'goal' (push)",
     )
     parser.add_argument("--only", default="", help="comma-separated methods to run; default: all")
     parser.add_argument("--name", default="", help="result file name (default co_rft_<task>[_images])")
@@ -689,14 +700,15 @@ def main() -> None:
                     "diverged": {},
                     "il_loaded_from": {},
                 }
-                columns = _object_columns(store) if args.object_offset else []  # checked before training
+                # Checked before training.
+                columns = _position_columns(store, args.offset_entity) if args.object_offset else []
                 policies = _policies(store, task, seed, args, language, record)
                 for (method, policy), cm in itertools.product(policies.items(), (0.0, *args.object_offset)):
                     if not cm:
                         latency.setdefault(method, _latency(policy, store))
                     else:  # seeded by (seed, offset): every method at one offset sees the same draws
-                        policy = ObjectOffset(policy, cm / 100, columns, seed=1_000 * seed + int(10 * cm))
-                    method = _offset_label(method, cm)
+                        policy = PositionOffset(policy, cm / 100, columns, seed=1_000 * seed + int(10 * cm))
+                    method = _offset_label(method, cm, args.offset_entity)
                     for positions in ("seen", "unseen"):
                         res = evaluate(
                             policy,
@@ -880,7 +892,9 @@ def _report(
     determinism: dict[str, Any] | None,
 ) -> str:
     """Write the JSON for the cells so far; returns the printed tables."""
-    methods = [_offset_label(m, cm) for m in args.methods for cm in (0.0, *args.object_offset)]
+    methods = [
+        _offset_label(m, cm, args.offset_entity) for m in args.methods for cm in (0.0, *args.object_offset)
+    ]
     rows, summary = _summary(list(demo_stats), methods, cells)
     # The first stage-2 update of each run also encodes every history once (the frozen-trunk feature table,
     # best-of-N's candidates): it is reported apart.
@@ -918,6 +932,7 @@ def _report(
             "variants": {name: args.variants[name] for name in args.methods if name in args.variants},
             "config_overrides": args.set,
             "object_offset_cm": list(args.object_offset),
+            "offset_entity": args.offset_entity,
         },
         "ms_per_update_median": ms,
         "ms_per_update_mean": mean_ms,

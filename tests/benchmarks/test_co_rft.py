@@ -20,10 +20,11 @@ import benchmarks.co_rft
 import benchmarks.common
 from benchmarks.co_rft import (
     TASKS,
-    ObjectOffset,
+    PositionOffset,
     _cell_config,
     _fingerprint,
     _latency,
+    _position_columns,
     _readout_errors,
     _settings,
     _train,
@@ -387,7 +388,7 @@ class _Recorder:
 
 def test_object_offset_moves_the_named_columns_by_one_draw_per_episode() -> None:
     inner, state = _Recorder(), np.arange(4 * 6, dtype=np.float32).reshape(4, 6)
-    wrapped = ObjectOffset(inner, sigma=0.02, columns=[3, 1, 4], seed=7)
+    wrapped = PositionOffset(inner, sigma=0.02, columns=[3, 1, 4], seed=7)
     draws = np.random.default_rng(7).normal(0.0, 0.02, (2, 3))
     for episode in range(2):
         wrapped.reset()
@@ -414,6 +415,29 @@ def test_object_offset_adds_a_row_per_sigma(tmp_path: Path, monkeypatch: pytest.
     ]
     assert result["budget"]["object_offset_cm"] == [3.0]
     assert set(result["ms_per_chunk_inference"]) == {"il"}
+
+
+def test_offset_entity_moves_the_named_thing_and_names_one_the_store_lacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--offset-entity plate: the rows say what was moved; the columns are the plate's, in x, y, z order."""
+    monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path)
+    argv = "--demos 2 --seeds 0 --il-updates 4 --episodes 1 --only il --object-offset 3 --offset-entity plate"
+    monkeypatch.setattr(
+        sys, "argv", ["co_rft", *argv.split(), "--name", "plate", "--set", "n_obs=1;flow_steps=3"]
+    )
+    main()
+    result = json.loads((tmp_path / "plate.json").read_text())
+    assert [s["method"] for s in result["summary"]] == ["il", "il", "il plate +-3 cm", "il plate +-3 cm"]
+    assert result["budget"]["offset_entity"] == "plate"
+    names = ["object.x", "object.y", "object.z", "plate.x", "plate.y", "plate.z", "goal.x", "goal.y"]
+    store = SimpleNamespace(features={"observation.object": SimpleNamespace(names=names)})
+    assert _position_columns(store, "plate") == [3, 4, 5]
+    assert _position_columns(store, "goal") == [6, 7]  # a point on the table: no height
+    with pytest.raises(
+        ValueError, match=re.escape("--offset-entity 'door': the store's observation.object names no door.x")
+    ):
+        _position_columns(store, "door")
 
 
 def test_counting_flops_leaves_the_updates_unchanged() -> None:
