@@ -573,9 +573,9 @@ def main() -> None:
     parser.add_argument(
         "--object-offset",
         default="",
-        help="also evaluate every state policy with the object's position (--offset-entity's) off by "
-        "N(0, sigma^2) per axis, "
-        "one draw per episode: comma-separated sigmas in cm, e.g. '1,2,3' (one row each)",
+        help="also evaluate every state policy with a position (the object's, or --offset-entity's) off "
+        "by N(0, sigma^2) per axis, one draw per episode: comma-separated sigmas in cm, e.g. '1,2,3' (one "
+        "row each)",
     )
     parser.add_argument(
         "--offset-entity",
@@ -631,6 +631,8 @@ def main() -> None:
         parser.error(
             "--object-offset moves the object state the state policy reads; the image policy has none"
         )
+    if args.offset_entity != "object" and not args.object_offset:
+        parser.error(f"--offset-entity {args.offset_entity}: moves nothing without --object-offset")
     if any(cm <= 0 for cm in args.object_offset):
         parser.error(f"--object-offset {args.object_offset}: sigmas must be > 0 cm (0 is the plain row)")
     args.seeds = [int(x) for x in args.seeds.split(",")]

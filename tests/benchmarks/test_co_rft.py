@@ -360,6 +360,7 @@ def test_cameras_choose_what_the_image_policy_reads() -> None:
         ("--object-offset 2,0", "--object-offset (2.0, 0.0): sigmas must be > 0 cm"),
         ("--image-size 128", "--image-size: the state-only policy reads no camera; add --images"),
         ("--threads 0", "--threads 0: must be >= 1"),
+        ("--offset-entity plate", "--offset-entity plate: moves nothing without --object-offset"),
     ],
 )
 def test_the_parser_names_what_it_cannot_take(
