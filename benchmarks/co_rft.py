@@ -548,8 +548,8 @@ def main() -> None:
         "--threads",
         type=int,
         default=1,
-        help="torch threads per process (default 1, two jobs sharing 2 cores; one job alone trains an "
-        "image policy 1.7x faster on 2); inference latency is timed on one thread either way",
+        help="torch threads per process (default 1, for two jobs sharing 2 cores; more for a job that has "
+        "the machine to itself); inference latency is timed on one thread either way",
     )
     parser.add_argument(
         "--episodes", type=int, default=10, help="evaluation episodes per seed and position set"
