@@ -140,7 +140,7 @@ def _position_columns(store: TrajectoryStore, entity: str) -> list[int]:
     return [names.index(n) for n in wanted]
 
 
-def _offset_label(method: str, cm: float, entity: str = "object") -> str:
+def _offset_label(method: str, cm: float, entity: str) -> str:
     return f"{method} {entity} +-{cm:g} cm" if cm else method
 
 
