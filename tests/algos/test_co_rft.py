@@ -666,12 +666,17 @@ OVERHEAD = CameraCalibration((20.0, 20.0, 1.5, 1.5), (0.0, 0.0, 1.0), ((0, 1, 0)
 
 
 def calibrated_square_store(
-    tmp_path, calibration: CameraCalibration | None = OVERHEAD, plate: bool = False
+    tmp_path, calibration: CameraCalibration | None = OVERHEAD, plate: bool = False, goal: bool = False
 ) -> TrajectoryStore:
     """``square_store``'s scenes seen by a calibrated overhead camera: the object (x, y, z = 0), with
-    ``plate`` a plate at a random place per episode (not drawn), and the tool (tcp.x, tcp.y, tcp.z, then a
-    joint) named as robocl's tasks name them."""
-    names = ("object.x", "object.y", "object.z", *(("plate.x", "plate.y", "plate.z") if plate else ()))
+    ``plate`` a plate at a random place per episode (not drawn), with ``goal`` a goal named by its x and y
+    only (as the push task's), and the tool (tcp.x, tcp.y, tcp.z, then a joint) named as robocl's tasks
+    name them."""
+    names = (
+        *("object.x", "object.y", "object.z"),
+        *(("plate.x", "plate.y", "plate.z") if plate else ()),
+        *(("goal.x", "goal.y") if goal else ()),
+    )
     feats = {
         "observation.state": Feature("state", "float32", (4,), names=("tcp.x", "tcp.y", "tcp.z", "joint")),
         "observation.object": Feature("state", "float32", (len(names),), names=names),
@@ -682,11 +687,12 @@ def calibrated_square_store(
     store = TrajectoryStore.create(tmp_path / "calibrated.zarr", feats, fps=10)
     rng = np.random.default_rng(0)
     plate_at = (lambda r: (*r.uniform(size=2), 0.0)) if plate else (lambda r: ())
+    goal_at = (lambda r: tuple(r.uniform(size=2))) if goal else (lambda r: ())
     for where, front in square_scenes(rng):
         store.add_episode(
             {
                 "observation.state": rng.normal(size=(6, 4)),
-                "observation.object": np.tile([*where, 0.0, *plate_at(rng)], (6, 1)),
+                "observation.object": np.tile([*where, 0.0, *plate_at(rng), *goal_at(rng)], (6, 1)),
                 "action": rng.uniform(-1, 1, (6, 2)),
                 "observation.images.front": front,
                 "success": np.arange(6) == 5,
@@ -766,6 +772,29 @@ def test_the_head_can_read_only_the_positions_the_camera_estimates(tmp_path):
     assert np.isfinite(algo.update(batch)["loss"])
     with pytest.raises(ValueError, match=r"head_input='positions' .* needs aux_state_keys"):
         CORFTConfig(image_keys=("observation.images.front",), head_input="positions")
+
+
+def test_the_head_reads_an_entity_named_by_x_and_y_only_along_those_axes(tmp_path):
+    """A goal named by goal.x and goal.y (the push task's) is read as the state policy reads it: goal - tool
+    and goal - object along x and y, object - tool along x, y, z (7 offsets, in 10 cm and log-scaled)."""
+    store = calibrated_square_store(tmp_path, goal=True)
+    cfg = CORFTConfig(
+        image_keys=("observation.images.front",), aux_state_keys=("observation.object",),
+        detect_entity="object", horizon=2, vision_channels=(8, 8), **TINY,
+    )  # fmt: skip
+    algo = CORFT.from_store(cfg, store)
+    net = algo.policy_net
+    assert algo.spec.extra["estimated_positions"]["entities"] == {"object": [0, 1, 2], "goal": [3, 4, None]}
+    assert net.feat_dim == 4 + 14 and net.aux_columns.tolist() == [0, 1, 2, 3, 4]  # the readout learns it
+    batch = to_torch(algo.il_sampler(store).sample(8), "cpu")
+    encoding = net.features_and_trunk(batch["obs"], None)
+    tool = batch["obs"]["observation.state"][:, -1, :3].float()
+    found = net.detected_entity(encoding.pixels[:, -1])
+    goal = net.read_positions(encoding.trunk)[:, 3:5]
+    offsets = torch.cat([found - tool, goal - tool[:, :2], goal - found[:, :2]], 1)
+    expected = torch.cat([offsets / 0.1, torch.asinh(offsets / 0.01) / np.arcsinh(LOG_SCALE_REACH / 0.01)], 1)
+    torch.testing.assert_close(encoding.features[:, -14:], expected)
+    assert np.isfinite(algo.update(batch)["loss"])
 
 
 def test_the_head_reads_the_positions_by_default_when_a_detector_locates_the_object():
