@@ -105,9 +105,8 @@ class VLAPolicyNet(nn.Module):
     ``resolution`` (m, absent or 0: off) of the offset's log-scaled copy.
     ``spec.extra["estimated_positions"]`` (absent: off) has the head read, of the cameras, only the positions
     they estimate (see :meth:`estimated_relative`): the ``entities`` (name -> x, y, z columns over the
-    concatenated auxiliary state, None for an axis it has not), the ``detected`` one's from the detector,
-    the others' from the trunk's readout, with the tool's ``tool_columns`` and the log scale's
-    ``resolution``."""
+    concatenated auxiliary state), the ``detected`` one's from the detector, the others' from the trunk's
+    readout, with the tool's ``tool_columns`` and the log scale's ``resolution``."""
 
     def __init__(self, config: VLAConfig, spec: Spec) -> None:
         super().__init__()
@@ -158,19 +157,13 @@ class VLAPolicyNet(nn.Module):
         tool_columns = (detector or estimated or {}).get("tool_columns", [])
         self.register_buffer("tool_columns", torch.tensor(tool_columns, dtype=torch.long), persistent=False)
         self.estimated_resolution = float(estimated["resolution"]) if estimated else 0.0
-        # (E, 3) each estimated entity's x, y, z columns (-1 where it has no such axis: the push goal has
-        # only x and y), and whether the detector gives it (else the readout).
+        # (E, 3) each estimated entity's columns, and whether the detector gives it (else the readout).
         self.estimated_columns: torch.Tensor
         entities = estimated["entities"] if estimated else {}
-        columns = [[-1 if c is None else c for c in axes] for axes in entities.values()]
-        self.register_buffer("estimated_columns", torch.tensor(columns, dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "estimated_columns", torch.tensor(list(entities.values()), dtype=torch.long), persistent=False
+        )
         self.estimated_by_detector = [estimated is not None and e == estimated["detected"] for e in entities]
-        # The axes each pair of [tool, entities...] differs along: those both have, as the state policy's
-        # relative positions pair them (robocl.nets.relative.relative_position_pairs).
-        has_axis = [[True] * 3, *([c >= 0 for c in axes] for axes in columns)]
-        self.estimated_pair_axes = [
-            [i for i in range(3) if a[i] and b[i]] for a, b in itertools.combinations(has_axis, 2)
-        ]
         self.trunk = (
             TokenTrunk(
                 lowdim_dim if self.state_to_trunk else 0,
@@ -201,12 +194,12 @@ class VLAPolicyNet(nn.Module):
         # The features the head (and the critic) read: [trunk output, normalised low-dim history, the
         # detected entity's offset from the tool (and its log-scaled copy)], or with estimated positions
         # [normalised low-dim history, the estimated positions' differences (and their log-scaled copy)].
-        n_offsets = sum(len(axes) for axes in self.estimated_pair_axes)
+        n_pairs = len(entities) * (len(entities) + 1) // 2  # over the tool and the estimated entities
         self.feat_dim = (
             (config.d_model if self.head_reads_trunk else 0)
             + (config.n_obs * lowdim_dim if self.state_to_head else 0)
             + (3 * (2 if self.detect_resolution else 1) if detector and not estimated else 0)
-            + (n_offsets * (2 if self.estimated_resolution else 1) if estimated else 0)
+            + (3 * n_pairs * (2 if self.estimated_resolution else 1) if estimated else 0)
         )
         h, a = config.horizon, spec.action_dim
         self.head: nn.Module = (
@@ -301,21 +294,19 @@ class VLAPolicyNet(nn.Module):
     def estimated_relative(
         self, trunk_out: torch.Tensor, pixels: torch.Tensor | None, obs: Mapping[str, torch.Tensor]
     ) -> torch.Tensor:
-        """(B, P or 2 P) the positions the camera estimates at the last observed frame, read as the state
+        """(B, 3 P or 6 P) the positions the camera estimates at the last observed frame, read as the state
         policy reads positions (:mod:`robocl.nets.relative`): every pair of [tool, entities...], later
-        minus earlier along the axes both have (P offsets in all), in units of DETECTED_UNIT, then
-        log-scaled. Detached: the readout and the detector learn from their labels only, and nothing else
-        of the trunk reaches the head."""
+        minus earlier, in units of DETECTED_UNIT, then log-scaled. Detached: the readout and the detector
+        learn from their labels only, and nothing else of the trunk reaches the head."""
         read = self.read_positions(trunk_out.detach())
         points = [self.tool_position(obs)]
         for columns, detected in zip(self.estimated_columns, self.estimated_by_detector, strict=True):
             if detected:
                 assert pixels is not None, "the detected entity needs the detector's pixels"
                 points.append(self.detected_entity(pixels[:, -1].detach()))
-            else:  # an axis the entity lacks reads column 0, and no pair reads that axis
-                points.append(read[:, columns.clamp(min=0)])
-        pairs = zip(itertools.combinations(points, 2), self.estimated_pair_axes, strict=True)
-        offsets = torch.cat([(b - a)[:, axes] for (a, b), axes in pairs], -1)
+            else:
+                points.append(read[:, columns])
+        offsets = torch.cat([b - a for a, b in itertools.combinations(points, 2)], -1)
         return _as_offsets(offsets, self.estimated_resolution)
 
     def tool_position(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
