@@ -703,6 +703,12 @@ def calibrated_square_store(
     return store
 
 
+def in_head_units(offsets: torch.Tensor) -> torch.Tensor:
+    """Position differences (m) as the head reads them, by hand: in 10 cm, then log-scaled at the relative
+    positions' 1 cm resolution."""
+    return torch.cat([offsets / 0.1, torch.asinh(offsets / 0.01) / np.arcsinh(LOG_SCALE_REACH / 0.01)], 1)
+
+
 def test_the_detector_learns_where_the_object_is_and_the_head_reads_it_from_the_tool(tmp_path):
     """With ``detect_entity`` the front camera's detector learns the square's pixel from the object's
     projected position; the head reads the detected object minus the tool (6 more features), in 10 cm
@@ -731,7 +737,7 @@ def test_the_detector_learns_where_the_object_is_and_the_head_reads_it_from_the_
     assert (found - truth).abs()[:, :2].mean() < 0.05  # within a pixel (5 cm at 20 px per metre)
     tool = batch["obs"]["observation.state"][:, -1, :3]
     offset = found - tool
-    expected = torch.cat([offset / 0.1, torch.asinh(offset / 0.01) / np.arcsinh(LOG_SCALE_REACH / 0.01)], 1)
+    expected = in_head_units(offset)
     torch.testing.assert_close(encoding.features[:, -6:], expected)
     obs = {
         "observation.images.front": np.zeros((2, 24, 24, 3), np.uint8),
@@ -765,7 +771,7 @@ def test_the_head_can_read_only_the_positions_the_camera_estimates(tmp_path):
     tool = batch["obs"]["observation.state"][:, -1, :3].float()
     found = net.detected_entity(encoding.pixels[:, -1])
     offsets = torch.cat([found - tool, read[:, 3:6] - tool, read[:, 3:6] - found], 1)
-    expected = torch.cat([offsets / 0.1, torch.asinh(offsets / 0.01) / np.arcsinh(LOG_SCALE_REACH / 0.01)], 1)
+    expected = in_head_units(offsets)
     torch.testing.assert_close(encoding.features[:, -18:], expected)
     encoding.features.sum().backward()
     assert all(p.grad is None or not p.grad.any() for p in net.trunk.parameters())
@@ -790,7 +796,7 @@ def test_the_head_leaves_out_an_entity_named_by_x_and_y_only(tmp_path):
     encoding = net.features_and_trunk(batch["obs"], None)
     tool = batch["obs"]["observation.state"][:, -1, :3].float()
     offset = net.detected_entity(encoding.pixels[:, -1]) - tool
-    expected = torch.cat([offset / 0.1, torch.asinh(offset / 0.01) / np.arcsinh(LOG_SCALE_REACH / 0.01)], 1)
+    expected = in_head_units(offset)
     torch.testing.assert_close(encoding.features[:, -6:], expected)
 
 
