@@ -94,6 +94,7 @@ from robocl.features import check_training_data, data_world, normalization_stats
 from robocl.nets.critic import PrefixMLPCritic
 from robocl.nets.flow import OneStepActor
 from robocl.nets.language import LanguageEncoder
+from robocl.nets.normalize import CONSTANT_SPREAD
 from robocl.nets.relative import (
     AXES,
     RelativePositions,
@@ -191,7 +192,15 @@ class CORFT:
         # The positions the trunk learns to predict; every column of features that name none.
         aux_names = {k: feats[k].names for k in config.aux_state_keys}
         n_aux = sum(int(np.prod(feats[k].shape)) for k in config.aux_state_keys)
-        aux_columns = position_columns(aux_names) or list(range(n_aux))
+        aux_stats = normalization_stats(store, config.aux_state_keys)[0] if config.aux_state_keys else {}
+        aux_std = [np.asarray(aux_stats[k]["std"]).reshape(-1) for k in config.aux_state_keys]
+        varying = np.concatenate(aux_std) >= CONSTANT_SPREAD if aux_std else np.ones(0, dtype=bool)
+        # A column the demos hold constant (pick-place's plate.z: the plate lies on the table) is known, so
+        # the readout leaves it at its mean: regressed, its error would reach the head in metres, as the
+        # normaliser leaves a constant unscaled (4e5a834 to here: 3-5 cm off, where x and y are 1 cm).
+        aux_columns = [c for c in position_columns(aux_names) or range(n_aux) if varying[c]]
+        if config.aux_state_keys and not aux_columns:
+            raise ValueError(f"aux_state_keys {list(config.aux_state_keys)}: no column varies in the demos")
         spec = PolicySpec(
             obs_shapes={k: tuple(feats[k].shape) for k in (*config.state_keys, *config.image_keys)},
             action_dim=int(np.prod(feats["action"].shape)),
@@ -222,8 +231,7 @@ class CORFT:
             state = np.concatenate([store.steps(k).reshape(store.n_steps, -1) for k in config.state_keys], 1)
             relative = RelativePositions(pairs).numpy(state[steps])
             stats["relative"] = {"mean": relative.mean(0), "std": relative.std(0)}
-        if config.aux_state_keys:
-            stats.update(normalization_stats(store, config.aux_state_keys)[0])
+        stats.update(aux_stats)
         algo.policy_net.normalizer.load_stats(stats)
         if embeddings is not None:
             algo.policy_net.task_embeddings.copy_(embeddings)

@@ -11,6 +11,9 @@ from torch import nn
 
 Mode = Literal["mean_std", "min_max", "identity"]
 
+# A dimension whose spread is below this is a constant: centred, left unscaled (spread 1), not divided by ~0.
+CONSTANT_SPREAD = 1e-6
+
 
 class Normalizer(nn.Module):
     """Per-feature affine normalisation: ``mean_std`` -> zero mean, unit std; ``min_max`` -> [-1, 1].
@@ -39,7 +42,7 @@ class Normalizer(nn.Module):
             else:
                 lo, hi = np.asarray(s["min"]), np.asarray(s["max"])
                 shift, spread = (hi + lo) / 2, (hi - lo) / 2
-            spread = np.where(spread < 1e-6, 1.0, spread)
+            spread = np.where(spread < CONSTANT_SPREAD, 1.0, spread)
             name = _buffer_name(key)
             getattr(self, f"{name}_shift").copy_(torch.as_tensor(shift, dtype=torch.float32))
             getattr(self, f"{name}_scale").copy_(torch.as_tensor(spread, dtype=torch.float32))

@@ -765,6 +765,10 @@ def test_the_head_can_read_only_the_positions_the_camera_estimates(tmp_path):
     batch = to_torch(algo.il_sampler(store).sample(8), "cpu")
     encoding = net.features_and_trunk(batch["obs"], None)
     read = net.read_positions(encoding.trunk)
+    # The object and the plate lie on the table: their z is known, not read (the readout's error there
+    # would reach the head in metres, as a constant is left unscaled).
+    assert net.aux_columns.tolist() == [0, 1, 3, 4]
+    assert (read[:, [2, 5]] == 0).all()
     # The readout, standardised again, is what the auxiliary loss trains.
     standardised = net.normalizer.normalize("observation.object", read)[:, net.aux_columns]
     torch.testing.assert_close(standardised, net.aux_readout(encoding.trunk), rtol=1e-4, atol=1e-4)
@@ -791,7 +795,7 @@ def test_the_head_leaves_out_an_entity_named_by_x_and_y_only(tmp_path):
     algo = CORFT.from_store(cfg, store)
     net = algo.policy_net
     assert algo.spec.extra["estimated_positions"]["entities"] == {"object": [0, 1, 2]}
-    assert net.feat_dim == 4 + 6 and net.aux_columns.tolist() == [0, 1, 2, 3, 4]
+    assert net.feat_dim == 4 + 6 and net.aux_columns.tolist() == [0, 1, 3, 4]  # object.z never varies
     batch = to_torch(algo.il_sampler(store).sample(8), "cpu")
     encoding = net.features_and_trunk(batch["obs"], None)
     tool = batch["obs"]["observation.state"][:, -1, :3].float()
@@ -892,6 +896,18 @@ def test_aux_state_keys_are_checked(tmp_path):
         CORFTConfig(state_keys=aux, image_keys=cams, aux_state_keys=aux)
     with pytest.raises(ValueError, match=r"feature 'observation\.pose' is not in the store"):
         CORFT.from_store(CORFTConfig(image_keys=cams, aux_state_keys=("observation.pose",), **TINY), store)
+    # A feature whose positions never vary leaves the readout nothing to learn.
+    pose = Feature("state", "float32", (2,), names=("object.x", "object.y"))
+    feats = {**camera_features(24), "observation.pose": pose}
+    still = TrajectoryStore.create(tmp_path / "still.zarr", feats, fps=10)
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        steps = {k: rng.uniform(0, 1, (4, *f.shape)).astype(f.dtype) for k, f in feats.items()}
+        steps |= {"observation.pose": np.full((4, 2), 0.5), "success": np.arange(4) == 3}
+        still.add_episode(steps, success=True, terminated=True)
+    message = r"aux_state_keys \['observation.pose'\]: no column varies in the demos"
+    with pytest.raises(ValueError, match=message):
+        CORFT.from_store(CORFTConfig(image_keys=cams, aux_state_keys=("observation.pose",), **TINY), still)
 
 
 @pytest.mark.parametrize("detect", [False, True, "positions"])
