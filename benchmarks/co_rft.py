@@ -298,11 +298,12 @@ def _readout_error(policy: Any, algo: CORFT, store: TrajectoryStore, windows: An
         names[c] if names else str(c): round(100 * float(e), 2)
         for c, e in zip(columns.tolist(), error, strict=True)
     }
-    if encoding.pixels is not None:  # the detector's position, on the plane it is lifted to: x and y
-        found = net.detected_entity(encoding.pixels[:, -1])[:, :2]
-        detected = (found - truth[:, net.entity_columns[:2]]).abs().mean(0)
-        for axis, e in zip("xy", detected, strict=True):
-            errors[f"detected {algo.config.detect_entity}.{axis}"] = round(100 * float(e), 2)
+    if encoding.pixels is not None:  # each detected position, on the plane it is lifted to: x and y
+        found = net.detected_entities(encoding.pixels[:, -1])[..., :2]  # (B, detected, 2)
+        detected = (found - truth[:, net.entity_columns[:, :2]]).abs().mean(0)
+        for name, entity in zip(net.detected_names, detected, strict=True):
+            for axis, e in zip("xy", entity, strict=True):
+                errors[f"detected {name}.{axis}"] = round(100 * float(e), 2)
     return errors
 
 

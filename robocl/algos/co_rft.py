@@ -214,7 +214,7 @@ class CORFT:
                 "dropped_state_columns": dropped,
                 "aux_state_shapes": {k: list(feats[k].shape) for k in config.aux_state_keys},
                 "aux_state_columns": aux_columns,
-                **({"detector": detector_spec(config, store)} if config.detect_entity else {}),
+                **({"detector": detector_spec(config, store, lang_dim > 0)} if config.detect_entity else {}),
                 **(
                     {"estimated_positions": estimated_positions_spec(config, store)}
                     if config.head_input == "positions"
@@ -232,6 +232,9 @@ class CORFT:
             relative = RelativePositions(pairs).numpy(state[steps])
             stats["relative"] = {"mean": relative.mean(0), "std": relative.std(0)}
         stats.update(aux_stats)
+        if algo.policy_net.detector_instructed:  # over the store's instructions, one each
+            assert embeddings is not None
+            stats["instruction"] = {"mean": embeddings.mean(0).numpy(), "std": embeddings.std(0).numpy()}
         algo.policy_net.normalizer.load_stats(stats)
         if embeddings is not None:
             algo.policy_net.task_embeddings.copy_(embeddings)
@@ -821,33 +824,38 @@ def _policy(
     )
 
 
-def detector_spec(config: CORFTConfig, store: TrajectoryStore) -> dict[str, Any]:
+def detector_spec(config: CORFTConfig, store: TrajectoryStore, instructed: bool) -> dict[str, Any]:
     """What ``VLAPolicyNet`` needs to locate ``config.detect_entity`` (see its ``spec.extra["detector"]``),
-    from the store; raises naming what is missing."""
-    entity = config.detect_entity
+    from the store, ``instructed``: conditioned on the instruction; raises naming what is missing."""
+    names = config.detect_entity
+    assert names is not None
+    what = f"detect_entity={list(names)}"
     cameras = [k for k in config.image_keys if store.features[k].camera is not None]
     if not cameras:
         raise ValueError(
-            f"detect_entity={entity!r} needs a calibrated camera among image_keys={config.image_keys}: "
+            f"{what} needs a calibrated camera among image_keys={config.image_keys}: "
             "record one with Feature(camera=CameraCalibration(...)) (robocl's tasks record the front one)"
         )
     aux = entity_positions({k: store.features[k].names for k in config.aux_state_keys})
-    if set(aux.get(entity, {})) != set(AXES):
-        raise ValueError(
-            f"detect_entity={entity!r}: aux_state_keys={config.aux_state_keys} name no {entity}.x/y/z "
-            f"(entities with a position there: {sorted(aux)})"
-        )
-    entity_columns = [aux[entity][axis] for axis in AXES]
-    # Lifted to the height the entity rests at when an episode starts: where the policy decides where to
-    # reach (after the grasp the lifted position is off by the lift, and the tool's own is what matters).
     aux_state = np.concatenate([store.steps(k).reshape(store.n_steps, -1) for k in config.aux_state_keys], 1)
-    height = float(np.median(aux_state[store.episodes["start"], entity_columns[2]]))
+    entities = {}
+    for entity in names:
+        if set(aux.get(entity, {})) != set(AXES):
+            raise ValueError(
+                f"{what}: aux_state_keys={config.aux_state_keys} name no {entity}.x/y/z "
+                f"(entities with a position there: {sorted(aux)})"
+            )
+        columns = [aux[entity][axis] for axis in AXES]
+        # Lifted to the height the entity rests at when an episode starts: where the policy decides where
+        # to reach (after the grasp the lifted position is off by the lift, and the tool's own matters).
+        height = float(np.median(aux_state[store.episodes["start"], columns[2]]))
+        entities[entity] = {"columns": columns, "height": height}
     return {
         "camera": cameras[0],
         "calibration": store.features[cameras[0]].camera.to_dict(),
-        "height": height,
-        "entity_columns": entity_columns,
-        "tool_columns": tool_columns(config, store, f"detect_entity={entity!r}"),
+        "entities": entities,
+        "instructed": instructed,
+        "tool_columns": tool_columns(config, store, what),
         "resolution": config.relative_resolution,
     }
 
@@ -867,7 +875,6 @@ def estimated_positions_spec(config: CORFTConfig, store: TrajectoryStore) -> dic
         )
     return {
         "entities": entities,
-        "detected": config.detect_entity,
         "tool_columns": tool_columns(config, store, "head_input='positions'"),
         "resolution": config.relative_resolution,
     }

@@ -112,8 +112,13 @@ class CORFTConfig:
     # demos (front camera, aux_state_keys=("observation.object",), 5,000 of 15,000 updates, seeds 0-2,
     # benchmarks/co_rft_log.md): 31, 31, 40 of 50 seen and 13, 3, 10 of 50 unseen, against 25 and 29 seen,
     # 6 and 2 unseen without (seeds 0, 1). Off by default: it needs a calibrated camera and the entity's
-    # position in training.
-    detect_entity: str | None = None  # what the camera's detector locates, e.g. "object"; None = off
+    # position in training. Several entities (("object", "plate")) get a detector channel each; with an
+    # instruction every channel is conditioned on it (robocl.nets.vision), which tells the named plate from
+    # the distractor: the trunk's readout put the plate 3-5 cm off in y where x was 1 cm off, the other
+    # plate's side in some windows.
+    detect_entity: tuple[str, ...] | None = (
+        None  # what the camera's detector locates, e.g. object; None = off
+    )
     detector_weight: float = 0.1  # weight of the detector's smooth-L1 pixel loss (pixels) against imitation
     # What of the cameras the action head (and the critic) reads: "trunk" = the trunk's fused feature (pi0's
     # action expert reading the VLM's), "positions" = only the positions the camera estimates, detached (the
@@ -364,6 +369,12 @@ class CORFTConfig:
             self.state_keys = tuple(self.state_keys)
         self.critic_hidden, self.head_hidden = tuple(self.critic_hidden), tuple(self.head_hidden)
         self.vision_channels, self.candidate_noise = tuple(self.vision_channels), tuple(self.candidate_noise)
+        if isinstance(self.detect_entity, str):  # one entity, as configs and checkpoints named it before
+            self.detect_entity = (self.detect_entity,)
+        elif self.detect_entity is not None:
+            self.detect_entity = tuple(self.detect_entity)
+            if not self.detect_entity or len(set(self.detect_entity)) < len(self.detect_entity):
+                raise ValueError(f"detect_entity={self.detect_entity}: name each entity once, at least one")
         if self.state_keys == () and not self.image_keys:
             raise ValueError("CO-RFT needs state_keys or image_keys")
         if self.aux_state_keys and not self.image_keys:
@@ -382,8 +393,8 @@ class CORFTConfig:
             )
         if self.detect_entity is not None and not self.aux_state_keys:
             raise ValueError(
-                f"detect_entity={self.detect_entity!r} learns where the entity is from its position: name "
-                "the feature that holds it in aux_state_keys (e.g. observation.object)"
+                f"detect_entity={list(self.detect_entity)} learns where the entity is from its position: "
+                "name the feature that holds it in aux_state_keys (e.g. observation.object)"
             )
         if self.head_input is None:
             detector_at_head = self.detect_entity is not None and self.state_path != "trunk"

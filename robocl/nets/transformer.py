@@ -67,7 +67,9 @@ class TokenTrunk(nn.Module):
 
     Inputs: ``lowdim`` (B, n_obs, D); ``images[key]`` uint8 (B, n_obs, H, W, 3) for every camera key;
     ``lang`` (B, lang_dim) or None when built with ``lang_dim=0``. The encoder of ``detector_camera``
-    (None: no camera) also locates one thing in its frames (:class:`~robocl.nets.vision.ConvEncoder`).
+    (None: no camera) also locates ``detected`` things in its frames
+    (:class:`~robocl.nets.vision.ConvEncoder`), conditioned on ``detector_instruction`` (B, instruction_dim)
+    when built with ``instruction_dim``.
     """
 
     def __init__(
@@ -84,6 +86,8 @@ class TokenTrunk(nn.Module):
         aug_shift: int,
         dropout: float = 0.0,
         detector_camera: str | None = None,
+        detected: int = 1,
+        instruction_dim: int = 0,
     ) -> None:
         super().__init__()
         self.camera_keys = list(camera_keys)
@@ -96,13 +100,15 @@ class TokenTrunk(nn.Module):
             if lowdim_dim
             else None
         )
+
         # ModuleDict keys cannot contain dots, and store feature names do.
-        self.cameras = nn.ModuleDict(
-            {
-                k.replace(".", "__"): ConvEncoder(d_model, vision_channels, aug_shift, k == detector_camera)
-                for k in self.camera_keys
-            }
-        )
+        def encoder(key: str) -> ConvEncoder:
+            here = key == detector_camera
+            return ConvEncoder(
+                d_model, vision_channels, aug_shift, detected if here else 0, instruction_dim if here else 0
+            )
+
+        self.cameras = nn.ModuleDict({k.replace(".", "__"): encoder(k) for k in self.camera_keys})
         self.lang = nn.Linear(lang_dim, d_model) if lang_dim else None
         n_types = len(self.camera_keys) + (self.lowdim is not None)
         if n_types == 0 and self.lang is None:
@@ -115,9 +121,14 @@ class TokenTrunk(nn.Module):
         self.out_dim = d_model
 
     def forward(
-        self, lowdim: torch.Tensor | None, images: Mapping[str, torch.Tensor], lang: torch.Tensor | None
+        self,
+        lowdim: torch.Tensor | None,
+        images: Mapping[str, torch.Tensor],
+        lang: torch.Tensor | None,
+        detector_instruction: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(the fused feature (B, d_model), the detector's pixels (B, n_obs, 2) or None without one)."""
+        """(the fused feature (B, d_model), the detector's pixels (B, n_obs, detected, 2) or None without
+        one)."""
         per_step: list[torch.Tensor] = []  # each (B, n_obs, d)
         pixels = None
         if self.lowdim is not None:
@@ -126,10 +137,11 @@ class TokenTrunk(nn.Module):
         for key in self.camera_keys:
             frames = images[key]  # (B, n_obs, H, W, 3)
             B, T = frames.shape[:2]
-            feature, pixel = self.cameras[key.replace(".", "__")].encode(frames.flatten(0, 1))
+            said = None if detector_instruction is None else detector_instruction.repeat_interleave(T, 0)
+            feature, pixel = self.cameras[key.replace(".", "__")].encode(frames.flatten(0, 1), said)
             per_step.append(feature.view(B, T, -1))
             if pixel is not None:
-                pixels = pixel.view(B, T, 2)
+                pixels = pixel.view(B, T, -1, 2)
         tokens = []
         if per_step:
             obs_tokens = torch.stack(per_step, dim=2) + self.time_emb + self.type_emb  # (B, n_obs, types, d)

@@ -8,9 +8,13 @@ diffusion_policy use for visuomotor policies), and a linear layer maps those key
 During training each frame is shifted by up to ``aug_shift`` pixels (DrQ's random shift, Kostrikov et al.
 2020), the standard regulariser when a conv encoder is fit to a few dozen demonstrations.
 
-With ``detector=True`` the encoder also finds one thing in the frame: a 1x1 convolution on the stride-4 map
-(after the second block: a 7 px receptive field) scores every cell, and the soft-argmax of those scores is
-the thing's pixel (CenterNet's heatmap read out as Levine et al.'s expected position). A local score on a
+With ``detector=n`` the encoder also finds n things in the frame: a 1x1 convolution on the stride-4 map
+(after the second block: a 7 px receptive field) scores every cell once per thing, and the soft-argmax of
+each thing's scores is its pixel (CenterNet's heatmap read out as Levine et al.'s expected position). With
+``instruction_dim`` each score also gains the cell's feature dotted with a linear map of the instruction's
+embedding (FiLM's conditioning, Perez et al. 2018, as a per-thing filter), so a thing the instruction names
+among look-alikes (pick-place's target plate, beside a distractor of another colour) is found by what
+the words say of it. A local score on a
 regular grid is translation-equivariant by construction, so it carries over to places the demonstrations
 never put the thing, where a readout of the whole frame's keypoints does not: on the CO-RFT image benchmark
 the trunk's readout was 4-5 cm off at unseen object positions at an episode's first frame, the detector
@@ -33,14 +37,15 @@ MAX_RANGE = 5.0  # m; see PinholeCamera.lift
 
 
 class ConvEncoder(nn.Module):
-    """uint8 frames (B, H, W, 3) -> features (B, out_dim); :meth:`encode` also gives the detector's pixel."""
+    """uint8 frames (B, H, W, 3) -> features (B, out_dim); :meth:`encode` also gives the detector's pixels."""
 
     def __init__(
         self,
         out_dim: int,
         channels: Sequence[int] = (32, 64, 128, 128),
         aug_shift: int = 4,
-        detector: bool = False,
+        detector: int = 0,
+        instruction_dim: int = 0,
     ) -> None:
         super().__init__()
         if not channels:
@@ -57,16 +62,27 @@ class ConvEncoder(nn.Module):
         self.softmax_temperature = nn.Parameter(torch.ones(()))
         self.proj = nn.Linear(2 * prev, out_dim)
         self.aug_shift, self.out_dim = aug_shift, out_dim
-        self.detector = nn.Conv2d(channels[DETECTOR_BLOCK - 1], 1, 1) if detector else None
+        mid = channels[DETECTOR_BLOCK - 1]
+        self.detector = nn.Conv2d(mid, detector, 1) if detector else None
+        # Zero at initialisation: every thing starts found by its look alone, the words added as they help.
+        self.detector_instruction = (
+            nn.Linear(instruction_dim, detector * mid) if detector and instruction_dim else None
+        )
+        if self.detector_instruction is not None:
+            nn.init.zeros_(self.detector_instruction.weight)
+            nn.init.zeros_(self.detector_instruction.bias)
         # Learned, as the grid below puts each cell at its receptive field's centre only up to padding.
         self.detector_offset = nn.Parameter(torch.zeros(2)) if detector else None
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         return self.encode(frames)[0]
 
-    def encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(features (B, out_dim), the detector's pixel (B, 2) as (column, row) in ``frames``' own
-        coordinates, or None without a detector)."""
+    def encode(
+        self, frames: torch.Tensor, instruction: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(features (B, out_dim), the detector's pixels (B, n, 2) as (column, row) in ``frames``' own
+        coordinates, or None without a detector). ``instruction`` (B, instruction_dim): the embedding the
+        detector is conditioned on, when built with ``instruction_dim``."""
         x = frames.permute(0, 3, 1, 2).float() / 255.0 - 0.5  # (B, 3, H, W) centred on grey
         moved = None
         if self.training and self.aug_shift > 0:
@@ -76,9 +92,14 @@ class ConvEncoder(nn.Module):
         pixel = None
         if self.detector is not None:
             assert self.detector_offset is not None
-            pixel = _soft_argmax(self.detector(mid)[:, 0], 2**DETECTOR_BLOCK) + self.detector_offset
+            scores = self.detector(mid)  # (B, n, h, w)
+            if self.detector_instruction is not None:
+                assert instruction is not None, "this detector is conditioned on the instruction"
+                filters = self.detector_instruction(instruction).view(len(mid), -1, mid.shape[1])
+                scores = scores + torch.einsum("bnc,bchw->bnhw", filters.to(mid.dtype), mid)
+            pixel = _soft_argmax(scores, 2**DETECTOR_BLOCK) + self.detector_offset
             if moved is not None:
-                pixel = pixel - moved  # back to where the thing is in the unshifted frame
+                pixel = pixel - moved[:, None]  # back to where each thing is in the unshifted frame
         fmap = self.conv[split:](mid)  # (B, C, h, w)
         h, w = fmap.shape[-2:]
         attn = torch.softmax(fmap.flatten(2) / self.softmax_temperature, dim=-1)  # (B, C, h*w)
@@ -94,14 +115,14 @@ class ConvEncoder(nn.Module):
 
 
 def _soft_argmax(scores: torch.Tensor, stride: int) -> torch.Tensor:
-    """(B, h, w) scores on a stride-``stride`` map -> (B, 2) expected (column, row) in input pixels, cell
+    """(..., h, w) scores on a stride-``stride`` map -> (..., 2) expected (column, row) in input pixels, cell
     (i, j) at input pixel (stride * j, stride * i): the centre of a stride-2 padding-1 3x3 conv stack's
     receptive field."""
-    B, h, w = scores.shape
-    weights = torch.softmax(scores.flatten(1).float(), -1).view(B, h, w)
+    h, w = scores.shape[-2:]
+    weights = torch.softmax(scores.flatten(-2).float(), -1).unflatten(-1, (h, w))
     cols = torch.arange(w, device=scores.device, dtype=weights.dtype) * stride
     rows = torch.arange(h, device=scores.device, dtype=weights.dtype) * stride
-    return torch.stack([(weights.sum(1) * cols).sum(-1), (weights.sum(2) * rows).sum(-1)], -1)
+    return torch.stack([(weights.sum(-2) * cols).sum(-1), (weights.sum(-1) * rows).sum(-1)], -1)
 
 
 def random_shift(x: torch.Tensor, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,8 +158,9 @@ class PinholeCamera(nn.Module):
             cam = (points.float() - self.position) @ self.rotation  # rotation^T (X - position), row vectors
             return self.focal * cam[..., :2] / cam[..., 2:] + self.centre
 
-    def lift(self, pixels: torch.Tensor, height: float) -> torch.Tensor:
-        """(..., 2) pixels -> (..., 3) world points where their rays meet the plane z = ``height``. A ray
+    def lift(self, pixels: torch.Tensor, height: float | torch.Tensor) -> torch.Tensor:
+        """(..., 2) pixels -> (..., 3) world points where their rays meet the plane z = ``height`` (a
+        number, or heights (..., 1) broadcast against the pixels' leading axes). A ray
         at or above the horizon meets it at most ``MAX_RANGE`` m away (the point is then meaningless but
         finite)."""
         with torch.autocast(pixels.device.type, enabled=False):  # float32, as project

@@ -43,7 +43,7 @@ from robocl.store import CameraCalibration
 # Standardised auxiliary targets are clipped to this many standard deviations: an object knocked off the
 # table (in the CO-RFT benchmark's demos one rolled 4 m, 80 std) stays a bounded pull on the trunk.
 AUX_CLIP = 5.0
-# The detected entity's offset from the tool reaches the head in these units (m): 1 at 10 cm, as the
+# A detected entity's offset from the tool reaches the head in these units (m): 1 at 10 cm, as the
 # benchmark's pilots had it.
 DETECTED_UNIT = 0.1
 
@@ -62,7 +62,7 @@ class VLAConfig(Protocol):
     vision_channels: tuple[int, ...]
     aug_shift: int
     aux_state_keys: tuple[str, ...]
-    detect_entity: str | None  # the spec's "detector" comes from it
+    detect_entity: tuple[str, ...] | None  # the spec's "detector" comes from it
     dropout: float
     gripper: bool
     head: str
@@ -80,7 +80,7 @@ class Spec(Protocol):
 class Encoding(NamedTuple):
     """What :meth:`VLAPolicyNet.features_and_trunk` computes: the features the head and the critic read
     (B, feat_dim), the trunk's output before its gate (B, d_model) (None without a trunk), and the
-    detector's pixels (B, n_obs, 2) (None without one)."""
+    detector's pixels (B, n_obs, detected entities, 2) (None without one)."""
 
     features: torch.Tensor
     trunk: torch.Tensor | None
@@ -98,14 +98,15 @@ class VLAPolicyNet(nn.Module):
     (name, earlier index, later index) over the concatenated state keys (empty: none);
     ``spec.extra["relative_resolution"]`` (m, absent or 0: off) adds them again log-scaled;
     ``spec.extra["dropped_state_columns"]`` (absent: none) lists state columns left out of the input;
-    ``spec.extra["detector"]`` (absent: none) has a camera's encoder locate an entity (see
-    :meth:`detected_offset`): ``camera`` (the image key), its ``calibration``, the ``height`` (m) of the plane
-    its pixel is lifted to, the entity's x, y, z ``entity_columns`` over the concatenated auxiliary state
-    (its training label), the tool's ``tool_columns`` over the concatenated state keys and the
-    ``resolution`` (m, absent or 0: off) of the offset's log-scaled copy.
+    ``spec.extra["detector"]`` (absent: none) has a camera's encoder locate entities (see
+    :meth:`detected_offset`): ``camera`` (the image key), its ``calibration``, the ``entities`` (name ->
+    ``columns``: its x, y, z over the concatenated auxiliary state, its training label, and ``height``: the
+    plane (m) its pixel is lifted to), whether it is ``instructed`` (conditioned on the instruction, read
+    standardised over the store's tasks), the tool's ``tool_columns`` over the concatenated state keys and
+    the ``resolution`` (m, absent or 0: off) of the offsets' log-scaled copy.
     ``spec.extra["estimated_positions"]`` (absent: off) has the head read, of the cameras, only the positions
     they estimate (see :meth:`estimated_relative`): the ``entities`` (name -> x, y, z columns over the
-    concatenated auxiliary state), the ``detected`` one's from the detector, the others' from the trunk's
+    concatenated auxiliary state), the detected ones' from the detector, the others' from the trunk's
     readout, with the tool's ``tool_columns`` and the log scale's ``resolution``."""
 
     def __init__(self, config: VLAConfig, spec: Spec) -> None:
@@ -121,8 +122,12 @@ class VLAPolicyNet(nn.Module):
         aux_shapes = {k: tuple(v) for k, v in spec.extra.get("aux_state_shapes", {}).items()}
         shapes.update(aux_shapes)
         modes.update(dict.fromkeys(aux_shapes, "mean_std"))
-        self.normalizer = Normalizer(shapes, modes)
         lang_dim = int(spec.extra.get("lang_dim", 0))
+        detector = spec.extra.get("detector")
+        self.detector_instructed = bool(detector and detector.get("instructed"))
+        if self.detector_instructed:
+            shapes["instruction"], modes["instruction"] = (lang_dim,), "mean_std"
+        self.normalizer = Normalizer(shapes, modes)
         self.resolution = float(spec.extra.get("relative_resolution", 0.0)) if pairs else 0.0
         n_relative = len(pairs) * (2 if self.resolution else 1)
         n_state = sum(int(np.prod(s)) for s in state_shapes.values())
@@ -141,18 +146,19 @@ class VLAPolicyNet(nn.Module):
         self.state_to_trunk = bool(lowdim_dim) and config.state_path in ("trunk", "both")
         self.state_to_head = bool(lowdim_dim) and config.state_path in ("head", "both")
         has_trunk = self.state_to_trunk or bool(config.image_keys) or lang_dim > 0
-        detector = spec.extra.get("detector")
         calibration = CameraCalibration.from_dict(detector["calibration"]) if detector else None
         self.camera = PinholeCamera(calibration) if calibration else None
-        self.detect_height = float(detector["height"]) if detector else 0.0
+        detected = located_entities(detector, config) if detector else {}
+        self.detected_names = list(detected)
         self.detect_resolution = float(detector.get("resolution", 0.0)) if detector else 0.0
         estimated = spec.extra.get("estimated_positions")
-        self.entity_columns: torch.Tensor
+        self.entity_columns: torch.Tensor  # (detected, 3)
+        self.detect_heights: torch.Tensor  # (detected, 1)
         self.tool_columns: torch.Tensor
-        entity_columns = detector["entity_columns"] if detector else []
-        self.register_buffer(
-            "entity_columns", torch.tensor(entity_columns, dtype=torch.long), persistent=False
-        )
+        columns = [e["columns"] for e in detected.values()]
+        self.register_buffer("entity_columns", torch.tensor(columns, dtype=torch.long), persistent=False)
+        heights = [[float(e["height"])] for e in detected.values()]
+        self.register_buffer("detect_heights", torch.tensor(heights), persistent=False)
         # Both specs name the same tool (co_rft.tool_columns), so either one's will do.
         tool_columns = (detector or estimated or {}).get("tool_columns", [])
         self.register_buffer("tool_columns", torch.tensor(tool_columns, dtype=torch.long), persistent=False)
@@ -163,7 +169,8 @@ class VLAPolicyNet(nn.Module):
         self.register_buffer(
             "estimated_columns", torch.tensor(list(entities.values()), dtype=torch.long), persistent=False
         )
-        self.estimated_by_detector = [estimated is not None and e == estimated["detected"] for e in entities]
+        # The detector's index of each estimated entity it locates (-1: the trunk's readout gives it).
+        self.estimated_by_detector = [self.detected_names.index(e) if e in detected else -1 for e in entities]
         self.trunk = (
             TokenTrunk(
                 lowdim_dim if self.state_to_trunk else 0,
@@ -177,6 +184,8 @@ class VLAPolicyNet(nn.Module):
                 aug_shift=config.aug_shift,
                 dropout=config.dropout,
                 detector_camera=detector["camera"] if detector else None,
+                detected=len(detected),
+                instruction_dim=lang_dim if self.detector_instructed else 0,
             )
             if has_trunk
             else None
@@ -192,13 +201,13 @@ class VLAPolicyNet(nn.Module):
             else None
         )
         # The features the head (and the critic) read: [trunk output, normalised low-dim history, the
-        # detected entity's offset from the tool (and its log-scaled copy)], or with estimated positions
+        # detected entities' offsets from the tool (and their log-scaled copy)], or with estimated positions
         # [normalised low-dim history, the estimated positions' differences (and their log-scaled copy)].
         n_pairs = len(entities) * (len(entities) + 1) // 2  # over the tool and the estimated entities
         self.feat_dim = (
             (config.d_model if self.head_reads_trunk else 0)
             + (config.n_obs * lowdim_dim if self.state_to_head else 0)
-            + (3 * (2 if self.detect_resolution else 1) if detector and not estimated else 0)
+            + (3 * len(detected) * (2 if self.detect_resolution else 1) if detector and not estimated else 0)
             + (3 * n_pairs * (2 if self.estimated_resolution else 1) if estimated else 0)
         )
         h, a = config.horizon, spec.action_dim
@@ -265,7 +274,8 @@ class VLAPolicyNet(nn.Module):
         parts, fused, pixels = [], None, None
         if self.trunk is not None:
             images = {k: obs[k] for k in self.config.image_keys}
-            fused, pixels = self.trunk(lowdim if self.state_to_trunk else None, images, lang)
+            said = self.normalizer.normalize("instruction", lang) if self.detector_instructed else None
+            fused, pixels = self.trunk(lowdim if self.state_to_trunk else None, images, lang, said)
             if self.head_reads_trunk:
                 parts.append(fused if self.trunk_gate is None else fused * self.trunk_gate)
         if self.state_to_head:
@@ -300,10 +310,11 @@ class VLAPolicyNet(nn.Module):
         learn from their labels only, and nothing else of the trunk reaches the head."""
         read = self.read_positions(trunk_out.detach())
         points = [self.tool_position(obs)]
-        for columns, detected in zip(self.estimated_columns, self.estimated_by_detector, strict=True):
-            if detected:
-                assert pixels is not None, "the detected entity needs the detector's pixels"
-                points.append(self.detected_entity(pixels[:, -1].detach()))
+        found = None if pixels is None else self.detected_entities(pixels[:, -1].detach())
+        for columns, index in zip(self.estimated_columns, self.estimated_by_detector, strict=True):
+            if index >= 0:
+                assert found is not None, "a detected entity needs the detector's pixels"
+                points.append(found[:, index])
             else:
                 points.append(read[:, columns])
         offsets = torch.cat([b - a for a, b in itertools.combinations(points, 2)], -1)
@@ -315,24 +326,25 @@ class VLAPolicyNet(nn.Module):
             :, self.tool_columns
         ]
 
-    def detected_entity(self, pixel: torch.Tensor) -> torch.Tensor:
-        """(B, 2) detector pixels -> (B, 3) world positions on the plane z = ``height``."""
+    def detected_entities(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, detected, 2) detector pixels -> (B, detected, 3) world positions, each entity's on the plane
+        z = its ``height``."""
         assert self.camera is not None, "built without a detector"
-        return self.camera.lift(pixel, self.detect_height)
+        return self.camera.lift(pixels, self.detect_heights)
 
-    def detected_offset(self, pixel: torch.Tensor, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """(B, 3 or 6) the detected entity minus the tool at the last observed frame, in units of
-        DETECTED_UNIT, then (with a ``resolution``) log-scaled as the state policy reads its relative
-        positions: the state policy's object - tool (:mod:`robocl.nets.relative`), seen through the camera.
-        Detached: the detector learns from its pixel label only, so the head cannot bend it towards what
-        imitation finds convenient."""
-        offset = self.detected_entity(pixel.detach()) - self.tool_position(obs)
-        return _as_offsets(offset, self.detect_resolution)
+    def detected_offset(self, pixels: torch.Tensor, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """(B, 3 or 6 per detected entity) each detected entity minus the tool at the last observed frame,
+        in units of DETECTED_UNIT, then (with a ``resolution``) log-scaled as the state policy reads its
+        relative positions: the state policy's object - tool (:mod:`robocl.nets.relative`), seen through
+        the camera. Detached: the detector learns from its pixel labels only, so the head cannot bend it
+        towards what imitation finds convenient."""
+        offsets = self.detected_entities(pixels.detach()) - self.tool_position(obs)[:, None]
+        return _as_offsets(offsets.flatten(1), self.detect_resolution)
 
     def detector_loss(self, pixels: torch.Tensor, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Smooth-L1 (pixels) of the detector's last-frame pixel (B, 2) against the entity's position in
-        the auxiliary state projected through the camera. Smooth-L1, not MSE: an entity knocked out of view
-        (the benchmark's demos have one that rolls 4 m) is a bounded pull."""
+        """Smooth-L1 (pixels) of the detector's last-frame pixels (B, detected, 2) against the entities'
+        positions in the auxiliary state projected through the camera. Smooth-L1, not MSE: an entity
+        knocked out of view (the benchmark's demos have one that rolls 4 m) is a bounded pull."""
         assert self.camera is not None, "built without a detector"
         aux = torch.cat([obs[k][:, -1].float().flatten(1) for k in self.config.aux_state_keys], 1)
         target = self.camera.project(aux[:, self.entity_columns])
@@ -368,6 +380,16 @@ class VLAPolicyNet(nn.Module):
 
     def lang_of(self, batch: Mapping[str, Any]) -> torch.Tensor | None:
         return self.task_embeddings[batch["task_index"].long()] if self.task_embeddings.shape[1] else None
+
+
+def located_entities(detector: Mapping[str, Any], config: VLAConfig) -> dict[str, dict[str, Any]]:
+    """The entities a ``spec.extra["detector"]`` locates (name -> ``columns``, ``height``). A spec saved
+    when the detector located one entity (``entity_columns``, ``height``) reads as that entity, named by
+    the config it was saved with."""
+    if "entities" in detector:
+        return dict(detector["entities"])
+    (name,) = config.detect_entity or ("",)
+    return {name: {"columns": detector["entity_columns"], "height": detector["height"]}}
 
 
 def _as_offsets(offsets: torch.Tensor, resolution: float) -> torch.Tensor:

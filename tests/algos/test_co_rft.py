@@ -722,8 +722,9 @@ def test_the_detector_learns_where_the_object_is_and_the_head_reads_it_from_the_
     algo = CORFT.from_store(cfg, store)
     net = algo.policy_net
     assert algo.spec.extra["detector"] == {
-        "camera": "observation.images.front", "calibration": OVERHEAD.to_dict(), "height": 0.0,
-        "entity_columns": [0, 1, 2], "tool_columns": [0, 1, 2], "resolution": 0.01,
+        "camera": "observation.images.front", "calibration": OVERHEAD.to_dict(),
+        "entities": {"object": {"columns": [0, 1, 2], "height": 0.0}}, "instructed": False,
+        "tool_columns": [0, 1, 2], "resolution": 0.01,
     }  # fmt: skip
     sampler = algo.il_sampler(store)
     pixel_loss = [algo.update(to_torch(sampler.sample(32), "cpu"))["detector_px"] for _ in range(300)]
@@ -732,7 +733,7 @@ def test_the_detector_learns_where_the_object_is_and_the_head_reads_it_from_the_
     net.eval()
     with torch.no_grad():
         encoding = net.features_and_trunk(batch["obs"], None)
-        found = net.detected_entity(encoding.pixels[:, -1])
+        found = net.detected_entities(encoding.pixels[:, -1])[:, 0]
     truth = batch["obs"]["observation.object"][:, -1]
     assert (found - truth).abs()[:, :2].mean() < 0.05  # within a pixel (5 cm at 20 px per metre)
     tool = batch["obs"]["observation.state"][:, -1, :3]
@@ -758,7 +759,7 @@ def test_the_head_can_read_only_the_positions_the_camera_estimates(tmp_path):
     algo = CORFT.from_store(cfg, store)
     net = algo.policy_net
     assert algo.spec.extra["estimated_positions"] == {
-        "entities": {"object": [0, 1, 2], "plate": [3, 4, 5]}, "detected": "object",
+        "entities": {"object": [0, 1, 2], "plate": [3, 4, 5]},
         "tool_columns": [0, 1, 2], "resolution": 0.01,
     }  # fmt: skip
     assert net.trunk_gate is None and net.feat_dim == 4 + 18  # the state, 3 pairs x 3 axes x 2 scales
@@ -773,7 +774,7 @@ def test_the_head_can_read_only_the_positions_the_camera_estimates(tmp_path):
     standardised = net.normalizer.normalize("observation.object", read)[:, net.aux_columns]
     torch.testing.assert_close(standardised, net.aux_readout(encoding.trunk), rtol=1e-4, atol=1e-4)
     tool = batch["obs"]["observation.state"][:, -1, :3].float()
-    found = net.detected_entity(encoding.pixels[:, -1])
+    found = net.detected_entities(encoding.pixels[:, -1])[:, 0]
     offsets = torch.cat([found - tool, read[:, 3:6] - tool, read[:, 3:6] - found], 1)
     expected = in_head_units(offsets)
     torch.testing.assert_close(encoding.features[:, -18:], expected)
@@ -799,9 +800,91 @@ def test_the_head_leaves_out_an_entity_named_by_x_and_y_only(tmp_path):
     batch = to_torch(algo.il_sampler(store).sample(8), "cpu")
     encoding = net.features_and_trunk(batch["obs"], None)
     tool = batch["obs"]["observation.state"][:, -1, :3].float()
-    offset = net.detected_entity(encoding.pixels[:, -1]) - tool
+    offset = net.detected_entities(encoding.pixels[:, -1])[:, 0] - tool
     expected = in_head_units(offset)
     torch.testing.assert_close(encoding.features[:, -6:], expected)
+
+
+def two_plate_scenes(rng: np.random.Generator, n: int):
+    """``n`` times: the red and the blue 4 x 4 square's positions (row, column in [0, 1], 6 px apart or
+    more) and six 24 x 24 frames of both, seen as ``OVERHEAD`` sees the table."""
+    for _ in range(n):
+        red, blue = rng.uniform(0, 1, 2), rng.uniform(0, 1, 2)
+        while np.abs(red - blue).max() < 0.3:
+            blue = rng.uniform(0, 1, 2)
+        front = np.zeros((6, 24, 24, 3), np.uint8)
+        for where, colour in ((red, (255, 0, 0)), (blue, (0, 0, 255))):
+            row, col = (where * 20).astype(int)
+            front[:, row : row + 4, col : col + 4] = colour
+        yield red, blue, front
+
+
+def two_plate_store(tmp_path) -> TrajectoryStore:
+    """``two_plate_scenes`` as the front camera of a store whose instructions name one of the two plates,
+    the named one's x, y, z in ``observation.object``."""
+    feats = {
+        "observation.state": Feature("state", "float32", (4,), names=("tcp.x", "tcp.y", "tcp.z", "joint")),
+        "observation.object": Feature("state", "float32", (3,), names=("plate.x", "plate.y", "plate.z")),
+        "action": Feature("action", "float32", (2,)),
+        "observation.images.front": Feature("rgb", "uint8", (24, 24, 3), camera=OVERHEAD),
+        "success": Feature("flag", "bool", ()),
+    }
+    store = TrajectoryStore.create(tmp_path / "plates.zarr", feats, fps=10)
+    rng = np.random.default_rng(0)
+    for episode, (red, blue, front) in enumerate(two_plate_scenes(rng, 16)):
+        named = episode % 2  # red, blue, red, ...
+        store.add_episode(
+            {
+                "observation.state": rng.normal(size=(6, 4)),
+                "observation.object": np.tile([*(red, blue)[named], 0.0], (6, 1)),
+                "action": rng.uniform(-1, 1, (6, 2)),
+                "observation.images.front": front,
+                "success": np.arange(6) == 5,
+            },
+            task=f"put it on the {('red', 'blue')[named]} plate",
+            success=True,
+            terminated=True,
+        )
+    return store
+
+
+def test_an_instructed_detector_finds_the_plate_the_instruction_names(tmp_path):
+    """With an instruction the detector's score is conditioned on it (standardised over the store's
+    instructions): on new scenes, the same frame told "red" then "blue" is found at the red plate, then at
+    the blue one; a detector that ignored the words would give one place for both."""
+    from robocl.nets.language import LanguageEncoder
+    from tests.nets.test_language import build_tiny_bert
+
+    store = two_plate_store(tmp_path)
+    bert = str(build_tiny_bert(tmp_path / "bert"))
+    cfg = CORFTConfig(
+        image_keys=("observation.images.front",), aux_state_keys=("observation.object",),
+        detect_entity="plate", horizon=2, vision_channels=(8, 8), aug_shift=0, il_lr=3e-3,
+        **{**TINY, "language_model": bert},
+    )  # fmt: skip
+    algo = CORFT.from_store(cfg, store, language=LanguageEncoder(bert))
+    net = algo.policy_net
+    assert algo.spec.extra["detector"]["instructed"] and net.detected_names == ["plate"]
+    said = net.normalizer.normalize("instruction", net.task_embeddings)
+    torch.testing.assert_close(said.mean(0), torch.zeros(said.shape[1]), atol=1e-5, rtol=0)
+    sampler = algo.il_sampler(store)
+    for _ in range(400):
+        algo.update(to_torch(sampler.sample(32), "cpu"))
+    red, blue, frames = zip(*two_plate_scenes(np.random.default_rng(1), 8), strict=True)
+    n_obs = algo.config.n_obs
+    obs = {
+        "observation.images.front": torch.as_tensor(np.stack(frames)[:, :n_obs]),
+        "observation.state": torch.zeros(8, n_obs, 4),
+    }
+    net.eval()
+    for colour, named, other in (("red", red, blue), ("blue", blue, red)):
+        lang = net.task_embeddings[store.tasks.index(f"put it on the {colour} plate")].expand(8, -1)
+        with torch.no_grad():
+            pixels = net.features_and_trunk(obs, lang).pixels
+        found = net.detected_entities(pixels[:, -1])[:, 0, :2]
+        error, off = ((found - torch.as_tensor(np.stack(p))).norm(dim=-1) for p in (named, other))
+        # Within 2 px on average, nearer the named plate every time (the plates are 6 px apart or more).
+        assert error.mean() < 0.1 and (error < off).all(), (colour, error, off)
 
 
 def test_the_head_reads_the_positions_by_default_when_a_detector_locates_the_object():
@@ -826,7 +909,7 @@ def test_best_of_n_keeps_the_mode_by_default_only_where_the_head_reads_estimated
 
 def test_the_detector_needs_a_calibrated_camera_the_entity_and_the_tool(tmp_path):
     cams, aux = ("observation.images.front",), ("observation.object",)
-    with pytest.raises(ValueError, match=r"detect_entity='object' .* name the feature that holds it"):
+    with pytest.raises(ValueError, match=r"detect_entity=\['object'\] .* name the feature that holds it"):
         CORFTConfig(image_keys=cams, detect_entity="object")
     config = CORFTConfig(image_keys=cams, aux_state_keys=aux, detect_entity="object", **TINY)
     with pytest.raises(ValueError, match=r"needs a calibrated camera among image_keys"):
@@ -910,16 +993,23 @@ def test_aux_state_keys_are_checked(tmp_path):
         CORFT.from_store(CORFTConfig(image_keys=cams, aux_state_keys=("observation.pose",), **TINY), still)
 
 
-@pytest.mark.parametrize("detect", [False, True, "positions"])
+@pytest.mark.parametrize("detect", [False, True, "positions", "instructed"])
 def test_resume_with_aux_state_equals_uninterrupted(tmp_path, detect):
-    """Imitation with the auxiliary loss (and the detector's, and the head reading estimated positions)
-    stopped at update 3 of 6 and resumed, then stage 2: bit-exact."""
-    store = calibrated_square_store(tmp_path, plate=True) if detect else square_store(tmp_path)
+    """Imitation with the auxiliary loss (and the detector's, and the head reading estimated positions of
+    two detected entities, and a detector conditioned on the instruction) stopped at update 3 of 6 and
+    resumed, then stage 2: bit-exact."""
+    entities = {True: ("object",), "positions": ("object", "plate"), "instructed": ("plate",)}.get(detect)
+    language = {}
+    if detect == "instructed":
+        from tests.nets.test_language import build_tiny_bert
+
+        store, language = two_plate_store(tmp_path), {"language_model": str(build_tiny_bert(tmp_path / "b"))}
+    else:
+        store = calibrated_square_store(tmp_path, plate=True) if detect else square_store(tmp_path)
     cfg = CORFTConfig(
         image_keys=("observation.images.front",), aux_state_keys=("observation.object",), horizon=2,
-        vision_channels=(8, 8), n_candidates=4, il_schedule_updates=6,
-        detect_entity="object" if detect else None, **TINY,
-        head_input="positions" if detect == "positions" else "trunk",
+        vision_channels=(8, 8), n_candidates=4, il_schedule_updates=6, detect_entity=entities,
+        **{**TINY, **language}, head_input="trunk" if detect is True else None,
     )  # fmt: skip
     loop = {"batch_size": 8, "log_every": 1, "checkpoint_every": 2}
 

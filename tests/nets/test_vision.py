@@ -76,7 +76,7 @@ def test_the_detector_reports_pixels_in_the_unshifted_frame(monkeypatch):
     """A detector that scores the bright cell finds a 4 x 4 white square at the same pixel with and without
     the random shift (shifts by whole stride-4 cells keep the map's grid, so the detector is then exactly
     equivariant: what the label needs), and the detector's gradient reaches the first conv layer."""
-    enc = ConvEncoder(8, channels=(4, 4), aug_shift=4, detector=True)
+    enc = ConvEncoder(8, channels=(4, 4), aug_shift=4, detector=1)
     with torch.no_grad():  # a map that is the frame's mean brightness per cell, sharply scored
         for conv in (enc.conv[0], enc.conv[3]):
             conv.weight.fill_(1.0 / conv.weight[0].numel())
@@ -85,13 +85,13 @@ def test_the_detector_reports_pixels_in_the_unshifted_frame(monkeypatch):
     frames = torch.zeros(1, 32, 32, 3, dtype=torch.uint8)
     frames[:, 14:18, 10:14] = 255
     found = enc.eval().encode(frames)[1]
-    assert (found - torch.tensor([[11.5, 15.5]])).abs().max() < 2.0  # the square's centre, within a cell
+    assert (found - torch.tensor([[[11.5, 15.5]]])).abs().max() < 2.0  # the square's centre, within a cell
     enc.train()
     for corner in ([4, 4], [0, 8], [8, 0]):  # random_shift's draw: the padded frame's top-left corner
         monkeypatch.setattr(torch, "randint", lambda *args, c=corner, **kwargs: torch.tensor([c]))
         torch.testing.assert_close(enc.encode(frames)[1], found)
     monkeypatch.undo()
     torch.manual_seed(0)
-    fresh = ConvEncoder(8, channels=(4, 4), aug_shift=4, detector=True)
+    fresh = ConvEncoder(8, channels=(4, 4), aug_shift=4, detector=1)
     fresh.encode(frames)[1][:, 0].sum().backward()
     assert fresh.conv[0].weight.grad.abs().sum() > 0
