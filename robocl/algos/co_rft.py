@@ -199,6 +199,7 @@ class CORFT:
         # the readout leaves it at its mean: regressed, its error would reach the head in metres, as the
         # normaliser leaves a constant unscaled (4e5a834 to here: 3-5 cm off, where x and y are 1 cm).
         aux_columns = [c for c in position_columns(aux_names) or range(n_aux) if varying[c]]
+        instructed = config.detector_instructed and lang_dim > 0  # one instruction says nothing
         if config.aux_state_keys and not aux_columns:
             raise ValueError(f"aux_state_keys {list(config.aux_state_keys)}: no column varies in the demos")
         spec = PolicySpec(
@@ -214,7 +215,7 @@ class CORFT:
                 "dropped_state_columns": dropped,
                 "aux_state_shapes": {k: list(feats[k].shape) for k in config.aux_state_keys},
                 "aux_state_columns": aux_columns,
-                **({"detector": detector_spec(config, store, lang_dim > 0)} if config.detect_entity else {}),
+                **({"detector": detector_spec(config, store, instructed)} if config.detect_entity else {}),
                 **(
                     {"estimated_positions": estimated_positions_spec(config, store)}
                     if config.head_input == "positions"

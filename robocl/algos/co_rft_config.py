@@ -112,14 +112,16 @@ class CORFTConfig:
     # demos (front camera, aux_state_keys=("observation.object",), 5,000 of 15,000 updates, seeds 0-2,
     # benchmarks/co_rft_log.md): 31, 31, 40 of 50 seen and 13, 3, 10 of 50 unseen, against 25 and 29 seen,
     # 6 and 2 unseen without (seeds 0, 1). Off by default: it needs a calibrated camera and the entity's
-    # position in training. Several entities (("object", "plate")) get a detector channel each; with an
-    # instruction every channel is conditioned on it (robocl.nets.vision), which tells the named plate from
-    # the distractor: the trunk's readout put the plate 3-5 cm off in y where x was 1 cm off, the other
-    # plate's side in some windows.
-    detect_entity: tuple[str, ...] | None = (
-        None  # what the camera's detector locates, e.g. object; None = off
-    )
+    # position in training. Several entities (("object", "plate")) get a detector channel each.
+    detect_entity: tuple[str, ...] | None = None  # the entities the camera's detector locates; None: off
     detector_weight: float = 0.1  # weight of the detector's smooth-L1 pixel loss (pixels) against imitation
+    # Every detector channel conditioned on the instruction (robocl.nets.vision; a policy with one has no
+    # instruction to read), to tell the entity the words name from look-alikes: pick-place's target plate
+    # from the distractor, which the trunk's readout put on the wrong side in 4-5% of windows. Measured on
+    # the image benchmark (seed 1, 5,000 updates, benchmarks/co_rft_log.md): detecting the object and the
+    # plate this way located the plate to 0.3 cm (the readout: 3.2-4.5 cm in y) and scored 34 / 29 of 50
+    # (seen / unseen) against the object-only detector's 38 / 26, so it is off by default.
+    detector_instructed: bool = False
     # What of the cameras the action head (and the critic) reads: "trunk" = the trunk's fused feature (pi0's
     # action expert reading the VLM's), "positions" = only the positions the camera estimates, detached (the
     # detected entity from the detector, every other aux_state_keys position from the trunk's readout), as

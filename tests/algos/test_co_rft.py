@@ -849,9 +849,10 @@ def two_plate_store(tmp_path) -> TrajectoryStore:
 
 
 def test_an_instructed_detector_finds_the_plate_the_instruction_names(tmp_path):
-    """With an instruction the detector's score is conditioned on it (standardised over the store's
-    instructions): on new scenes, the same frame told "red" then "blue" is found at the red plate, then at
-    the blue one; a detector that ignored the words would give one place for both."""
+    """With ``detector_instructed`` the detector's score is conditioned on the instruction (standardised
+    over the store's instructions): on new scenes, the same frame told "red" then "blue" is found at the red
+    plate, then at the blue one; a detector that ignored the words would give one place for both (off by
+    default: the spec says so)."""
     from robocl.nets.language import LanguageEncoder
     from tests.nets.test_language import build_tiny_bert
 
@@ -859,12 +860,14 @@ def test_an_instructed_detector_finds_the_plate_the_instruction_names(tmp_path):
     bert = str(build_tiny_bert(tmp_path / "bert"))
     cfg = CORFTConfig(
         image_keys=("observation.images.front",), aux_state_keys=("observation.object",),
-        detect_entity="plate", horizon=2, vision_channels=(8, 8), aug_shift=0, il_lr=3e-3,
-        **{**TINY, "language_model": bert},
+        detect_entity="plate", detector_instructed=True, horizon=2, vision_channels=(8, 8), aug_shift=0,
+        il_lr=3e-3, **{**TINY, "language_model": bert},
     )  # fmt: skip
     algo = CORFT.from_store(cfg, store, language=LanguageEncoder(bert))
     net = algo.policy_net
     assert algo.spec.extra["detector"]["instructed"] and net.detected_names == ["plate"]
+    default = CORFT.from_store(dataclasses.replace(cfg, detector_instructed=False), store)
+    assert not default.spec.extra["detector"]["instructed"]
     said = net.normalizer.normalize("instruction", net.task_embeddings)
     torch.testing.assert_close(said.mean(0), torch.zeros(said.shape[1]), atol=1e-5, rtol=0)
     sampler = algo.il_sampler(store)
@@ -1009,7 +1012,8 @@ def test_resume_with_aux_state_equals_uninterrupted(tmp_path, detect):
     cfg = CORFTConfig(
         image_keys=("observation.images.front",), aux_state_keys=("observation.object",), horizon=2,
         vision_channels=(8, 8), n_candidates=4, il_schedule_updates=6, detect_entity=entities,
-        **{**TINY, **language}, head_input="trunk" if detect is True else None,
+        detector_instructed=detect == "instructed", **{**TINY, **language},
+        head_input="trunk" if detect is True else None,
     )  # fmt: skip
     loop = {"batch_size": 8, "log_every": 1, "checkpoint_every": 2}
 
