@@ -199,9 +199,9 @@ class CORFT:
         # the readout leaves it at its mean: regressed, its error would reach the head in metres, as the
         # normaliser leaves a constant unscaled (4e5a834 to here: 3-5 cm off, where x and y are 1 cm).
         aux_columns = [c for c in position_columns(aux_names) or range(n_aux) if varying[c]]
-        instructed = config.detector_instructed and lang_dim > 0  # one instruction says nothing
         if config.aux_state_keys and not aux_columns:
             raise ValueError(f"aux_state_keys {list(config.aux_state_keys)}: no column varies in the demos")
+        instructed = config.detector_instructed and lang_dim > 0  # one instruction says nothing
         spec = PolicySpec(
             obs_shapes={k: tuple(feats[k].shape) for k in (*config.state_keys, *config.image_keys)},
             action_dim=int(np.prod(feats["action"].shape)),

@@ -115,8 +115,8 @@ class CORFTConfig:
     # position in training. Several entities (("object", "plate")) get a detector channel each.
     detect_entity: tuple[str, ...] | None = None  # the entities the camera's detector locates; None: off
     detector_weight: float = 0.1  # weight of the detector's smooth-L1 pixel loss (pixels) against imitation
-    # Every detector channel conditioned on the instruction (robocl.nets.vision; a policy with one has no
-    # instruction to read), to tell the entity the words name from look-alikes: pick-place's target plate
+    # Every detector channel conditioned on the instruction (robocl.nets.vision; a store with one instruction
+    # gives it none to read), to tell the entity the words name from look-alikes: pick-place's target plate
     # from the distractor, which the trunk's readout put on the wrong side in 4-5% of windows. Measured on
     # the image benchmark (seed 1, 5,000 updates, benchmarks/co_rft_log.md): detecting the object and the
     # plate this way located the plate to 0.3 cm (the readout: 3.2-4.5 cm in y) and scored 34 / 29 of 50
